@@ -1,0 +1,33 @@
+//! GPU Scribe: speech transcription with SenseVoice-Small on a shared GPU, and a live NVIDIA GPU
+//! monitor.
+//!
+//! # Architecture
+//!
+//! ```text
+//!   ┌──────────── UI thread (eframe) ────────────┐
+//!   │ app::GpuScribeApp: logic() drains channels, │
+//!   │ ui() only draws                             │
+//!   └──▲──────────────▲───────────────▲──────┬────┘
+//!      │ GpuSnapshot  │ engine::Event │ level │ engine::Request
+//!  ┌───┴────────┐ ┌───┴──────────┐ ┌──┴──────┴─────┐
+//!  │ gpu-monitor│ │ engine       │ │ audio-capture │
+//!  │ owns NVML  │ │ owns model + │ │ owns the cpal │
+//!  │            │ │ candle Device│ │ stream        │
+//!  └────────────┘ └──────────────┘ └───────────────┘
+//! ```
+//!
+//! Modules name roles, and dependencies point one way: `app` → (`engine`, `gpu`, `audio`) through
+//! channels and handles only; `engine` → (`model`, `audio`); `model` depends on candle alone.
+
+pub mod app;
+pub mod audio;
+pub mod cli;
+pub mod engine;
+pub mod gpu;
+pub mod model;
+
+/// The application id shared by the window (`with_app_id`), the `.desktop` file and AppStream.
+pub const APP_ID: &str = "io.github.gpuscribe.GpuScribe";
+
+/// The human-readable application name.
+pub const APP_NAME: &str = "GPU Scribe";
