@@ -211,8 +211,20 @@ def dump_clip(m, stem: str, wav: Path, tensors: dict, dims: dict) -> dict:
         for itn in (False, True):
             key = lang + ("_itn" if itn else "")
             gen[key] = m.generate(input=str(wav), language=lang, use_itn=itn)[0]["text"]
-    return {"num_samples": int(audio.shape[0]), "num_lfr_frames": int(feats.shape[1]), "greedy_ids": ids,
-            "greedy_pieces": [sp.IdToPiece(i) for i in ids], "generate": gen, "_pe_check": pe_err}
+    out = {"num_samples": int(audio.shape[0]), "num_lfr_frames": int(feats.shape[1]), "greedy_ids": ids,
+           "greedy_pieces": [sp.IdToPiece(i) for i in ids], "generate": gen, "_pe_check": pe_err}
+    # Forced-alignment timestamps on the (random-text) output. FunASR re-encodes the decoded text and
+    # aligns those ids, which need not be the greedy ids; both are recorded.
+    try:
+        ts = m.generate(input=str(wav), language="auto", use_itn=False, output_timestamp=True)[0]
+        tokens = sp.EncodeAsPieces(ts["text"])[4:]
+        aligned = [x for t in sp.EncodeAsIds(tokens) for x in (t or [124])]
+        out["timestamp"] = {"text": ts["text"], "timestamp": ts.get("timestamp"), "words": ts.get("words"),
+                            "text2tokens_after_4": tokens, "aligned_token_ids": aligned,
+                            "aligned_equals_greedy_text_ids": aligned == ids[4:]}
+    except IndexError as e:  # spec §6.1: FunASR fails when the text does not start with 4 tag pieces
+        out["timestamp"] = {"error": f"IndexError: {e}"}
+    return out
 
 
 def record(m, folder: Path, wavs: dict, out_dir: Path, tiny: bool, seed: int) -> dict:
