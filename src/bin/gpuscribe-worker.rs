@@ -1,0 +1,16 @@
+//! `gpuscribe-worker`: the process that owns a candle device and SenseVoice's weights.
+//!
+//! Started by the app's engine, one per device; reads JSON-line requests on stdin and writes
+//! events on stdout (see `gpuscribe::engine::protocol`). It is the only executable that links the
+//! CUDA libraries in a `cuda` build.
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    gpuscribe::engine::sensevoice_worker::worker_main();
+}

@@ -1,0 +1,181 @@
+//! The worker process's real model and decoder: SenseVoice in candle, audio through symphonia.
+//!
+//! This is the only engine code that touches candle. The app's binary never calls it (it starts
+//! `gpuscribe-worker` instead), so a `cuda` build of the app does not need the CUDA libraries.
+
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::{DType, Device};
+
+use super::protocol::{DecodeSettings, Precision, WorkerDevice};
+use super::worker::{RunError, SegmentText, SpeechModel, run_worker};
+use crate::model::files::ModelFiles;
+use crate::model::sensevoice::{DecodeOptions, Language, ModelError, SenseVoice, TextStyle};
+
+/// The loaded model and where it is.
+struct SenseVoiceModel {
+    /// The model on its device; `None` while offloaded.
+    active: Option<SenseVoice>,
+    /// A host-RAM copy in the run dtype, kept while offloaded, so restore is one copy per tensor.
+    offloaded: Option<SenseVoice>,
+    device: Device,
+    dtype: DType,
+}
+
+fn run_error(err: ModelError) -> RunError {
+    let message = format!("{err:#}");
+    if is_out_of_memory(&message) {
+        RunError::OutOfMemory(message)
+    } else {
+        RunError::Other(message)
+    }
+}
+
+/// CUDA reports allocation failures as `CUDA_ERROR_OUT_OF_MEMORY` or "out of memory".
+fn is_out_of_memory(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("out_of_memory") || lower.contains("out of memory")
+}
+
+fn dtype_label(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "other",
+    }
+}
+
+/// Frees what the device's memory pool holds after tensors were dropped.
+fn synchronize(device: &Device) {
+    if let Err(err) = device.synchronize() {
+        tracing::warn!("device synchronize failed: {err}");
+    }
+}
+
+impl SpeechModel for SenseVoiceModel {
+    fn transcribe_batch(
+        &mut self,
+        clips: &[&[f32]],
+        settings: &DecodeSettings,
+    ) -> Result<Vec<SegmentText>, RunError> {
+        let Some(model) = self.active.as_ref() else {
+            return Err(RunError::Other("the model is offloaded".to_owned()));
+        };
+        let options = DecodeOptions {
+            language: Language::from_code(&settings.language),
+            use_itn: settings.use_itn,
+            ban_emo_unk: false,
+            timestamps: false,
+            text_style: if settings.rich {
+                TextStyle::Rich
+            } else {
+                TextStyle::Plain
+            },
+        };
+        let result = model.transcribe_batch(clips, &options);
+        if result.is_err() {
+            // Give back whatever the failed pass allocated before a retry with a smaller batch.
+            synchronize(&self.device);
+        }
+        Ok(result
+            .map_err(run_error)?
+            .into_iter()
+            .map(|t| SegmentText {
+                raw_text: t.raw_text,
+                text: t.text,
+                language: t.tags.language.clone().unwrap_or_default(),
+                emotion: t.tags.emotion.clone().unwrap_or_default(),
+                event: t.tags.event.clone().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    fn offload(&mut self) -> Result<(), String> {
+        let Some(model) = self.active.take() else {
+            return Ok(());
+        };
+        if self.device.is_cpu() {
+            // Nothing to free on the CPU: keep it as it is.
+            self.offloaded = Some(model);
+            return Ok(());
+        }
+        let host = model
+            .to_device(&Device::Cpu)
+            .map_err(|err| format!("{err:#}"))?;
+        drop(model);
+        synchronize(&self.device);
+        self.offloaded = Some(host);
+        Ok(())
+    }
+
+    fn restore(&mut self) -> Result<(), String> {
+        let Some(host) = self.offloaded.take() else {
+            return Ok(());
+        };
+        let restored = host.to_device(&self.device).map_err(|err| format!("{err:#}"));
+        match restored {
+            Ok(model) => {
+                self.active = Some(model);
+                Ok(())
+            }
+            Err(err) => {
+                self.offloaded = Some(host);
+                Err(err)
+            }
+        }
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.active.as_ref().map_or(0, |m| m.weight_bytes() as u64)
+    }
+
+    fn dtype_label(&self) -> String {
+        dtype_label(self.dtype).to_owned()
+    }
+}
+
+fn load(dir: &Path, device: &WorkerDevice, precision: Precision) -> Result<Box<dyn SpeechModel>, RunError> {
+    let device = match device {
+        WorkerDevice::Cpu => Device::Cpu,
+        WorkerDevice::Cuda { ordinal, .. } => {
+            Device::new_cuda(*ordinal).map_err(|err| RunError::Other(format!("GPU unavailable: {err}")))?
+        }
+    };
+    let dtype = match (precision, device.is_cpu()) {
+        (Precision::Auto, true) | (Precision::F32, _) => DType::F32,
+        (Precision::Auto, false) | (Precision::Bf16, _) => DType::BF16,
+        (Precision::F16, _) => DType::F16,
+    };
+    let files = ModelFiles::from_dir(dir).map_err(|err| RunError::Other(format!("{err:#}")))?;
+    let model = SenseVoice::load(&files, &device, dtype).map_err(run_error)?;
+    Ok(Box::new(SenseVoiceModel {
+        active: Some(model),
+        offloaded: None,
+        device,
+        dtype,
+    }))
+}
+
+fn decode(path: &Path) -> Result<(Vec<f32>, Option<String>), String> {
+    let audio = crate::audio::decode_file(path, &mut |_| {}).map_err(|err| err.to_string())?;
+    let warning = (!audio.is_clean()).then(|| {
+        let mut parts = Vec::new();
+        if !audio.skipped.is_empty() {
+            parts.push(format!("{} corrupt stretch(es) skipped", audio.skipped.len()));
+        }
+        if let Some(early) = &audio.ended_early {
+            parts.push(format!("ended early: {early}"));
+        }
+        format!("{}: {}", path.display(), parts.join("; "))
+    });
+    Ok((audio.samples, warning))
+}
+
+/// The worker process's `main`: serves requests on stdin until told to stop.
+pub fn worker_main() {
+    let stdin = BufReader::new(std::io::stdin());
+    let stdout = std::io::stdout().lock();
+    run_worker(stdin, stdout, &load, &decode, cfg!(feature = "cuda"));
+}
