@@ -7,15 +7,16 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code, unused_imports)]
-mod audio {
-    #[path = "../../../src/audio/decode.rs"]
-    pub mod decode;
-    #[path = "../../../src/audio/resample.rs"]
-    pub mod resample;
+// The two modules are compiled from the app's own sources; they refer to `super::` items,
+// which here is this crate's root.
+#[allow(dead_code)]
+#[path = "../../src/audio/decode.rs"]
+mod decode;
+#[allow(dead_code)]
+#[path = "../../src/audio/resample.rs"]
+mod resample;
 
-    pub const MODEL_SAMPLE_RATE_HZ: u32 = 16_000;
-}
+const MODEL_SAMPLE_RATE_HZ: u32 = 16_000;
 
 const HINTS: [Option<&str>; 8] =
     [None, Some("wav"), Some("mp3"), Some("flac"), Some("ogg"), Some("m4a"), Some("aac"), Some("mkv")];
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let hint = HINTS[usize::from(selector) % HINTS.len()];
     let name = std::path::Path::new("fuzz-input");
     let mut progress_calls = 0_u32;
-    if let Ok(audio) = audio::decode::decode_bytes(body.to_vec(), name, hint, &mut |_| progress_calls += 1) {
+    if let Ok(audio) = decode::decode_bytes(body.to_vec(), name, hint, &mut |_| progress_calls += 1) {
         assert!(audio.samples.iter().all(|s| s.is_finite()));
         assert!((audio.duration_s - audio.samples.len() as f64 / 16_000.0).abs() < 1e-9);
     }

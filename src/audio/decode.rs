@@ -486,6 +486,21 @@ impl<'p> Decoding<'p> {
         self.ended_early = Some(EndedEarly { at_s: self.position_s(), reason });
     }
 
+    /// Some readers (MP3) end quietly at a cut-off file. Compare with the length the header
+    /// announced: a clear shortfall means the file is truncated or lost frames to damage.
+    fn check_announced_length(&mut self) {
+        let (None, Some(total_s)) = (&self.ended_early, self.total_s) else {
+            return;
+        };
+        let decoded_s = self.position_s();
+        // Headers of VBR files without an index only estimate their length: allow for that.
+        if total_s - decoded_s > (0.02 * total_s).max(0.5) {
+            self.stop_early(format!(
+                "decoded {decoded_s:.1} s of the {total_s:.1} s the header announces; the file is truncated or damaged"
+            ));
+        }
+    }
+
     fn finish(mut self, progress: &mut dyn FnMut(DecodeProgress)) -> Result<DecodedAudio, DecodeError> {
         if self.decoded_frames == 0 {
             let path = self.path.to_owned();
@@ -498,6 +513,7 @@ impl<'p> Decoding<'p> {
                 DecodeError::ZeroLength { path }
             });
         }
+        self.check_announced_length();
         if let Some(resampler) = self.resampler.take() {
             if let Err(source) = resampler.finish(&mut self.out) {
                 return Err(self.resample_error(source));
