@@ -1,5 +1,8 @@
 //! The recording's writer loop, driven through its ring buffer and channels with no device.
 
+// Test code: a panic is how a failure is reported, also from helper functions.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,8 +41,10 @@ fn flushed_file_is_readable_mid_recording_and_complete_after_stop() {
     let writer = std::thread::Builder::new()
         .name("test-sink".into())
         .spawn(move || {
-            let mut sink = WavSink::create(&writer_path, RATE_HZ, Duration::from_millis(50)).unwrap();
-            let end = run_sink_loop(&mut consumer, &mut sink, &stop_rx, &fault_rx, &events_tx).unwrap();
+            let mut sink =
+                WavSink::create(&writer_path, RATE_HZ, Duration::from_millis(50)).unwrap();
+            let end =
+                run_sink_loop(&mut consumer, &mut sink, &stop_rx, &fault_rx, &events_tx).unwrap();
             sink.drain(&mut consumer).unwrap();
             (end, sink.finish().unwrap())
         })
@@ -50,18 +55,30 @@ fn flushed_file_is_readable_mid_recording_and_complete_after_stop() {
     producer.push_entire_slice(&first).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let event = events_rx.recv_timeout(deadline - Instant::now()).expect("no Saved event");
-        if let RecordEvent::Saved { recorded_s } = event {
-            if recorded_s >= 0.5 {
-                break;
-            }
+        let event = events_rx
+            .recv_timeout(deadline - Instant::now())
+            .expect("no Saved event");
+        if let RecordEvent::Saved { recorded_s } = event
+            && recorded_s >= 0.5
+        {
+            break;
         }
     }
     // The writer still has the file open: this is what a crash right now would leave behind.
     let (spec, mid) = read_i16(&path);
-    assert_eq!((spec.channels, spec.sample_rate, spec.bits_per_sample), (1, RATE_HZ, 16));
-    assert!(mid.len() >= first.len(), "only {} samples readable mid-recording", mid.len());
-    assert_eq!(mid[..first.len()], first.iter().map(|&x| to_i16(x)).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        (spec.channels, spec.sample_rate, spec.bits_per_sample),
+        (1, RATE_HZ, 16)
+    );
+    assert!(
+        mid.len() >= first.len(),
+        "only {} samples readable mid-recording",
+        mid.len()
+    );
+    assert_eq!(
+        mid[..first.len()],
+        first.iter().map(|&x| to_i16(x)).collect::<Vec<_>>()[..]
+    );
 
     let second = tone(8_000, 8_000);
     producer.push_entire_slice(&second).unwrap();
@@ -85,7 +102,10 @@ fn stream_fault_ends_the_loop_and_keeps_the_audio() {
     let (events_tx, _events_rx) = bounded(64);
     let mut sink = WavSink::create(&path, RATE_HZ, Duration::from_secs(1)).unwrap();
     producer.push_entire_slice(&tone(1_600, 0)).unwrap();
-    let fault = StreamFault { device_lost: true, message: "device unplugged".into() };
+    let fault = StreamFault {
+        device_lost: true,
+        message: "device unplugged".into(),
+    };
     fault_tx.send(fault.clone()).unwrap();
     let end = run_sink_loop(&mut consumer, &mut sink, &stop_rx, &fault_rx, &events_tx).unwrap();
     assert_eq!(end, SinkEnd::Fault(fault));
@@ -117,7 +137,9 @@ fn producer_going_away_ends_the_loop() {
 fn wav_in_a_missing_folder_is_a_create_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no/such/folder/rec.wav");
-    let err = WavSink::create(&path, RATE_HZ, Duration::from_secs(1)).err().unwrap();
+    let err = WavSink::create(&path, RATE_HZ, Duration::from_secs(1))
+        .err()
+        .unwrap();
     assert!(matches!(err, RecordError::CreateWav { .. }), "{err:?}");
     assert!(err.to_string().contains("rec.wav"), "{err}");
 }
@@ -126,14 +148,21 @@ fn wav_in_a_missing_folder_is_a_create_error_naming_the_path() {
 fn unknown_device_fails_to_start_with_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rec.wav");
-    let err = Recorder::start(Some("alsa:gpuscribe-no-such-device"), &path).err().unwrap();
+    let err = Recorder::start(Some("alsa:gpuscribe-no-such-device"), &path)
+        .err()
+        .unwrap();
     assert!(
         matches!(
             err,
-            RecordError::DeviceNotFound { .. } | RecordError::OpenDevice { .. } | RecordError::NoInputDevice
+            RecordError::DeviceNotFound { .. }
+                | RecordError::OpenDevice { .. }
+                | RecordError::NoInputDevice
         ),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("gpuscribe-no-such-device") || matches!(err, RecordError::NoInputDevice), "{text}");
+    assert!(
+        text.contains("gpuscribe-no-such-device") || matches!(err, RecordError::NoInputDevice),
+        "{text}"
+    );
 }

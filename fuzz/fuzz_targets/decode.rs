@@ -18,8 +18,16 @@ mod resample;
 
 const MODEL_SAMPLE_RATE_HZ: u32 = 16_000;
 
-const HINTS: [Option<&str>; 8] =
-    [None, Some("wav"), Some("mp3"), Some("flac"), Some("ogg"), Some("m4a"), Some("aac"), Some("mkv")];
+const HINTS: [Option<&str>; 8] = [
+    None,
+    Some("wav"),
+    Some("mp3"),
+    Some("flac"),
+    Some("ogg"),
+    Some("m4a"),
+    Some("aac"),
+    Some("mkv"),
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
@@ -28,7 +36,8 @@ fuzz_target!(|data: &[u8]| {
     let hint = HINTS[usize::from(selector) % HINTS.len()];
     let name = std::path::Path::new("fuzz-input");
     let mut progress_calls = 0_u32;
-    if let Ok(audio) = decode::decode_bytes(body.to_vec(), name, hint, &mut |_| progress_calls += 1) {
+    if let Ok(audio) = decode::decode_bytes(body.to_vec(), name, hint, &mut |_| progress_calls += 1)
+    {
         assert!(audio.samples.iter().all(|s| s.is_finite()));
         assert!((audio.duration_s - audio.samples.len() as f64 / 16_000.0).abs() < 1e-9);
     }

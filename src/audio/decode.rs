@@ -70,7 +70,9 @@ pub enum DecodeError {
         path: PathBuf,
     },
     /// The audio track uses a codec this build cannot decode (Opus, HE-AAC, …).
-    #[error("unsupported audio codec {codec} (convert the file to WAV, MP3, FLAC or Ogg Vorbis): {path}")]
+    #[error(
+        "unsupported audio codec {codec} (convert the file to WAV, MP3, FLAC or Ogg Vorbis): {path}"
+    )]
     UnsupportedCodec {
         /// The file.
         path: PathBuf,
@@ -100,7 +102,9 @@ pub enum DecodeError {
         reason: String,
     },
     /// Every audio packet in the file failed to decode.
-    #[error("the audio data is corrupt: all {failed_packets} packets failed to decode ({reason}): {path}")]
+    #[error(
+        "the audio data is corrupt: all {failed_packets} packets failed to decode ({reason}): {path}"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -190,14 +194,23 @@ pub fn decode_file(
     path: &Path,
     progress: &mut dyn FnMut(DecodeProgress),
 ) -> Result<DecodedAudio, DecodeError> {
-    let file = File::open(path).map_err(|source| DecodeError::Open { path: path.to_owned(), source })?;
+    let file = File::open(path).map_err(|source| DecodeError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     let len_bytes = file
         .metadata()
-        .map_err(|source| DecodeError::Open { path: path.to_owned(), source })?
+        .map_err(|source| DecodeError::Open {
+            path: path.to_owned(),
+            source,
+        })?
         .len();
     if file.metadata().is_ok_and(|m| m.is_dir()) {
         let source = io::Error::new(io::ErrorKind::IsADirectory, "is a directory");
-        return Err(DecodeError::Open { path: path.to_owned(), source });
+        return Err(DecodeError::Open {
+            path: path.to_owned(),
+            source,
+        });
     }
     let extension = path.extension().and_then(|e| e.to_str());
     decode_source(Box::new(file), len_bytes, path, extension, progress)
@@ -213,7 +226,13 @@ pub fn decode_bytes(
     progress: &mut dyn FnMut(DecodeProgress),
 ) -> Result<DecodedAudio, DecodeError> {
     let len_bytes = bytes.len() as u64;
-    decode_source(Box::new(Cursor::new(bytes)), len_bytes, name, extension, progress)
+    decode_source(
+        Box::new(Cursor::new(bytes)),
+        len_bytes,
+        name,
+        extension,
+        progress,
+    )
 }
 
 fn decode_source(
@@ -224,7 +243,9 @@ fn decode_source(
     progress: &mut dyn FnMut(DecodeProgress),
 ) -> Result<DecodedAudio, DecodeError> {
     if len_bytes == 0 {
-        return Err(DecodeError::EmptyFile { path: path.to_owned() });
+        return Err(DecodeError::EmptyFile {
+            path: path.to_owned(),
+        });
     }
     let mss = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
@@ -232,7 +253,12 @@ fn decode_source(
         hint.with_extension(ext);
     }
     let format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
         .map_err(|err| probe_error(path, err))?;
     Decoding::new(format, len_bytes, path)?.run(progress)
 }
@@ -240,14 +266,23 @@ fn decode_source(
 fn probe_error(path: &Path, err: SymphoniaError) -> DecodeError {
     match err {
         SymphoniaError::IoError(source) if source.kind() != io::ErrorKind::UnexpectedEof => {
-            DecodeError::Read { path: path.to_owned(), source }
+            DecodeError::Read {
+                path: path.to_owned(),
+                source,
+            }
         }
         SymphoniaError::IoError(_) => {
             // Running out of bytes while looking for a header means no known header was found
             // (a short text file) or the header itself was cut off.
-            DecodeError::UnrecognizedFormat { path: path.to_owned(), reason: "no audio header found".into() }
+            DecodeError::UnrecognizedFormat {
+                path: path.to_owned(),
+                reason: "no audio header found".into(),
+            }
         }
-        other => DecodeError::UnrecognizedFormat { path: path.to_owned(), reason: other.to_string() },
+        other => DecodeError::UnrecognizedFormat {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -277,16 +312,28 @@ struct Decoding<'p> {
 }
 
 impl<'p> Decoding<'p> {
-    fn new(format: Box<dyn FormatReader>, len_bytes: u64, path: &'p Path) -> Result<Self, DecodeError> {
-        let track = format
-            .default_track(TrackType::Audio)
-            .ok_or_else(|| DecodeError::NoAudioTrack { path: path.to_owned() })?;
+    fn new(
+        format: Box<dyn FormatReader>,
+        len_bytes: u64,
+        path: &'p Path,
+    ) -> Result<Self, DecodeError> {
+        let track =
+            format
+                .default_track(TrackType::Audio)
+                .ok_or_else(|| DecodeError::NoAudioTrack {
+                    path: path.to_owned(),
+                })?;
         let params = track
             .codec_params
             .as_ref()
             .and_then(|p| p.audio())
-            .ok_or_else(|| DecodeError::NoAudioTrack { path: path.to_owned() })?;
-        let unsupported = |codec: String| DecodeError::UnsupportedCodec { path: path.to_owned(), codec };
+            .ok_or_else(|| DecodeError::NoAudioTrack {
+                path: path.to_owned(),
+            })?;
+        let unsupported = |codec: String| DecodeError::UnsupportedCodec {
+            path: path.to_owned(),
+            codec,
+        };
         if params.codec == CODEC_ID_OPUS {
             return Err(unsupported("Opus".into()));
         }
@@ -299,13 +346,21 @@ impl<'p> Decoding<'p> {
                 other => unsupported(other.to_string()),
             })?;
         let declared_rate = params.sample_rate.unwrap_or(0);
-        if params.sample_rate.is_some() && !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&declared_rate) {
-            return Err(DecodeError::UnsupportedSampleRate { path: path.to_owned(), rate_hz: declared_rate });
+        if params.sample_rate.is_some()
+            && !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&declared_rate)
+        {
+            return Err(DecodeError::UnsupportedSampleRate {
+                path: path.to_owned(),
+                rate_hz: declared_rate,
+            });
         }
         let total_s = track_length_s(track, declared_rate);
         let codec = decoder.codec_info().short_name.to_owned();
         let track_id = track.id;
-        let source_channels = params.channels.as_ref().map_or(0, |c| c.count().min(usize::from(u16::MAX)) as u16);
+        let source_channels = params
+            .channels
+            .as_ref()
+            .map_or(0, |c| c.count().min(usize::from(u16::MAX)) as u16);
 
         // Reserve the output once instead of growing it by doubling (which peaks at 1.5x). The
         // header's length is trusted only as far as the file size makes plausible: even 8 kbit/s
@@ -345,7 +400,10 @@ impl<'p> Decoding<'p> {
         self.position_frames as f64 / f64::from(self.source_sample_rate_hz)
     }
 
-    fn run(mut self, progress: &mut dyn FnMut(DecodeProgress)) -> Result<DecodedAudio, DecodeError> {
+    fn run(
+        mut self,
+        progress: &mut dyn FnMut(DecodeProgress),
+    ) -> Result<DecodedAudio, DecodeError> {
         loop {
             let packet = match self.format.next_packet() {
                 Ok(Some(packet)) => packet,
@@ -355,10 +413,15 @@ impl<'p> Decoding<'p> {
                     break;
                 }
                 Err(SymphoniaError::IoError(source)) => {
-                    return Err(DecodeError::Read { path: self.path.to_owned(), source });
+                    return Err(DecodeError::Read {
+                        path: self.path.to_owned(),
+                        source,
+                    });
                 }
                 Err(SymphoniaError::ResetRequired) => {
-                    self.stop_early("a second chained stream follows; only the first is decoded".into());
+                    self.stop_early(
+                        "a second chained stream follows; only the first is decoded".into(),
+                    );
                     break;
                 }
                 Err(err) => {
@@ -387,11 +450,18 @@ impl<'p> Decoding<'p> {
                     self.accept_buffer(rate, channels, start_s, dur_s)?;
                 }
                 Err(SymphoniaError::ResetRequired) => {
-                    self.stop_early("the stream's format changes mid-file; the rest is not decoded".into());
+                    self.stop_early(
+                        "the stream's format changes mid-file; the rest is not decoded".into(),
+                    );
                     break;
                 }
-                Err(SymphoniaError::IoError(source)) if source.kind() != io::ErrorKind::UnexpectedEof => {
-                    return Err(DecodeError::Read { path: self.path.to_owned(), source });
+                Err(SymphoniaError::IoError(source))
+                    if source.kind() != io::ErrorKind::UnexpectedEof =>
+                {
+                    return Err(DecodeError::Read {
+                        path: self.path.to_owned(),
+                        source,
+                    });
                 }
                 Err(err) => {
                     if let (SymphoniaError::Unsupported(what), 0) = (&err, self.decoded_frames) {
@@ -406,33 +476,50 @@ impl<'p> Decoding<'p> {
             }
             if self.position_s() - self.last_progress_s >= PROGRESS_STEP_S {
                 self.last_progress_s = self.position_s();
-                progress(DecodeProgress { decoded_s: self.last_progress_s, total_s: self.total_s });
+                progress(DecodeProgress {
+                    decoded_s: self.last_progress_s,
+                    total_s: self.total_s,
+                });
             }
         }
         self.finish(progress)
     }
 
     /// Downmixes and resamples the buffer just copied into `self.interleaved`.
-    fn accept_buffer(&mut self, rate: u32, channels: usize, start_s: f64, dur_s: f64) -> Result<(), DecodeError> {
+    fn accept_buffer(
+        &mut self,
+        rate: u32,
+        channels: usize,
+        start_s: f64,
+        dur_s: f64,
+    ) -> Result<(), DecodeError> {
         if self.resampler.is_none() {
             if !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&rate) {
-                return Err(DecodeError::UnsupportedSampleRate { path: self.path.to_owned(), rate_hz: rate });
+                return Err(DecodeError::UnsupportedSampleRate {
+                    path: self.path.to_owned(),
+                    rate_hz: rate,
+                });
             }
-            let resampler = MonoResampler::new(rate).map_err(|source| self.resample_error(source))?;
+            let resampler =
+                MonoResampler::new(rate).map_err(|source| self.resample_error(source))?;
             self.resampler = Some(resampler);
             self.source_sample_rate_hz = rate;
             self.source_channels = channels.min(usize::from(u16::MAX)) as u16;
         } else if rate != self.source_sample_rate_hz {
             // A rate change mid-stream only happens in damaged files (e.g. a bogus MP3 header).
-            self.record_skip(start_s, dur_s, format!("sample rate changes to {rate} Hz mid-stream"));
+            self.record_skip(
+                start_s,
+                dur_s,
+                format!("sample rate changes to {rate} Hz mid-stream"),
+            );
             return self.fill_gap(dur_s);
         }
         downmix_into(&self.interleaved, channels, &mut self.mono);
         let frames = self.mono.len() as u64;
-        if let Some(resampler) = self.resampler.as_mut() {
-            if let Err(source) = resampler.push(&self.mono, &mut self.out) {
-                return Err(self.resample_error(source));
-            }
+        if let Some(resampler) = self.resampler.as_mut()
+            && let Err(source) = resampler.push(&self.mono, &mut self.out)
+        {
+            return Err(self.resample_error(source));
         }
         self.decoded_frames += frames;
         self.position_frames += frames;
@@ -455,7 +542,10 @@ impl<'p> Decoding<'p> {
     }
 
     fn resample_error(&self, source: ResampleError) -> DecodeError {
-        DecodeError::Resample { path: self.path.to_owned(), source }
+        DecodeError::Resample {
+            path: self.path.to_owned(),
+            source,
+        }
     }
 
     fn packet_duration_s(&self, dur: u64) -> f64 {
@@ -472,18 +562,26 @@ impl<'p> Decoding<'p> {
             self.first_decode_error = Some(reason.clone());
         }
         // Merge with the previous range when it ends where this one starts (runs of bad frames).
-        if let Some(last) = self.skipped.last_mut() {
-            if (last.start_s + last.duration_s - start_s).abs() < 1e-3 {
-                last.duration_s += duration_s;
-                last.packets += 1;
-                return;
-            }
+        if let Some(last) = self.skipped.last_mut()
+            && (last.start_s + last.duration_s - start_s).abs() < 1e-3
+        {
+            last.duration_s += duration_s;
+            last.packets += 1;
+            return;
         }
-        self.skipped.push(SkippedRange { start_s, duration_s, packets: 1, reason });
+        self.skipped.push(SkippedRange {
+            start_s,
+            duration_s,
+            packets: 1,
+            reason,
+        });
     }
 
     fn stop_early(&mut self, reason: String) {
-        self.ended_early = Some(EndedEarly { at_s: self.position_s(), reason });
+        self.ended_early = Some(EndedEarly {
+            at_s: self.position_s(),
+            reason,
+        });
     }
 
     /// Some readers (MP3) end quietly at a cut-off file. Compare with the length the header
@@ -501,26 +599,39 @@ impl<'p> Decoding<'p> {
         }
     }
 
-    fn finish(mut self, progress: &mut dyn FnMut(DecodeProgress)) -> Result<DecodedAudio, DecodeError> {
+    fn finish(
+        mut self,
+        progress: &mut dyn FnMut(DecodeProgress),
+    ) -> Result<DecodedAudio, DecodeError> {
         if self.decoded_frames == 0 {
             let path = self.path.to_owned();
             return Err(if self.failed_packets > 0 {
                 let reason = self.first_decode_error.take().unwrap_or_default();
-                DecodeError::Corrupt { path, failed_packets: self.failed_packets, reason }
+                DecodeError::Corrupt {
+                    path,
+                    failed_packets: self.failed_packets,
+                    reason,
+                }
             } else if let Some(early) = self.ended_early.take() {
-                DecodeError::Truncated { path, reason: early.reason }
+                DecodeError::Truncated {
+                    path,
+                    reason: early.reason,
+                }
             } else {
                 DecodeError::ZeroLength { path }
             });
         }
         self.check_announced_length();
-        if let Some(resampler) = self.resampler.take() {
-            if let Err(source) = resampler.finish(&mut self.out) {
-                return Err(self.resample_error(source));
-            }
+        if let Some(resampler) = self.resampler.take()
+            && let Err(source) = resampler.finish(&mut self.out)
+        {
+            return Err(self.resample_error(source));
         }
         self.out.shrink_to_fit();
-        progress(DecodeProgress { decoded_s: self.position_s(), total_s: self.total_s });
+        progress(DecodeProgress {
+            decoded_s: self.position_s(),
+            total_s: self.total_s,
+        });
         let duration_s = self.out.len() as f64 / f64::from(MODEL_SAMPLE_RATE_HZ);
         Ok(DecodedAudio {
             samples: self.out,

@@ -27,7 +27,11 @@ impl Level {
 }
 
 fn amplitude_to_dbfs(amplitude: f32) -> f32 {
-    if amplitude <= 1e-5 { -100.0 } else { 20.0 * amplitude.log10() }
+    if amplitude <= 1e-5 {
+        -100.0
+    } else {
+        20.0 * amplitude.log10()
+    }
 }
 
 /// Shares the latest block level between the capture callback and the UI.
@@ -63,7 +67,8 @@ impl LevelMeter {
     /// Stores a level directly (used to reset the meter to silence when recording stops).
     pub fn store(&self, level: Level) {
         self.rms_bits.store(level.rms.to_bits(), Ordering::Relaxed);
-        self.peak_bits.store(level.peak.to_bits(), Ordering::Relaxed);
+        self.peak_bits
+            .store(level.peak.to_bits(), Ordering::Relaxed);
     }
 
     /// The latest level. The two values may come from adjacent blocks; a meter does not care.
@@ -98,7 +103,10 @@ impl LevelAccumulator {
         if self.count == 0 {
             return Level::default();
         }
-        Level { rms: (self.sum_sq / self.count as f32).sqrt(), peak: self.peak }
+        Level {
+            rms: (self.sum_sq / self.count as f32).sqrt(),
+            peak: self.peak,
+        }
     }
 }
 
@@ -109,8 +117,9 @@ mod tests {
     #[test]
     fn sine_level_matches_theory() {
         let meter = LevelMeter::new();
-        let samples: Vec<f32> =
-            (0..48_000).map(|i| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 48_000.0).sin()).collect();
+        let samples: Vec<f32> = (0..48_000)
+            .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 48_000.0).sin())
+            .collect();
         meter.update(&samples);
         let level = meter.read();
         assert!((level.rms - 0.5 / 2f32.sqrt()).abs() < 1e-3, "{level:?}");

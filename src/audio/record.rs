@@ -86,7 +86,9 @@ pub enum RecordError {
         source: hound::Error,
     },
     /// The device stopped working mid-recording. The audio recorded before is kept in `path`.
-    #[error("the input device stopped ({message}); the {recorded_s:.1} s recorded so far were kept: {path}")]
+    #[error(
+        "the input device stopped ({message}); the {recorded_s:.1} s recorded so far were kept: {path}"
+    )]
     DeviceLost {
         /// The host's message.
         message: String,
@@ -146,23 +148,36 @@ impl DeviceList {
     /// Lists the input devices now. An empty list is not an error (no microphone).
     pub fn scan() -> Self {
         let host = cpal::default_host();
-        let default_id = host.default_input_device().and_then(|d| d.id().ok()).map(|id| id.to_string());
+        let default_id = host
+            .default_input_device()
+            .and_then(|d| d.id().ok())
+            .map(|id| id.to_string());
         let mut devices: Vec<InputDevice> = host
             .input_devices()
             .map(|iter| {
                 iter.filter_map(|device| {
                     let id = device.id().ok()?.to_string();
-                    let name = device.description().map_or_else(|_| id.clone(), |d| d.name().to_owned());
+                    let name = device
+                        .description()
+                        .map_or_else(|_| id.clone(), |d| d.name().to_owned());
                     let is_default = default_id.as_deref() == Some(id.as_str());
-                    Some(InputDevice { id, name, is_default })
+                    Some(InputDevice {
+                        id,
+                        name,
+                        is_default,
+                    })
                 })
                 .collect()
             })
             .unwrap_or_default();
-        if let Some(default_id) = &default_id {
-            if !devices.iter().any(|d| &d.id == default_id) {
-                devices.push(InputDevice { id: default_id.clone(), name: "Default input".into(), is_default: true });
-            }
+        if let Some(default_id) = &default_id
+            && !devices.iter().any(|d| &d.id == default_id)
+        {
+            devices.push(InputDevice {
+                id: default_id.clone(),
+                name: "Default input".into(),
+                is_default: true,
+            });
         }
         // Default first, the rest in the host's order.
         devices.sort_by_key(|d| !d.is_default);
@@ -241,7 +256,9 @@ impl Recorder {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(RecordError::Thread("the capture thread ended during start-up".into()))
+                Err(RecordError::Thread(
+                    "the capture thread ended during start-up".into(),
+                ))
             }
         }
     }
@@ -313,14 +330,15 @@ impl RecorderHandle {
 
     fn stop_and_join(&mut self) -> Result<PathBuf, RecordError> {
         let _ = self.stop_tx.try_send(());
-        let result = self
-            .result_rx
-            .recv()
-            .unwrap_or_else(|_| Err(RecordError::Thread("the capture thread ended without a result".into())));
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                return Err(RecordError::Thread("the capture thread panicked".into()));
-            }
+        let result = self.result_rx.recv().unwrap_or_else(|_| {
+            Err(RecordError::Thread(
+                "the capture thread ended without a result".into(),
+            ))
+        });
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            return Err(RecordError::Thread("the capture thread panicked".into()));
         }
         self.level.store(Level::default());
         result
@@ -363,9 +381,23 @@ impl CaptureJob {
                 return Err(err);
             }
         };
-        let Opened { stream, mut consumer, mut sink, fault_rx, device_name, sample_rate_hz, channels } = opened;
-        let _ = startup_tx.send(Ok(Started { device_name: device_name.clone() }));
-        let _ = events_tx.try_send(RecordEvent::Started { device_name, sample_rate_hz, channels });
+        let Opened {
+            stream,
+            mut consumer,
+            mut sink,
+            fault_rx,
+            device_name,
+            sample_rate_hz,
+            channels,
+        } = opened;
+        let _ = startup_tx.send(Ok(Started {
+            device_name: device_name.clone(),
+        }));
+        let _ = events_tx.try_send(RecordEvent::Started {
+            device_name,
+            sample_rate_hz,
+            channels,
+        });
 
         let end = run_sink_loop(&mut consumer, &mut sink, stop_rx, &fault_rx, events_tx);
         // Stop the device before the last drain so no sample arrives after it.
@@ -382,7 +414,11 @@ impl CaptureJob {
         let (path, recorded_s) = sink.finish()?;
         match end {
             SinkEnd::Stopped => Ok(path),
-            SinkEnd::Fault(fault) => Err(RecordError::DeviceLost { message: fault.message, path, recorded_s }),
+            SinkEnd::Fault(fault) => Err(RecordError::DeviceLost {
+                message: fault.message,
+                path,
+                recorded_s,
+            }),
             SinkEnd::ProducerGone => Err(RecordError::DeviceLost {
                 message: "the audio stream closed".into(),
                 path,
@@ -394,32 +430,52 @@ impl CaptureJob {
     fn open(&self) -> Result<Opened, RecordError> {
         let host = cpal::default_host();
         let device = match &self.device_id {
-            None => host.default_input_device().ok_or(RecordError::NoInputDevice)?,
+            None => host
+                .default_input_device()
+                .ok_or(RecordError::NoInputDevice)?,
             Some(id) => find_device(&host, id)?,
         };
-        let device_name = device
-            .description()
-            .map_or_else(|_| self.device_id.clone().unwrap_or_default(), |d| d.name().to_owned());
+        let device_name = device.description().map_or_else(
+            |_| self.device_id.clone().unwrap_or_default(),
+            |d| d.name().to_owned(),
+        );
         let open_error = |err: &cpal::Error| map_open_error(&device_name, err);
         let supported = device.default_input_config().map_err(|e| open_error(&e))?;
         let config = supported.config();
         let sample_rate_hz = config.sample_rate;
         let channels = config.channels;
-        let (producer, consumer) = rtrb::RingBuffer::<f32>::new(sample_rate_hz as usize * RING_SECONDS);
+        let (producer, consumer) =
+            rtrb::RingBuffer::<f32>::new(sample_rate_hz as usize * RING_SECONDS);
         let (fault_tx, fault_rx) = bounded::<StreamFault>(4);
         // Create the file before the stream so a bad path fails before the microphone opens.
         let sink = WavSink::create(&self.wav_path, sample_rate_hz, FLUSH_INTERVAL)?;
-        self.counters.sample_rate_hz.store(u64::from(sample_rate_hz), Ordering::Relaxed);
+        self.counters
+            .sample_rate_hz
+            .store(u64::from(sample_rate_hz), Ordering::Relaxed);
         let callback = CallbackState {
             producer,
             channels: usize::from(channels.max(1)),
             level: Arc::clone(&self.level),
             counters: Arc::clone(&self.counters),
         };
-        let stream = build_stream(&device, supported.sample_format(), config, callback, fault_tx)
-            .map_err(|e| open_error(&e))?;
+        let stream = build_stream(
+            &device,
+            supported.sample_format(),
+            config,
+            callback,
+            fault_tx,
+        )
+        .map_err(|e| open_error(&e))?;
         stream.play().map_err(|e| open_error(&e))?;
-        Ok(Opened { stream, consumer, sink, fault_rx, device_name, sample_rate_hz, channels })
+        Ok(Opened {
+            stream,
+            consumer,
+            sink,
+            fault_rx,
+            device_name,
+            sample_rate_hz,
+            channels,
+        })
     }
 }
 
@@ -434,11 +490,13 @@ struct Opened {
 }
 
 fn find_device(host: &cpal::Host, id: &str) -> Result<cpal::Device, RecordError> {
-    let not_found = || RecordError::DeviceNotFound { device_id: id.to_owned() };
-    if let Ok(parsed) = cpal::DeviceId::from_str(id) {
-        if let Some(device) = host.device_by_id(&parsed) {
-            return Ok(device);
-        }
+    let not_found = || RecordError::DeviceNotFound {
+        device_id: id.to_owned(),
+    };
+    if let Ok(parsed) = cpal::DeviceId::from_str(id)
+        && let Some(device) = host.device_by_id(&parsed)
+    {
+        return Ok(device);
     }
     // Fall back to comparing the printed ids (covers hosts whose ids do not round-trip).
     host.input_devices()
@@ -487,9 +545,13 @@ impl CallbackState {
             chunk.fill_from_iter(mono);
         }
         self.level.store(acc.level());
-        self.counters.captured_frames.fetch_add(writable as u64, Ordering::Relaxed);
+        self.counters
+            .captured_frames
+            .fetch_add(writable as u64, Ordering::Relaxed);
         if frames > writable {
-            self.counters.dropped_frames.fetch_add((frames - writable) as u64, Ordering::Relaxed);
+            self.counters
+                .dropped_frames
+                .fetch_add((frames - writable) as u64, Ordering::Relaxed);
         }
     }
 }
@@ -540,7 +602,10 @@ where
             );
             // Other errors (an xrun, a reroute) are survivable: keep recording.
             if device_lost {
-                let _ = fault_tx.try_send(StreamFault { device_lost, message: err.to_string() });
+                let _ = fault_tx.try_send(StreamFault {
+                    device_lost,
+                    message: err.to_string(),
+                });
             }
         },
         None,
@@ -551,19 +616,30 @@ where
 fn clone_for_event(err: &RecordError) -> RecordError {
     match err {
         RecordError::NoInputDevice => RecordError::NoInputDevice,
-        RecordError::DeviceNotFound { device_id } => RecordError::DeviceNotFound { device_id: device_id.clone() },
-        RecordError::PermissionDenied { device, message } => {
-            RecordError::PermissionDenied { device: device.clone(), message: message.clone() }
-        }
-        RecordError::DeviceBusy { device, message } => {
-            RecordError::DeviceBusy { device: device.clone(), message: message.clone() }
-        }
-        RecordError::OpenDevice { device, message } => {
-            RecordError::OpenDevice { device: device.clone(), message: message.clone() }
-        }
-        RecordError::DeviceLost { message, path, recorded_s } => {
-            RecordError::DeviceLost { message: message.clone(), path: path.clone(), recorded_s: *recorded_s }
-        }
+        RecordError::DeviceNotFound { device_id } => RecordError::DeviceNotFound {
+            device_id: device_id.clone(),
+        },
+        RecordError::PermissionDenied { device, message } => RecordError::PermissionDenied {
+            device: device.clone(),
+            message: message.clone(),
+        },
+        RecordError::DeviceBusy { device, message } => RecordError::DeviceBusy {
+            device: device.clone(),
+            message: message.clone(),
+        },
+        RecordError::OpenDevice { device, message } => RecordError::OpenDevice {
+            device: device.clone(),
+            message: message.clone(),
+        },
+        RecordError::DeviceLost {
+            message,
+            path,
+            recorded_s,
+        } => RecordError::DeviceLost {
+            message: message.clone(),
+            path: path.clone(),
+            recorded_s: *recorded_s,
+        },
         RecordError::CreateWav { path, source } => RecordError::CreateWav {
             path: path.clone(),
             source: hound::Error::IoError(std::io::Error::other(source.to_string())),

@@ -67,7 +67,9 @@ impl MonoResampler {
     /// Builds a resampler from `source_rate_hz` to [`MODEL_SAMPLE_RATE_HZ`].
     pub fn new(source_rate_hz: u32) -> Result<Self, ResampleError> {
         if !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&source_rate_hz) {
-            return Err(ResampleError::UnsupportedRate { rate_hz: source_rate_hz });
+            return Err(ResampleError::UnsupportedRate {
+                rate_hz: source_rate_hz,
+            });
         }
         let inner = if source_rate_hz == MODEL_SAMPLE_RATE_HZ {
             None
@@ -111,12 +113,19 @@ impl MonoResampler {
             if self.pending.len() - consumed < needed {
                 break;
             }
-            let input = InterleavedSlice::new(&self.pending[consumed..], 1, self.pending.len() - consumed)?;
+            let input =
+                InterleavedSlice::new(&self.pending[consumed..], 1, self.pending.len() - consumed)?;
             let scratch_len = self.scratch.len();
             let mut output = InterleavedSlice::new_mut(&mut self.scratch, 1, scratch_len)?;
             let (frames_in, frames_out) = inner.process_into_buffer(&input, &mut output, None)?;
             consumed += frames_in;
-            emit(&self.scratch[..frames_out], &mut self.delay_frames_left, u64::MAX, &mut self.output_frames, out);
+            emit(
+                &self.scratch[..frames_out],
+                &mut self.delay_frames_left,
+                u64::MAX,
+                &mut self.output_frames,
+                out,
+            );
         }
         self.pending.drain(..consumed);
         Ok(())
@@ -140,12 +149,19 @@ impl MonoResampler {
             let scratch_len = self.scratch.len();
             let mut output = InterleavedSlice::new_mut(&mut self.scratch, 1, scratch_len)?;
             let indexing = Indexing::new().partial_len(partial_len.min(needed));
-            let (_, frames_out) = inner.process_into_buffer(&input, &mut output, Some(&indexing))?;
+            let (_, frames_out) =
+                inner.process_into_buffer(&input, &mut output, Some(&indexing))?;
             partial_len = partial_len.saturating_sub(needed);
             if partial_len > 0 {
                 self.pending.drain(..needed);
             }
-            emit(&self.scratch[..frames_out], &mut self.delay_frames_left, expected, &mut self.output_frames, out);
+            emit(
+                &self.scratch[..frames_out],
+                &mut self.delay_frames_left,
+                expected,
+                &mut self.output_frames,
+                out,
+            );
         }
         Ok(())
     }
@@ -208,7 +224,11 @@ pub fn downmix_into(interleaved: &[f32], channels: usize, mono: &mut Vec<f32>) {
 
 #[inline]
 fn sanitize(sample: f32) -> f32 {
-    if sample.is_finite() { sample.clamp(-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE) } else { 0.0 }
+    if sample.is_finite() {
+        sample.clamp(-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE)
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +247,9 @@ mod tests {
 
     #[test]
     fn output_length_is_exact_for_common_and_odd_rates() {
-        for &rate in &[8_000_u32, 11_025, 16_000, 22_050, 44_100, 48_000, 44_101, 96_000] {
+        for &rate in &[
+            8_000_u32, 11_025, 16_000, 22_050, 44_100, 48_000, 44_101, 96_000,
+        ] {
             for &len in &[0_usize, 1, 100, 1023, 1024, 5000, 48_017] {
                 let input = vec![0.1_f32; len];
                 let out = resample_all(rate, &input, 333);
@@ -243,13 +265,20 @@ mod tests {
         let a = resample_all(44_100, &input, 100);
         let b = resample_all(44_100, &input, 4096);
         assert_eq!(a.len(), b.len());
-        let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0_f32, f32::max);
+        let max_diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0_f32, f32::max);
         assert!(max_diff < 1e-5, "max diff {max_diff}");
     }
 
     #[test]
     fn rejects_broken_rates() {
-        assert!(matches!(MonoResampler::new(0), Err(ResampleError::UnsupportedRate { rate_hz: 0 })));
+        assert!(matches!(
+            MonoResampler::new(0),
+            Err(ResampleError::UnsupportedRate { rate_hz: 0 })
+        ));
         assert!(MonoResampler::new(5_000_000).is_err());
     }
 

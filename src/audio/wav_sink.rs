@@ -37,15 +37,22 @@ pub struct WavSink {
 
 impl WavSink {
     /// Creates (or truncates) the WAV file at `path`.
-    pub fn create(path: &Path, sample_rate_hz: u32, flush_interval: Duration) -> Result<Self, RecordError> {
+    pub fn create(
+        path: &Path,
+        sample_rate_hz: u32,
+        flush_interval: Duration,
+    ) -> Result<Self, RecordError> {
         let spec = hound::WavSpec {
             channels: 1,
             sample_rate: sample_rate_hz,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
-        let writer = hound::WavWriter::create(path, spec)
-            .map_err(|source| RecordError::CreateWav { path: path.to_owned(), source })?;
+        let writer =
+            hound::WavWriter::create(path, spec).map_err(|source| RecordError::CreateWav {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Self {
             writer,
             path: path.to_owned(),
@@ -80,7 +87,10 @@ impl WavSink {
             // Clamp, then scale to i16: the cast saturates, so out-of-range floats cannot wrap.
             let value = (sample.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
             if let Err(source) = self.writer.write_sample(value) {
-                return Err(RecordError::WriteWav { path: self.path.clone(), source });
+                return Err(RecordError::WriteWav {
+                    path: self.path.clone(),
+                    source,
+                });
             }
         }
         chunk.commit_all();
@@ -100,18 +110,20 @@ impl WavSink {
     /// Writes buffered samples and a header that covers them (hound's `flush` does both).
     pub fn flush(&mut self) -> Result<(), RecordError> {
         self.last_flush = Instant::now();
-        self.writer
-            .flush()
-            .map_err(|source| RecordError::WriteWav { path: self.path.clone(), source })
+        self.writer.flush().map_err(|source| RecordError::WriteWav {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Writes the final header and closes the file. Returns the path and the seconds recorded.
     pub fn finish(self) -> Result<(PathBuf, f64), RecordError> {
         let recorded_s = self.recorded_s();
         let Self { writer, path, .. } = self;
-        writer
-            .finalize()
-            .map_err(|source| RecordError::WriteWav { path: path.clone(), source })?;
+        writer.finalize().map_err(|source| RecordError::WriteWav {
+            path: path.clone(),
+            source,
+        })?;
         Ok((path, recorded_s))
     }
 }
@@ -162,7 +174,9 @@ pub fn run_sink_loop(
         }
         if sink.flush_if_due()? {
             // A full event queue only means the UI is behind; the next flush reports again.
-            let _ = events_tx.try_send(RecordEvent::Saved { recorded_s: sink.recorded_s() });
+            let _ = events_tx.try_send(RecordEvent::Saved {
+                recorded_s: sink.recorded_s(),
+            });
         }
     }
 }
