@@ -24,6 +24,7 @@
 //! ```
 
 pub mod decode;
+pub mod devices;
 pub mod level;
 pub mod record;
 pub mod resample;
@@ -32,10 +33,9 @@ pub mod wav_sink;
 pub use decode::{
     DecodeError, DecodeProgress, DecodedAudio, EndedEarly, SkippedRange, decode_bytes, decode_file,
 };
+pub use devices::{DeviceList, InputDevice};
 pub use level::{Level, LevelMeter};
-pub use record::{
-    DeviceList, FLUSH_INTERVAL, InputDevice, RecordError, RecordEvent, Recorder, RecorderHandle,
-};
+pub use record::{FLUSH_INTERVAL, RecordError, RecordEvent, Recorder, RecorderHandle};
 pub use resample::MonoResampler;
 
 /// The sample rate SenseVoice expects, and that [`decode_file`] produces.
