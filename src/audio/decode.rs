@@ -1,0 +1,655 @@
+//! Decodes an audio file (WAV, MP3, FLAC, Ogg Vorbis, AAC/M4A) to 16 kHz mono `f32`.
+//!
+//! Runs on whichever thread calls it (the engine's worker, never the UI thread). Decoding is
+//! streamed packet by packet through [`MonoResampler`], so a long file never holds more than its
+//! 16 kHz output plus one packet and one resampler chunk.
+
+use std::fs::File;
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+
+use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, Track, TrackType};
+use symphonia::core::io::{MediaSource, MediaSourceStream};
+use symphonia::core::meta::MetadataOptions;
+
+use super::MODEL_SAMPLE_RATE_HZ;
+use super::resample::{
+    MAX_SOURCE_RATE_HZ, MIN_SOURCE_RATE_HZ, MonoResampler, ResampleError, downmix_into,
+};
+
+/// Longest stretch of silence inserted for one undecodable packet; caps the damage a lying
+/// packet duration in a broken file can do.
+const MAX_GAP_FILL_S: f64 = 2.0;
+
+/// How far decoding must advance between two progress reports.
+const PROGRESS_STEP_S: f64 = 0.5;
+
+/// Why decoding a file failed. Every message names what is wrong, then the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The file could not be opened (missing, no permission, a directory, …).
+    #[error("cannot open the audio file ({source}): {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Reading failed part-way for a reason other than the file ending.
+    #[error("reading the audio file failed ({source}): {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The file has no bytes at all.
+    #[error("the file is empty (0 bytes): {path}")]
+    EmptyFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No known container was found: random bytes, a text file with an audio name, …
+    #[error(
+        "not a recognised audio file (expected WAV, MP3, FLAC, Ogg Vorbis or AAC/M4A; {reason}): {path}"
+    )]
+    UnrecognizedFormat {
+        /// The file.
+        path: PathBuf,
+        /// What the probe said.
+        reason: String,
+    },
+    /// The container holds no audio track.
+    #[error("the file has no audio track: {path}")]
+    NoAudioTrack {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The audio track uses a codec this build cannot decode (Opus, HE-AAC, …).
+    #[error(
+        "unsupported audio codec {codec} (convert the file to WAV, MP3, FLAC or Ogg Vorbis): {path}"
+    )]
+    UnsupportedCodec {
+        /// The file.
+        path: PathBuf,
+        /// The codec's name, e.g. `Opus`.
+        codec: String,
+    },
+    /// The header declares a sample rate no real recording has.
+    #[error("unsupported sample rate {rate_hz} Hz (supported: 1000 to 768000 Hz): {path}")]
+    UnsupportedSampleRate {
+        /// The file.
+        path: PathBuf,
+        /// The declared rate.
+        rate_hz: u32,
+    },
+    /// The file is valid but holds no audio samples.
+    #[error("the file contains no audio (zero length): {path}")]
+    ZeroLength {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file ends before any audio could be decoded.
+    #[error("the file is truncated before any audio ({reason}): {path}")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// What the reader reported.
+        reason: String,
+    },
+    /// Every audio packet in the file failed to decode.
+    #[error(
+        "the audio data is corrupt: all {failed_packets} packets failed to decode ({reason}): {path}"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// How many packets failed.
+        failed_packets: u64,
+        /// The first decoder error.
+        reason: String,
+    },
+    /// The resampler failed (a bug rather than bad input).
+    #[error("resampling to 16 kHz failed ({source}): {path}")]
+    Resample {
+        /// The file.
+        path: PathBuf,
+        /// The resampler error.
+        source: ResampleError,
+    },
+}
+
+/// A progress report, sent every half second of decoded audio and once at the end.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecodeProgress {
+    /// Seconds of source audio decoded so far.
+    pub decoded_s: f64,
+    /// The file's length in seconds as its header states it, when it states one.
+    pub total_s: Option<f64>,
+}
+
+impl DecodeProgress {
+    /// Fraction done in `0.0..=1.0`, when the total length is known.
+    pub fn fraction(&self) -> Option<f32> {
+        let total = self.total_s.filter(|t| *t > 0.0)?;
+        Some((self.decoded_s / total).clamp(0.0, 1.0) as f32)
+    }
+}
+
+/// A stretch of the source that could not be decoded; it is replaced by silence in the output
+/// so later timestamps stay right.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkippedRange {
+    /// Where the stretch starts, in seconds from the start of the source.
+    pub start_s: f64,
+    /// Its length in seconds (0 when the container did not say).
+    pub duration_s: f64,
+    /// Number of packets that failed in this stretch.
+    pub packets: u64,
+    /// The decoder's message for the first failed packet.
+    pub reason: String,
+}
+
+/// Why decoding stopped before the end the container announced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndedEarly {
+    /// Seconds of source audio decoded when it stopped.
+    pub at_s: f64,
+    /// What the reader reported (e.g. "unexpected end of file").
+    pub reason: String,
+}
+
+/// A decoded file: 16 kHz mono samples plus what was found on the way.
+#[derive(Clone, Debug)]
+pub struct DecodedAudio {
+    /// Mono `f32` samples at [`MODEL_SAMPLE_RATE_HZ`], nominally in `-1.0..=1.0`.
+    pub samples: Vec<f32>,
+    /// The source's sample rate.
+    pub source_sample_rate_hz: u32,
+    /// The source's channel count (before the mono downmix).
+    pub source_channels: u16,
+    /// The codec's short name, e.g. `mp3`, `flac`, `pcm_s16le`.
+    pub codec: String,
+    /// Length of the decoded audio in seconds (`samples.len() / 16000`).
+    pub duration_s: f64,
+    /// Stretches that failed to decode and were filled with silence.
+    pub skipped: Vec<SkippedRange>,
+    /// Set when the file stopped early (truncated); what came before is kept.
+    pub ended_early: Option<EndedEarly>,
+}
+
+impl DecodedAudio {
+    /// True when the whole file decoded without skips or truncation.
+    pub fn is_clean(&self) -> bool {
+        self.skipped.is_empty() && self.ended_early.is_none()
+    }
+}
+
+/// Decodes the file at `path` to 16 kHz mono. `progress` is called on this thread.
+pub fn decode_file(
+    path: &Path,
+    progress: &mut dyn FnMut(DecodeProgress),
+) -> Result<DecodedAudio, DecodeError> {
+    let file = File::open(path).map_err(|source| DecodeError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let len_bytes = file
+        .metadata()
+        .map_err(|source| DecodeError::Open {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        let source = io::Error::new(io::ErrorKind::IsADirectory, "is a directory");
+        return Err(DecodeError::Open {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    let extension = path.extension().and_then(|e| e.to_str());
+    decode_source(Box::new(file), len_bytes, path, extension, progress)
+}
+
+/// Decodes audio held in memory; `name` is only used in messages and `extension` as a hint.
+///
+/// This is the entry point the fuzz target drives.
+pub fn decode_bytes(
+    bytes: Vec<u8>,
+    name: &Path,
+    extension: Option<&str>,
+    progress: &mut dyn FnMut(DecodeProgress),
+) -> Result<DecodedAudio, DecodeError> {
+    let len_bytes = bytes.len() as u64;
+    decode_source(
+        Box::new(Cursor::new(bytes)),
+        len_bytes,
+        name,
+        extension,
+        progress,
+    )
+}
+
+fn decode_source(
+    source: Box<dyn MediaSource>,
+    len_bytes: u64,
+    path: &Path,
+    extension: Option<&str>,
+    progress: &mut dyn FnMut(DecodeProgress),
+) -> Result<DecodedAudio, DecodeError> {
+    if len_bytes == 0 {
+        return Err(DecodeError::EmptyFile {
+            path: path.to_owned(),
+        });
+    }
+    let mss = MediaSourceStream::new(source, Default::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = extension {
+        hint.with_extension(ext);
+    }
+    let format = symphonia::default::get_probe()
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|err| probe_error(path, err))?;
+    Decoding::new(format, len_bytes, path)?.run(progress)
+}
+
+fn probe_error(path: &Path, err: SymphoniaError) -> DecodeError {
+    match err {
+        SymphoniaError::IoError(source) if source.kind() != io::ErrorKind::UnexpectedEof => {
+            DecodeError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        }
+        SymphoniaError::IoError(_) => {
+            // Running out of bytes while looking for a header means no known header was found
+            // (a short text file) or the header itself was cut off.
+            DecodeError::UnrecognizedFormat {
+                path: path.to_owned(),
+                reason: "no audio header found".into(),
+            }
+        }
+        other => DecodeError::UnrecognizedFormat {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// One decode in progress: the reader, the decoder, the resampler and what was found.
+struct Decoding<'p> {
+    path: &'p Path,
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn symphonia::core::codecs::audio::AudioDecoder>,
+    track_id: u32,
+    total_s: Option<f64>,
+    codec: String,
+    /// Created on the first decoded buffer, when the real rate is known.
+    resampler: Option<MonoResampler>,
+    source_sample_rate_hz: u32,
+    source_channels: u16,
+    out: Vec<f32>,
+    interleaved: Vec<f32>,
+    mono: Vec<f32>,
+    decoded_frames: u64,
+    /// Source frames emitted (decoded + gap fill), for positions in seconds.
+    position_frames: u64,
+    failed_packets: u64,
+    skipped: Vec<SkippedRange>,
+    ended_early: Option<EndedEarly>,
+    first_decode_error: Option<String>,
+    last_progress_s: f64,
+}
+
+impl<'p> Decoding<'p> {
+    fn new(
+        format: Box<dyn FormatReader>,
+        len_bytes: u64,
+        path: &'p Path,
+    ) -> Result<Self, DecodeError> {
+        let track =
+            format
+                .default_track(TrackType::Audio)
+                .ok_or_else(|| DecodeError::NoAudioTrack {
+                    path: path.to_owned(),
+                })?;
+        let params = track
+            .codec_params
+            .as_ref()
+            .and_then(|p| p.audio())
+            .ok_or_else(|| DecodeError::NoAudioTrack {
+                path: path.to_owned(),
+            })?;
+        let unsupported = |codec: String| DecodeError::UnsupportedCodec {
+            path: path.to_owned(),
+            codec,
+        };
+        if params.codec == CODEC_ID_OPUS {
+            return Err(unsupported("Opus".into()));
+        }
+        let decoder = symphonia::default::get_codecs()
+            .make_audio_decoder(params, &AudioDecoderOptions::default())
+            .map_err(|err| match err {
+                SymphoniaError::Unsupported(what) if what.contains("unsupported audio codec") => {
+                    unsupported(format!("(codec id {})", params.codec))
+                }
+                other => unsupported(other.to_string()),
+            })?;
+        let declared_rate = params.sample_rate.unwrap_or(0);
+        if params.sample_rate.is_some()
+            && !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&declared_rate)
+        {
+            return Err(DecodeError::UnsupportedSampleRate {
+                path: path.to_owned(),
+                rate_hz: declared_rate,
+            });
+        }
+        let total_s = track_length_s(track, declared_rate);
+        let codec = decoder.codec_info().short_name.to_owned();
+        let track_id = track.id;
+        let source_channels = params
+            .channels
+            .as_ref()
+            .map_or(0, |c| c.count().min(usize::from(u16::MAX)) as u16);
+
+        // Reserve the output once instead of growing it by doubling (which peaks at 1.5x). The
+        // header's length is trusted only as far as the file size makes plausible: even 8 kbit/s
+        // audio is about 1 kB per second, so cap the estimate at 16 kHz x 1 s per 500 bytes.
+        let mut out = Vec::new();
+        if let Some(total) = total_s {
+            let plausible_s = (len_bytes as f64 / 500.0).max(1.0);
+            out.reserve((total.min(plausible_s) * f64::from(MODEL_SAMPLE_RATE_HZ)) as usize + 1024);
+        }
+        Ok(Self {
+            path,
+            format,
+            decoder,
+            track_id,
+            total_s,
+            codec,
+            resampler: None,
+            source_sample_rate_hz: declared_rate,
+            source_channels,
+            out,
+            interleaved: Vec::new(),
+            mono: Vec::new(),
+            decoded_frames: 0,
+            position_frames: 0,
+            failed_packets: 0,
+            skipped: Vec::new(),
+            ended_early: None,
+            first_decode_error: None,
+            last_progress_s: 0.0,
+        })
+    }
+
+    fn position_s(&self) -> f64 {
+        if self.source_sample_rate_hz == 0 {
+            return 0.0;
+        }
+        self.position_frames as f64 / f64::from(self.source_sample_rate_hz)
+    }
+
+    fn run(
+        mut self,
+        progress: &mut dyn FnMut(DecodeProgress),
+    ) -> Result<DecodedAudio, DecodeError> {
+        loop {
+            let packet = match self.format.next_packet() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(SymphoniaError::IoError(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.stop_early("the file ends in the middle of the audio (truncated)".into());
+                    break;
+                }
+                Err(SymphoniaError::IoError(source)) => {
+                    return Err(DecodeError::Read {
+                        path: self.path.to_owned(),
+                        source,
+                    });
+                }
+                Err(SymphoniaError::ResetRequired) => {
+                    self.stop_early(
+                        "a second chained stream follows; only the first is decoded".into(),
+                    );
+                    break;
+                }
+                Err(err) => {
+                    // Demuxer errors leave the reader in an unknown state: keep what we have.
+                    self.stop_early(format!("the container is damaged here ({err})"));
+                    break;
+                }
+            };
+            if packet.track_id != self.track_id {
+                continue;
+            }
+            let dur_s = self.packet_duration_s(packet.dur.get());
+            let start_s = self.position_s();
+            match self.decoder.decode(&packet) {
+                Ok(buffer) => {
+                    let rate = buffer.spec().rate();
+                    let channels = buffer.spec().channels().count();
+                    if buffer.frames() == 0 {
+                        continue;
+                    }
+                    if channels == 0 {
+                        self.record_skip(start_s, dur_s, "decoded buffer has no channels".into());
+                        continue;
+                    }
+                    buffer.copy_to_vec_interleaved::<f32>(&mut self.interleaved);
+                    self.accept_buffer(rate, channels, start_s, dur_s)?;
+                }
+                Err(SymphoniaError::ResetRequired) => {
+                    self.stop_early(
+                        "the stream's format changes mid-file; the rest is not decoded".into(),
+                    );
+                    break;
+                }
+                Err(SymphoniaError::IoError(source))
+                    if source.kind() != io::ErrorKind::UnexpectedEof =>
+                {
+                    return Err(DecodeError::Read {
+                        path: self.path.to_owned(),
+                        source,
+                    });
+                }
+                Err(err) => {
+                    if let (SymphoniaError::Unsupported(what), 0) = (&err, self.decoded_frames) {
+                        return Err(DecodeError::UnsupportedCodec {
+                            path: self.path.to_owned(),
+                            codec: format!("{} ({what})", self.codec),
+                        });
+                    }
+                    self.record_skip(start_s, dur_s, err.to_string());
+                    self.fill_gap(dur_s)?;
+                }
+            }
+            if self.position_s() - self.last_progress_s >= PROGRESS_STEP_S {
+                self.last_progress_s = self.position_s();
+                progress(DecodeProgress {
+                    decoded_s: self.last_progress_s,
+                    total_s: self.total_s,
+                });
+            }
+        }
+        self.finish(progress)
+    }
+
+    /// Downmixes and resamples the buffer just copied into `self.interleaved`.
+    fn accept_buffer(
+        &mut self,
+        rate: u32,
+        channels: usize,
+        start_s: f64,
+        dur_s: f64,
+    ) -> Result<(), DecodeError> {
+        if self.resampler.is_none() {
+            if !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&rate) {
+                return Err(DecodeError::UnsupportedSampleRate {
+                    path: self.path.to_owned(),
+                    rate_hz: rate,
+                });
+            }
+            let resampler =
+                MonoResampler::new(rate).map_err(|source| self.resample_error(source))?;
+            self.resampler = Some(resampler);
+            self.source_sample_rate_hz = rate;
+            self.source_channels = channels.min(usize::from(u16::MAX)) as u16;
+        } else if rate != self.source_sample_rate_hz {
+            // A rate change mid-stream only happens in damaged files (e.g. a bogus MP3 header).
+            self.record_skip(
+                start_s,
+                dur_s,
+                format!("sample rate changes to {rate} Hz mid-stream"),
+            );
+            return self.fill_gap(dur_s);
+        }
+        downmix_into(&self.interleaved, channels, &mut self.mono);
+        let frames = self.mono.len() as u64;
+        if let Some(resampler) = self.resampler.as_mut()
+            && let Err(source) = resampler.push(&self.mono, &mut self.out)
+        {
+            return Err(self.resample_error(source));
+        }
+        self.decoded_frames += frames;
+        self.position_frames += frames;
+        Ok(())
+    }
+
+    /// Inserts silence for an undecodable packet so later audio keeps its place in time.
+    fn fill_gap(&mut self, dur_s: f64) -> Result<(), DecodeError> {
+        let Some(resampler) = self.resampler.as_mut() else {
+            return Ok(());
+        };
+        let frames = (dur_s.min(MAX_GAP_FILL_S) * f64::from(self.source_sample_rate_hz)) as usize;
+        self.mono.clear();
+        self.mono.resize(frames, 0.0);
+        if let Err(source) = resampler.push(&self.mono, &mut self.out) {
+            return Err(self.resample_error(source));
+        }
+        self.position_frames += frames as u64;
+        Ok(())
+    }
+
+    fn resample_error(&self, source: ResampleError) -> DecodeError {
+        DecodeError::Resample {
+            path: self.path.to_owned(),
+            source,
+        }
+    }
+
+    fn packet_duration_s(&self, dur: u64) -> f64 {
+        if self.source_sample_rate_hz == 0 {
+            return 0.0;
+        }
+        // Audio packet durations are in frames for every format symphonia reads.
+        dur as f64 / f64::from(self.source_sample_rate_hz)
+    }
+
+    fn record_skip(&mut self, start_s: f64, duration_s: f64, reason: String) {
+        self.failed_packets += 1;
+        if self.first_decode_error.is_none() {
+            self.first_decode_error = Some(reason.clone());
+        }
+        // Merge with the previous range when it ends where this one starts (runs of bad frames).
+        if let Some(last) = self.skipped.last_mut()
+            && (last.start_s + last.duration_s - start_s).abs() < 1e-3
+        {
+            last.duration_s += duration_s;
+            last.packets += 1;
+            return;
+        }
+        self.skipped.push(SkippedRange {
+            start_s,
+            duration_s,
+            packets: 1,
+            reason,
+        });
+    }
+
+    fn stop_early(&mut self, reason: String) {
+        self.ended_early = Some(EndedEarly {
+            at_s: self.position_s(),
+            reason,
+        });
+    }
+
+    /// Some readers (MP3) end quietly at a cut-off file. Compare with the length the header
+    /// announced: a clear shortfall means the file is truncated or lost frames to damage.
+    fn check_announced_length(&mut self) {
+        let (None, Some(total_s)) = (&self.ended_early, self.total_s) else {
+            return;
+        };
+        let decoded_s = self.position_s();
+        // Headers of VBR files without an index only estimate their length: allow for that.
+        if total_s - decoded_s > (0.02 * total_s).max(0.5) {
+            self.stop_early(format!(
+                "decoded {decoded_s:.1} s of the {total_s:.1} s the header announces; the file is truncated or damaged"
+            ));
+        }
+    }
+
+    fn finish(
+        mut self,
+        progress: &mut dyn FnMut(DecodeProgress),
+    ) -> Result<DecodedAudio, DecodeError> {
+        if self.decoded_frames == 0 {
+            let path = self.path.to_owned();
+            return Err(if self.failed_packets > 0 {
+                let reason = self.first_decode_error.take().unwrap_or_default();
+                DecodeError::Corrupt {
+                    path,
+                    failed_packets: self.failed_packets,
+                    reason,
+                }
+            } else if let Some(early) = self.ended_early.take() {
+                DecodeError::Truncated {
+                    path,
+                    reason: early.reason,
+                }
+            } else {
+                DecodeError::ZeroLength { path }
+            });
+        }
+        self.check_announced_length();
+        if let Some(resampler) = self.resampler.take()
+            && let Err(source) = resampler.finish(&mut self.out)
+        {
+            return Err(self.resample_error(source));
+        }
+        self.out.shrink_to_fit();
+        progress(DecodeProgress {
+            decoded_s: self.position_s(),
+            total_s: self.total_s,
+        });
+        let duration_s = self.out.len() as f64 / f64::from(MODEL_SAMPLE_RATE_HZ);
+        Ok(DecodedAudio {
+            samples: self.out,
+            source_sample_rate_hz: self.source_sample_rate_hz,
+            source_channels: self.source_channels,
+            codec: self.codec,
+            duration_s,
+            skipped: self.skipped,
+            ended_early: self.ended_early,
+        })
+    }
+}
+
+/// The track's length in seconds from its header, if it states one.
+fn track_length_s(track: &Track, rate_hz: u32) -> Option<f64> {
+    if let (Some(frames), true) = (track.num_frames, rate_hz > 0) {
+        return Some(frames as f64 / f64::from(rate_hz));
+    }
+    let time = track.time_base?.calc_duration(track.duration?)?;
+    Some(time.as_secs_f64())
+}
