@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn nothing_fits_when_free_memory_is_below_the_weights() {
         let bf16 = ModelShape::sensevoice_small(2);
-        assert_eq!(max_batch_that_fits(&bf16, 30.0, 300 * 1024 * 1024, false, 64), 0);
+        assert_eq!(
+            max_batch_that_fits(&bf16, 30.0, 300 * 1024 * 1024, false, 64),
+            0
+        );
         // The same room is plenty once the weights are resident.
         assert!(max_batch_that_fits(&bf16, 30.0, 300 * 1024 * 1024, true, 64) >= 1);
     }

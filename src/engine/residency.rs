@@ -73,7 +73,7 @@ pub enum Residency {
 }
 
 /// What the engine must do now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// Start a worker and load the weights.
     Load,
@@ -236,7 +236,11 @@ impl ResidencyMachine {
     /// Checks the idle clock; call it whenever time passes (e.g. once a second).
     pub fn tick(&mut self, now: Instant) -> Option<Action> {
         let (action, remaining) = self.pending(now)?;
-        if remaining.is_zero() { Some(action) } else { None }
+        if remaining.is_zero() {
+            Some(action)
+        } else {
+            None
+        }
     }
 
     /// The next timed action and the time left until it, for the countdown in the UI.
@@ -295,9 +299,15 @@ mod tests {
 
     fn loaded(config: ResidencyConfig, t0: Instant) -> ResidencyMachine {
         let mut m = ResidencyMachine::new(config);
-        assert_eq!(m.on_event(ResidencyEvent::JobQueued, t0), Some(Action::Load));
+        assert_eq!(
+            m.on_event(ResidencyEvent::JobQueued, t0),
+            Some(Action::Load)
+        );
         assert_eq!(m.state(), Residency::Loading);
-        assert_eq!(m.on_event(ResidencyEvent::LoadFinished { ok: true }, t0), None);
+        assert_eq!(
+            m.on_event(ResidencyEvent::LoadFinished { ok: true }, t0),
+            None
+        );
         assert_eq!(m.state(), Residency::Ready);
         m
     }
@@ -337,7 +347,10 @@ mod tests {
         assert_eq!(m.on_event(ResidencyEvent::WorkerExited, t0), None);
         assert_eq!(m.state(), Residency::Released);
         // A new job loads again.
-        assert_eq!(m.on_event(ResidencyEvent::JobQueued, t0), Some(Action::Load));
+        assert_eq!(
+            m.on_event(ResidencyEvent::JobQueued, t0),
+            Some(Action::Load)
+        );
     }
 
     #[test]
@@ -375,9 +388,15 @@ mod tests {
         assert_eq!(m.tick(t0 + secs(1_000_000)), None);
         assert_eq!(m.pending(t0), None);
         // But "unload now" still works, twice: offload, then release.
-        assert_eq!(m.on_event(ResidencyEvent::UnloadNow, t0), Some(Action::Offload));
+        assert_eq!(
+            m.on_event(ResidencyEvent::UnloadNow, t0),
+            Some(Action::Offload)
+        );
         m.on_event(ResidencyEvent::Offloaded, t0);
-        assert_eq!(m.on_event(ResidencyEvent::UnloadNow, t0), Some(Action::Release));
+        assert_eq!(
+            m.on_event(ResidencyEvent::UnloadNow, t0),
+            Some(Action::Release)
+        );
     }
 
     #[test]
@@ -389,7 +408,10 @@ mod tests {
         };
         let mut m = loaded(config, t0);
         m.on_event(ResidencyEvent::QueueDrained, t0);
-        assert_eq!(m.on_event(ResidencyEvent::Recording(true), t0 + secs(60)), None);
+        assert_eq!(
+            m.on_event(ResidencyEvent::Recording(true), t0 + secs(60)),
+            None
+        );
         // Paused: a long recording does not offload.
         assert_eq!(m.tick(t0 + secs(10_000)), None);
         assert_eq!(m.pending(t0 + secs(10_000)), None);
@@ -417,7 +439,10 @@ mod tests {
         assert_eq!(m.on_event(ResidencyEvent::JobQueued, t0 + secs(90)), None);
         assert_eq!(m.tick(t0 + secs(500)), None);
         m.on_event(ResidencyEvent::QueueDrained, t0 + secs(500));
-        assert_eq!(m.pending(t0 + secs(500)), Some((Action::Offload, secs(100))));
+        assert_eq!(
+            m.pending(t0 + secs(500)),
+            Some((Action::Offload, secs(100)))
+        );
     }
 
     #[test]
@@ -429,10 +454,16 @@ mod tests {
         };
         let mut m = loaded(config, t0);
         m.on_event(ResidencyEvent::QueueDrained, t0);
-        assert_eq!(m.on_event(ResidencyEvent::KeepLoaded(true), t0 + secs(5)), None);
+        assert_eq!(
+            m.on_event(ResidencyEvent::KeepLoaded(true), t0 + secs(5)),
+            None
+        );
         assert!(m.keep_loaded());
         assert_eq!(m.tick(t0 + secs(1000)), None);
-        assert_eq!(m.on_event(ResidencyEvent::KeepLoaded(false), t0 + secs(1000)), None);
+        assert_eq!(
+            m.on_event(ResidencyEvent::KeepLoaded(false), t0 + secs(1000)),
+            None
+        );
         assert_eq!(m.tick(t0 + secs(1010)), Some(Action::Offload));
     }
 
@@ -445,7 +476,10 @@ mod tests {
         m2.on_event(ResidencyEvent::JobQueued, t0);
         m2.on_event(ResidencyEvent::LoadFinished { ok: false }, t0);
         assert_eq!(m2.state(), Residency::Released);
-        assert_eq!(m.on_event(ResidencyEvent::DeviceChanged, t0), Some(Action::Release));
+        assert_eq!(
+            m.on_event(ResidencyEvent::DeviceChanged, t0),
+            Some(Action::Release)
+        );
         m.on_event(ResidencyEvent::WorkerExited, t0);
         assert_eq!(m.on_event(ResidencyEvent::DeviceChanged, t0), None);
     }
@@ -456,6 +490,9 @@ mod tests {
         let mut m = loaded(ResidencyConfig::default(), t0);
         m.on_event(ResidencyEvent::WorkerExited, t0);
         assert_eq!(m.state(), Residency::Released);
-        assert_eq!(m.on_event(ResidencyEvent::JobQueued, t0), Some(Action::Load));
+        assert_eq!(
+            m.on_event(ResidencyEvent::JobQueued, t0),
+            Some(Action::Load)
+        );
     }
 }

@@ -150,7 +150,9 @@ impl Scheduler {
             Request::Cancel(job_id) => self.cancel(job_id),
             Request::UnloadNow => {
                 for i in 0..self.slots.len() {
-                    let action = self.slots[i].residency.on_event(ResidencyEvent::UnloadNow, now);
+                    let action = self.slots[i]
+                        .residency
+                        .on_event(ResidencyEvent::UnloadNow, now);
                     self.apply(i, action);
                 }
             }
@@ -226,7 +228,8 @@ impl Scheduler {
         };
         let shape = ModelShape::sensevoice_small(self.dtype_bytes(&device));
         let resident = self.slots.iter().any(|s| {
-            s.key() == gpu.uuid && matches!(s.residency.state(), Residency::Ready | Residency::Loading)
+            s.key() == gpu.uuid
+                && matches!(s.residency.state(), Residency::Ready | Residency::Loading)
         });
         let available = usable_bytes(gpu.free_bytes, self.config.vram_margin);
         if max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1 {
@@ -355,12 +358,20 @@ impl Scheduler {
         };
         let shape = ModelShape::sensevoice_small(self.dtype_bytes(device));
         let available = usable_bytes(gpu.free_bytes, self.config.vram_margin);
-        let batch = max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, true, self.config.max_batch);
+        let batch = max_batch_that_fits(
+            &shape,
+            MAX_SEGMENT_SECS,
+            available,
+            true,
+            self.config.max_batch,
+        );
         batch.max(1) as f64 * MAX_SEGMENT_SECS
     }
 
     fn dispatch(&mut self, slot: usize) {
-        if self.slots[slot].running.is_some() || self.slots[slot].residency.state() != Residency::Ready {
+        if self.slots[slot].running.is_some()
+            || self.slots[slot].residency.state() != Residency::Ready
+        {
             return;
         }
         let Some(job) = self.slots[slot].queue.pop_front() else {
@@ -463,7 +474,13 @@ impl Scheduler {
     }
 
     /// A load failed: the device is out for these jobs; they go elsewhere.
-    fn load_failed(&mut self, slot: usize, message: String, out_of_memory: bool, unavailable: bool) {
+    fn load_failed(
+        &mut self,
+        slot: usize,
+        message: String,
+        out_of_memory: bool,
+        unavailable: bool,
+    ) {
         let label = self.slots[slot].device.label();
         self.slots[slot]
             .residency
@@ -498,7 +515,11 @@ impl Scheduler {
                 self.maybe_drained(i);
                 return;
             }
-            if self.slots[i].running.as_ref().is_some_and(|j| j.id == job_id) {
+            if self.slots[i]
+                .running
+                .as_ref()
+                .is_some_and(|j| j.id == job_id)
+            {
                 self.send(i, &WorkerRequest::Cancel { job_id });
                 return;
             }
@@ -545,7 +566,8 @@ impl Scheduler {
                 ..
             } => {
                 let s = &mut self.slots[slot];
-                s.residency.on_event(ResidencyEvent::LoadFinished { ok: true }, now);
+                s.residency
+                    .on_event(ResidencyEvent::LoadFinished { ok: true }, now);
                 s.dtype = dtype;
                 s.weight_bytes = weight_bytes;
                 s.load_ms = Some(load_ms);
@@ -555,7 +577,8 @@ impl Scheduler {
             }
             WorkerEvent::Restored { ms } => {
                 let s = &mut self.slots[slot];
-                s.residency.on_event(ResidencyEvent::LoadFinished { ok: true }, now);
+                s.residency
+                    .on_event(ResidencyEvent::LoadFinished { ok: true }, now);
                 s.restore_ms = Some(ms);
                 self.marker(slot, MarkerKind::Restore);
                 self.dispatch(slot);
@@ -565,12 +588,16 @@ impl Scheduler {
                 out_of_memory,
             } => self.load_failed(slot, message, out_of_memory, !out_of_memory),
             WorkerEvent::Offloaded { .. } => {
-                self.slots[slot].residency.on_event(ResidencyEvent::Offloaded, now);
+                self.slots[slot]
+                    .residency
+                    .on_event(ResidencyEvent::Offloaded, now);
                 self.slots[slot].weight_bytes = 0;
                 self.marker(slot, MarkerKind::Offload);
                 // A job queued while offloading needs the weights back.
                 if !self.slots[slot].queue.is_empty() {
-                    let action = self.slots[slot].residency.on_event(ResidencyEvent::JobQueued, now);
+                    let action = self.slots[slot]
+                        .residency
+                        .on_event(ResidencyEvent::JobQueued, now);
                     self.apply(slot, action);
                 }
             }
@@ -664,7 +691,10 @@ impl Scheduler {
             format!("the worker exited: {detail}")
         };
         if let Some(mut job) = self.slots[slot].running.take() {
-            self.notice(format!("{} on {label}: {reason}; trying the next device", job.path.display()));
+            self.notice(format!(
+                "{} on {label}: {reason}; trying the next device",
+                job.path.display()
+            ));
             job.tried.push(self.slots[slot].key());
             self.route(job);
         }

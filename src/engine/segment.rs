@@ -132,7 +132,11 @@ mod tests {
             // Each cut lands in a silent gap.
             assert!(r.len() >= 15 * 16_000);
             let around = &s[r.end - 400..r.end + 400];
-            assert!(around.iter().all(|&x| x == 0.0), "cut at {} not in a pause", r.end);
+            assert!(
+                around.iter().all(|&x| x == 0.0),
+                "cut at {} not in a pause",
+                r.end
+            );
         }
     }
 

@@ -16,7 +16,9 @@ use super::protocol::{
     DecodeSettings, JobErrorKind, JobId, Precision, WorkerDevice, WorkerEvent, WorkerRequest,
     to_line,
 };
-use super::segment::{MAX_SEGMENT_SECS, MIN_SEGMENT_SECS, SAMPLE_RATE_HZ, plan_batches, split_at_pauses};
+use super::segment::{
+    MAX_SEGMENT_SECS, MIN_SEGMENT_SECS, SAMPLE_RATE_HZ, plan_batches, split_at_pauses,
+};
 use super::transcript::{FileTranscript, Segment};
 
 /// One segment's result from the model.
@@ -70,8 +72,13 @@ pub type Loader = dyn Fn(&Path, &WorkerDevice, Precision) -> Result<Box<dyn Spee
 pub type Decoder = dyn Fn(&Path) -> Result<(Vec<f32>, Option<String>), String>;
 
 /// Runs the worker until `Shutdown` or the end of `input`.
-pub fn run_worker<R, W>(input: R, mut output: W, loader: &Loader, decoder: &Decoder, cuda_built: bool)
-where
+pub fn run_worker<R, W>(
+    input: R,
+    mut output: W,
+    loader: &Loader,
+    decoder: &Decoder,
+    cuda_built: bool,
+) where
     R: BufRead + Send + 'static,
     W: Write,
 {
@@ -217,7 +224,12 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn run(&self, model: &mut dyn SpeechModel, decoder: &Decoder, send: &mut dyn FnMut(WorkerEvent)) {
+    fn run(
+        &self,
+        model: &mut dyn SpeechModel,
+        decoder: &Decoder,
+        send: &mut dyn FnMut(WorkerEvent),
+    ) {
         let started = Instant::now();
         let job_id = self.job_id;
         let fail = |kind, message| WorkerEvent::JobFailed {
@@ -375,7 +387,11 @@ mod tests {
             Ok(clips
                 .iter()
                 .map(|c| SegmentText {
-                    raw_text: format!("<|{}|><|NEUTRAL|><|Speech|><|woitn|>n{}", settings.language, c.len()),
+                    raw_text: format!(
+                        "<|{}|><|NEUTRAL|><|Speech|><|woitn|>n{}",
+                        settings.language,
+                        c.len()
+                    ),
                     text: format!("n{}", c.len()),
                     language: settings.language.clone(),
                     emotion: "NEUTRAL".into(),
@@ -416,7 +432,13 @@ mod tests {
                 .ok_or_else(|| format!("not audio: {}", path.display()))?;
             Ok((vec![0.0; (secs * 16_000.0) as usize], None))
         };
-        run_worker(Cursor::new(input.into_bytes()), &mut out, &loader, &decoder, false);
+        run_worker(
+            Cursor::new(input.into_bytes()),
+            &mut out,
+            &loader,
+            &decoder,
+            false,
+        );
         String::from_utf8(out)
             .expect("utf8")
             .lines()
@@ -443,7 +465,10 @@ mod tests {
 
     #[test]
     fn long_file_is_split_batched_and_merged_in_order() {
-        let events = run(&[load(), job(1, "/x/95.wav", 1000.0), WorkerRequest::Shutdown], 64);
+        let events = run(
+            &[load(), job(1, "/x/95.wav", 1000.0), WorkerRequest::Shutdown],
+            64,
+        );
         let Some(WorkerEvent::Done { transcript, .. }) = events.last() else {
             panic!("{events:?}");
         };
@@ -451,29 +476,59 @@ mod tests {
         assert!(transcript.segments.len() >= 4);
         let starts: Vec<f64> = transcript.segments.iter().map(|s| s.start_s).collect();
         assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
-        let covered: f64 = transcript.segments.iter().map(|s| s.end_s - s.start_s).sum();
+        let covered: f64 = transcript
+            .segments
+            .iter()
+            .map(|s| s.end_s - s.start_s)
+            .sum();
         assert!((covered - 95.0).abs() < 1e-6);
         assert!(transcript.raw_text.starts_with("<|auto|>"));
-        assert_eq!(transcript.raw_text.matches("<|woitn|>").count(), transcript.segments.len());
+        assert_eq!(
+            transcript.raw_text.matches("<|woitn|>").count(),
+            transcript.segments.len()
+        );
     }
 
     #[test]
     fn out_of_memory_halves_the_batch_and_completes() {
-        let events = run(&[load(), job(1, "/x/200.wav", 10_000.0), WorkerRequest::Shutdown], 2);
-        assert!(events.iter().any(|e| matches!(e, WorkerEvent::BatchReduced { .. })));
-        assert!(matches!(events.last(), Some(WorkerEvent::Done { .. })), "{events:?}");
+        let events = run(
+            &[
+                load(),
+                job(1, "/x/200.wav", 10_000.0),
+                WorkerRequest::Shutdown,
+            ],
+            2,
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::BatchReduced { .. }))
+        );
+        assert!(
+            matches!(events.last(), Some(WorkerEvent::Done { .. })),
+            "{events:?}"
+        );
     }
 
     #[test]
     fn out_of_memory_at_batch_one_fails_the_job_and_bad_input_names_the_file() {
         let events = run(
-            &[load(), job(1, "/x/40.wav", 1000.0), job(2, "/x/bad.txt", 100.0), job(3, "/x/1.wav", 100.0)],
+            &[
+                load(),
+                job(1, "/x/40.wav", 1000.0),
+                job(2, "/x/bad.txt", 100.0),
+                job(3, "/x/1.wav", 100.0),
+            ],
             0,
         );
         let failures: Vec<_> = events
             .iter()
             .filter_map(|e| match e {
-                WorkerEvent::JobFailed { job_id, kind, message } => Some((*job_id, *kind, message.clone())),
+                WorkerEvent::JobFailed {
+                    job_id,
+                    kind,
+                    message,
+                } => Some((*job_id, *kind, message.clone())),
                 _ => None,
             })
             .collect();
@@ -505,8 +560,16 @@ mod tests {
             .collect();
         assert_eq!(texts.len(), 2);
         assert_eq!(texts[0], texts[1]);
-        assert!(events.iter().any(|e| matches!(e, WorkerEvent::Offloaded { .. })));
-        assert!(events.iter().any(|e| matches!(e, WorkerEvent::Restored { .. })));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::Offloaded { .. }))
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::Restored { .. }))
+        );
     }
 
     #[test]
@@ -515,7 +578,10 @@ mod tests {
         assert!(matches!(events[0], WorkerEvent::Started { .. }));
         assert!(matches!(
             events[1],
-            WorkerEvent::JobFailed { kind: JobErrorKind::Model, .. }
+            WorkerEvent::JobFailed {
+                kind: JobErrorKind::Model,
+                ..
+            }
         ));
     }
 }
