@@ -1,0 +1,172 @@
+//! SenseVoice parity against FunASR's reference dump, and speed, on any device.
+//!
+//! ```sh
+//! # Parity with `tools/reference/generate.py --full --out DIR` (release-size random model):
+//! cargo run --release --features cuda --example sensevoice_bench -- parity DIR cuda:0 f32
+//! # Speed: a 10 s clip end to end, and batches of 30 s segments:
+//! cargo run --release --features cuda --example sensevoice_bench -- speed DIR/model cuda:0 bf16 8
+//! ```
+//! Prints one JSON object per line.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use candle_core::{D, DType, Device};
+use gpuscribe::model::files::ModelFiles;
+use gpuscribe::model::sensevoice::{DecodeOptions, Prompt, SenseVoice};
+
+fn device(spec: &str) -> anyhow::Result<Device> {
+    Ok(match spec {
+        "cpu" => Device::Cpu,
+        s => {
+            let ordinal: usize = s.strip_prefix("cuda:").unwrap_or("0").parse()?;
+            Device::new_cuda(ordinal)?
+        }
+    })
+}
+
+fn dtype(spec: &str) -> anyhow::Result<DType> {
+    Ok(match spec {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("unknown dtype {other}"),
+    })
+}
+
+fn load(model_dir: &Path, dev: &Device, dt: DType) -> anyhow::Result<(SenseVoice, f64)> {
+    let files = ModelFiles::from_dir(model_dir)?;
+    let started = Instant::now();
+    let model = SenseVoice::load(&files, dev, dt)?;
+    dev.synchronize()?;
+    Ok((model, started.elapsed().as_secs_f64() * 1000.0))
+}
+
+fn audio(path: &Path) -> anyhow::Result<Vec<f32>> {
+    Ok(gpuscribe::audio::decode_file(path, &mut |_| {})?.samples)
+}
+
+fn parity(dir: &Path, dev: &Device, dt: DType, audio_dir: &Path) -> anyhow::Result<()> {
+    let (model, load_ms) = load(&dir.join("model"), dev, dt)?;
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+    let clips = reference["clips"].as_object().context("reference.json has no clips")?;
+    let (mut same_ids, mut frames_total, mut frames_same) = (0usize, 0usize, 0usize);
+    for (clip, expected) in clips {
+        let samples = audio(&audio_dir.join(format!("{clip}.wav")))?;
+        let feats = model.features(&samples);
+        let out = model.forward_features(&[feats], &[Prompt::default()], None)?;
+        let logits = out.logits.get(0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let reference_logits = tensors
+            .get(&format!("{clip}/logits"))
+            .with_context(|| format!("no {clip}/logits"))?;
+        let diff = (&logits - reference_logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = reference_logits.abs()?.max_all()?.to_scalar::<f32>()?;
+        let nan = logits.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite());
+        // Frame-level argmax agreement (the share of identical ids).
+        let ours = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let theirs = reference_logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        frames_total += ours.len();
+        frames_same += ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+        let transcript = model
+            .transcribe_batch(&[&samples], &DecodeOptions::default())?
+            .remove(0);
+        let expected_ids: Vec<u32> = expected["greedy_ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect())
+            .unwrap_or_default();
+        let ids_equal = transcript.token_ids == expected_ids;
+        same_ids += usize::from(ids_equal);
+        let text_equal = expected["generate"]["auto"].as_str() == Some(transcript.raw_text.as_str());
+        println!(
+            "{}",
+            serde_json::json!({
+                "clip": clip, "dtype": format!("{dt:?}"), "logits_max_abs_diff": diff,
+                "logits_max_abs": scale, "rel": diff / scale, "nan_or_inf": nan,
+                "ids_equal": ids_equal, "raw_text_equal": text_equal,
+                "frames": ours.len(), "frame_ids_equal": ours.iter().zip(&theirs).filter(|(a, b)| a == b).count(),
+            })
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "summary": "parity", "dtype": format!("{dt:?}"), "load_ms": load_ms,
+            "clips": clips.len(), "clips_with_identical_ids": same_ids,
+            "frame_id_agreement": frames_same as f64 / frames_total.max(1) as f64,
+        })
+    );
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn speed(model_dir: &Path, dev: &Device, dt: DType, batch: usize, audio_dir: &Path) -> anyhow::Result<()> {
+    let (model, load_ms) = load(model_dir, dev, dt)?;
+    // Speech-like input: the committed clips, repeated to length.
+    let mut source = Vec::new();
+    for entry in std::fs::read_dir(audio_dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wav") {
+            source.extend(audio(&path)?);
+        }
+    }
+    let take = |secs: f64| -> Vec<f32> {
+        let n = (secs * 16_000.0) as usize;
+        source.iter().copied().cycle().take(n).collect()
+    };
+    let opts = DecodeOptions::default();
+    let clip10 = take(10.0);
+    for _ in 0..3 {
+        model.transcribe_batch(&[&clip10], &opts)?;
+    }
+    let runs: Vec<f64> = (0..20)
+        .map(|_| {
+            let started = Instant::now();
+            model.transcribe_batch(&[&clip10], &opts).map(|_| started.elapsed().as_secs_f64() * 1000.0)
+        })
+        .collect::<Result<_, _>>()?;
+    let ms10 = median(runs.clone());
+    println!(
+        "{}",
+        serde_json::json!({"bench": "10s_clip_end_to_end", "dtype": format!("{dt:?}"), "median_ms": ms10,
+            "min_ms": runs.iter().copied().fold(f64::INFINITY, f64::min), "load_ms": load_ms,
+            "x_realtime": 10_000.0 / ms10})
+    );
+    let segment = take(30.0);
+    let clips: Vec<&[f32]> = (0..batch).map(|_| segment.as_slice()).collect();
+    model.transcribe_batch(&clips, &opts)?;
+    let runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            model.transcribe_batch(&clips, &opts).map(|_| started.elapsed().as_secs_f64() * 1000.0)
+        })
+        .collect::<Result<_, _>>()?;
+    let ms = median(runs);
+    println!(
+        "{}",
+        serde_json::json!({"bench": "batch_of_30s_segments", "dtype": format!("{dt:?}"), "batch": batch,
+            "median_ms": ms, "audio_s": 30.0 * batch as f64, "x_realtime": 30_000.0 * batch as f64 / ms})
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let audio_dir = std::env::var_os("BENCH_AUDIO_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice/audio"),
+        PathBuf::from,
+    );
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["parity", dir, dev, dt] => parity(Path::new(dir), &device(dev)?, dtype(dt)?, &audio_dir),
+        ["speed", dir, dev, dt, batch] => {
+            speed(Path::new(dir), &device(dev)?, dtype(dt)?, batch.parse()?, &audio_dir)
+        }
+        _ => bail!("usage: sensevoice_bench parity DIR DEVICE DTYPE | speed MODEL_DIR DEVICE DTYPE BATCH"),
+    }
+}
