@@ -1,1 +1,7 @@
-//! model
+//! Speech models. Pure computation: loading weights, features, forward passes and decoding.
+//!
+//! Runs on whichever thread calls it (the engine worker thread in the application); nothing
+//! here spawns threads or touches the UI.
+
+pub mod files;
+pub mod sensevoice;

@@ -1,0 +1,23 @@
+//! SenseVoice-Small in candle, matching FunASR's `SenseVoiceSmall` inference.
+//!
+//! Layout follows candle-transformers: `config` (config.yaml), `frontend` (fbank/LFR/CMVN over
+//! slices), `encoder` and `model` (one struct per FunASR class, `vb.pp()` = checkpoint keys),
+//! `weights` (checkpoint loading and validation), `tokenizer`, `decode`, `postprocess` and
+//! `timestamps`; `transcribe` ties them into [`SenseVoice`]. Everything runs on the calling
+//! thread (the engine worker in the application).
+
+pub mod config;
+pub mod decode;
+pub mod encoder;
+pub mod frontend;
+pub mod model;
+pub mod postprocess;
+pub mod timestamps;
+pub mod tokenizer;
+pub mod transcribe;
+pub mod weights;
+
+pub use model::{Language, Prompt};
+pub use postprocess::Tags;
+pub use transcribe::{DecodeOptions, ModelError, SenseVoice, TextStyle, Transcript};
+pub use weights::HostWeights;

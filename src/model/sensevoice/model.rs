@@ -1,0 +1,182 @@
+//! `SenseVoiceSmall`: prompt embeddings + `SenseVoiceEncoderSmall` + CTC head.
+//!
+//! Reference: FunASR `funasr/models/sense_voice/model.py` (`SenseVoiceSmall.inference`).
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::SenseVoiceConfig;
+use super::encoder::{Capture, SenseVoiceEncoderSmall};
+
+/// Rows of `embed.weight` used as the four prompt frames.
+///
+/// Frame 0 is the language query, frames 1 and 2 are fixed (emotion and event queries), frame
+/// 3 selects inverse text normalisation.
+pub const PROMPT_FRAMES: usize = 4;
+/// `embed.weight` rows: 7 + 7 languages + 2 text-norm options.
+pub const EMBED_ROWS: usize = 16;
+const EVENT_EMO_ROWS: [u32; 2] = [1, 2];
+
+/// Language passed to the model's first prompt frame (`lid_dict` in FunASR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// Let the model detect the language.
+    #[default]
+    Auto,
+    /// Mandarin Chinese.
+    Zh,
+    /// English.
+    En,
+    /// Cantonese.
+    Yue,
+    /// Japanese.
+    Ja,
+    /// Korean.
+    Ko,
+    /// No speech.
+    Nospeech,
+}
+
+impl Language {
+    /// Every value, in `lid_dict` order.
+    pub const ALL: [Self; 7] = [Self::Auto, Self::Zh, Self::En, Self::Yue, Self::Ja, Self::Ko, Self::Nospeech];
+
+    /// Row of `embed.weight` (`lid_dict`).
+    pub fn embed_row(self) -> u32 {
+        match self {
+            Self::Auto => 0,
+            Self::Zh => 3,
+            Self::En => 4,
+            Self::Yue => 7,
+            Self::Ja => 11,
+            Self::Ko => 12,
+            Self::Nospeech => 13,
+        }
+    }
+
+    /// FunASR's language string ("auto", "zh", …).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Zh => "zh",
+            Self::En => "en",
+            Self::Yue => "yue",
+            Self::Ja => "ja",
+            Self::Ko => "ko",
+            Self::Nospeech => "nospeech",
+        }
+    }
+
+    /// Parses a language string; unknown strings map to `Auto`, as in FunASR.
+    pub fn from_code(code: &str) -> Self {
+        Self::ALL.into_iter().find(|l| l.code() == code).unwrap_or(Self::Auto)
+    }
+}
+
+/// The prompt of one batch item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prompt {
+    /// Language query.
+    pub language: Language,
+    /// `<|withitn|>` (row 14) when true, `<|woitn|>` (row 15) when false.
+    pub use_itn: bool,
+}
+
+impl Prompt {
+    /// The four `embed.weight` rows.
+    pub fn embed_rows(self) -> [u32; PROMPT_FRAMES] {
+        let itn = if self.use_itn { 14 } else { 15 };
+        [self.language.embed_row(), EVENT_EMO_ROWS[0], EVENT_EMO_ROWS[1], itn]
+    }
+}
+
+/// Output of a batched forward pass.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    /// CTC logits, f32 `[B, 4 + T_max, vocab]` (raw, before log-softmax).
+    pub logits: Tensor,
+    /// Valid frames per item, prompt frames included (`feats_len + 4`).
+    pub lengths: Vec<usize>,
+}
+
+/// `SenseVoiceSmall` for inference.
+#[derive(Debug, Clone)]
+pub struct SenseVoiceSmall {
+    embed: Tensor,
+    encoder: SenseVoiceEncoderSmall,
+    ctc_lo: Linear,
+    input_size: usize,
+    vocab_size: usize,
+    dtype: DType,
+}
+
+impl SenseVoiceSmall {
+    /// Builds the model from weights named as in the checkpoint (`embed`, `encoder.*`,
+    /// `ctc.ctc_lo`). `vocab_size` is the tokenizer's piece count.
+    pub fn load(cfg: &SenseVoiceConfig, vocab_size: usize, vb: &VarBuilder<'_>) -> Result<Self> {
+        let input_size = cfg.input_size();
+        let d = cfg.encoder_conf.output_size;
+        Ok(Self {
+            // Prompt rows join the f32 feature stream, so keep them in f32.
+            embed: vb.get_with_hints_dtype((EMBED_ROWS, input_size), "embed.weight", Default::default(), DType::F32)?,
+            encoder: SenseVoiceEncoderSmall::load(input_size, &cfg.encoder_conf, &vb.pp("encoder"))?,
+            ctc_lo: candle_nn::linear(d, vocab_size, vb.pp("ctc").pp("ctc_lo"))?,
+            input_size,
+            vocab_size,
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &SenseVoiceEncoderSmall {
+        &self.encoder
+    }
+
+    /// Vocabulary size of the CTC head.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Feature width expected by `forward` (560).
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    /// Device of the weights.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Compute dtype of the matmuls.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs a padded batch. `feats` is f32 `[B, T_max, input_size]` (zero-padded after CMVN),
+    /// `feat_lengths[b]` the valid LFR frames of item b and `prompts[b]` its prompt.
+    pub fn forward(
+        &self,
+        feats: &Tensor,
+        feat_lengths: &[usize],
+        prompts: &[Prompt],
+        capture: Option<Capture<'_>>,
+    ) -> Result<ModelOutput> {
+        let (b, _, _) = feats.dims3()?;
+        if feat_lengths.len() != b || prompts.len() != b {
+            candle_core::bail!(
+                "batch of {b} items got {} lengths and {} prompts",
+                feat_lengths.len(),
+                prompts.len()
+            );
+        }
+        let rows: Vec<u32> = prompts.iter().flat_map(|p| p.embed_rows()).collect();
+        let rows = Tensor::from_vec(rows, b * PROMPT_FRAMES, feats.device())?;
+        let prompt = self.embed.index_select(&rows, 0)?.reshape((b, PROMPT_FRAMES, self.input_size))?;
+        let xs = Tensor::cat(&[&prompt, &feats.to_dtype(DType::F32)?], 1)?;
+        let lengths: Vec<usize> = feat_lengths.iter().map(|l| l + PROMPT_FRAMES).collect();
+        let enc = self.encoder.forward(&xs, &lengths, capture)?;
+        let logits = self.ctc_lo.forward(&enc.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?;
+        Ok(ModelOutput { logits, lengths })
+    }
+}

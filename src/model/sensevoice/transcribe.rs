@@ -1,0 +1,329 @@
+//! The high-level API: load a model folder, transcribe batches of 16 kHz clips.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{D, DType, Device, Tensor};
+
+use super::config::{ConfigError, SenseVoiceConfig};
+use super::decode::{BLANK_ID, ctc_greedy};
+use super::encoder::Capture;
+use super::frontend::{Cmvn, CmvnError, Frontend};
+use super::model::{Language, ModelOutput, PROMPT_FRAMES, Prompt, SenseVoiceSmall};
+use super::postprocess::{Tags, parse_leading_tags, rich_transcription_postprocess, strip_tags};
+use super::timestamps::{Segment, TokenTiming, WordTiming, align_tokens, segments_from_words};
+use super::tokenizer::{Tokenizer, TokenizerError};
+use super::weights::{HostWeights, WeightsError, expected_tensors};
+use crate::model::files::ModelFiles;
+
+/// Everything that can go wrong loading or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `config.yaml` problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `am.mvn` problem.
+    #[error(transparent)]
+    Cmvn(#[from] CmvnError),
+    /// Tokenizer problem.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// Checkpoint problem.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The files do not belong together.
+    #[error("{path}: {message}")]
+    Mismatch {
+        /// The offending file.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
+    /// A tensor operation failed (out of device memory, device lost, …).
+    #[error("SenseVoice {stage} failed: {source}")]
+    Compute {
+        /// What was running.
+        stage: &'static str,
+        /// The candle error.
+        source: candle_core::Error,
+    },
+}
+
+fn compute(stage: &'static str) -> impl FnOnce(candle_core::Error) -> ModelError {
+    move |source| ModelError::Compute { stage, source }
+}
+
+/// How the visible `text` of a [`Transcript`] is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum TextStyle {
+    /// Every `<|…|>` tag removed, trimmed.
+    #[default]
+    Plain,
+    /// FunASR `rich_transcription_postprocess` (events and emotions as emoji).
+    Rich,
+}
+
+/// Decoding options for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DecodeOptions {
+    /// Language prompt (`Auto` lets the model detect it).
+    pub language: Language,
+    /// Ask for inverse text normalisation (punctuation, digits).
+    pub use_itn: bool,
+    /// Never emit `<|EMO_UNKNOWN|>` (FunASR `ban_emo_unk`).
+    pub ban_emo_unk: bool,
+    /// Compute token/word/segment timestamps (CTC forced alignment on the CPU).
+    pub timestamps: bool,
+    /// How `Transcript::text` is made.
+    pub text_style: TextStyle,
+}
+
+/// The result for one clip.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Transcript {
+    /// Language tag, emotion, event and ITN flag emitted by the model.
+    #[serde(flatten)]
+    pub tags: Tags,
+    /// Display text (see [`TextStyle`]).
+    pub text: String,
+    /// Exactly FunASR's `generate()` text: tags included.
+    pub raw_text: String,
+    /// The decoded token ids (after CTC collapse).
+    pub token_ids: Vec<u32>,
+    /// Per-token times (empty unless timestamps were requested).
+    pub tokens: Vec<TokenTiming>,
+    /// Words with FunASR `post()` times (empty unless timestamps were requested).
+    pub words: Vec<WordTiming>,
+    /// Sentence-like segments (empty unless timestamps were requested).
+    pub segments: Vec<Segment>,
+    /// Clip duration in seconds.
+    pub duration_s: f64,
+}
+
+/// A loaded SenseVoice model: weights on a device, frontend, tokenizer, and a host copy of the
+/// weights for moving between devices.
+#[derive(Debug, Clone)]
+pub struct SenseVoice {
+    model: SenseVoiceSmall,
+    frontend: Arc<Frontend>,
+    tokenizer: Arc<Tokenizer>,
+    config: SenseVoiceConfig,
+    host: Arc<HostWeights>,
+    emo_unknown_id: Option<u32>,
+    device: Device,
+    dtype: DType,
+}
+
+impl SenseVoice {
+    /// Loads and validates every file, then builds the model on `device` in `dtype` (F32, F16
+    /// or BF16; norms and softmax stay f32).
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let config = SenseVoiceConfig::from_file(&files.config)?;
+        let cmvn = Cmvn::from_file(&files.cmvn)?;
+        if cmvn.dim() != config.input_size() {
+            return Err(ModelError::Mismatch {
+                path: files.cmvn.clone(),
+                message: format!(
+                    "has {} dimensions but config.yaml implies {} (n_mels x lfr_m)",
+                    cmvn.dim(),
+                    config.input_size()
+                ),
+            });
+        }
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+        let host = HostWeights::load(&files.weights)?;
+        host.validate(&expected_tensors(&config, tokenizer.vocab_size()))?;
+        // Convert once on the host, so that later device moves only copy.
+        let host = if dtype == DType::F32 { host } else { host.to_dtype(dtype)? };
+        let f = &config.frontend_conf;
+        let frontend = Frontend::new(f.n_mels, f.lfr_m, f.lfr_n, cmvn);
+        Self::build(config, Arc::new(frontend), Arc::new(tokenizer), Arc::new(host), device, dtype)
+    }
+
+    fn build(
+        config: SenseVoiceConfig,
+        frontend: Arc<Frontend>,
+        tokenizer: Arc<Tokenizer>,
+        host: Arc<HostWeights>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let vb = host.materialize(dtype, device)?;
+        let model = SenseVoiceSmall::load(&config, tokenizer.vocab_size(), &vb).map_err(|source| {
+            ModelError::Weights(WeightsError::Device {
+                path: host.path().to_owned(),
+                source,
+            })
+        })?;
+        let emo_unknown_id = tokenizer.id_of("<|EMO_UNKNOWN|>");
+        Ok(Self {
+            model,
+            frontend,
+            tokenizer,
+            config,
+            host,
+            emo_unknown_id,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Rebuilds the weights on another device from the host copy (the engine's offload/restore
+    /// path). The frontend, tokenizer and host copy are shared, not copied.
+    pub fn to_device(&self, device: &Device) -> Result<Self, ModelError> {
+        Self::build(
+            self.config.clone(),
+            self.frontend.clone(),
+            self.tokenizer.clone(),
+            self.host.clone(),
+            device,
+            self.dtype,
+        )
+    }
+
+    /// The host (CPU) copy of the weights, already in the compute dtype.
+    pub fn host_weights(&self) -> &Arc<HostWeights> {
+        &self.host
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The parsed `config.yaml`.
+    pub fn config(&self) -> &SenseVoiceConfig {
+        &self.config
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The network.
+    pub fn model(&self) -> &SenseVoiceSmall {
+        &self.model
+    }
+
+    /// The frontend.
+    pub fn frontend(&self) -> &Frontend {
+        &self.frontend
+    }
+
+    /// Features of one 16 kHz clip: `(row-major [t_lfr][560], t_lfr)`.
+    pub fn features(&self, clip: &[f32]) -> (Vec<f32>, usize) {
+        self.frontend.features(clip)
+    }
+
+    /// Pads per-clip features into one batch and runs the network.
+    pub fn forward_features(
+        &self,
+        feats: &[(Vec<f32>, usize)],
+        prompts: &[Prompt],
+        capture: Option<Capture<'_>>,
+    ) -> Result<ModelOutput, ModelError> {
+        let dim = self.frontend.feature_dim();
+        let t_max = feats.iter().map(|(_, t)| *t).max().unwrap_or(0);
+        let mut padded = vec![0.0f32; feats.len() * t_max * dim];
+        for (i, (f, t)) in feats.iter().enumerate() {
+            padded[i * t_max * dim..(i * t_max + t) * dim].copy_from_slice(&f[..t * dim]);
+        }
+        let lengths: Vec<usize> = feats.iter().map(|(_, t)| *t).collect();
+        let xs = Tensor::from_vec(padded, (feats.len(), t_max, dim), &self.device).map_err(compute("upload"))?;
+        self.model
+            .forward(&xs, &lengths, prompts, capture)
+            .map_err(compute("forward pass"))
+    }
+
+    /// Transcribes 16 kHz mono clips in [-1, 1) as one padded batch.
+    pub fn transcribe_batch(&self, clips: &[&[f32]], opts: &DecodeOptions) -> Result<Vec<Transcript>, ModelError> {
+        if clips.is_empty() {
+            return Ok(Vec::new());
+        }
+        let feats: Vec<(Vec<f32>, usize)> = clips.iter().map(|c| self.features(c)).collect();
+        let prompt = Prompt {
+            language: opts.language,
+            use_itn: opts.use_itn,
+        };
+        let out = self.forward_features(&feats, &vec![prompt; clips.len()], None)?;
+        let decode_logits = match (opts.ban_emo_unk, self.emo_unknown_id) {
+            (true, Some(id)) => ban_column(&out.logits, id).map_err(compute("ban_emo_unk"))?,
+            _ => out.logits.clone(),
+        };
+        // Argmax on the device: only B x T ids cross to the host.
+        let frame_ids = decode_logits
+            .argmax(D::Minus1)
+            .and_then(|t| t.to_vec2::<u32>())
+            .map_err(compute("argmax"))?;
+        let mut results = Vec::with_capacity(clips.len());
+        for (b, clip) in clips.iter().enumerate() {
+            let len = out.lengths[b];
+            let ids = ctc_greedy(&frame_ids[b][..len], BLANK_ID);
+            let raw_text = self.tokenizer.decode(&ids)?;
+            let (tags, _) = parse_leading_tags(&raw_text);
+            let text = match opts.text_style {
+                TextStyle::Plain => strip_tags(&raw_text),
+                TextStyle::Rich => rich_transcription_postprocess(&raw_text),
+            };
+            let mut transcript = Transcript {
+                tags,
+                text,
+                raw_text,
+                token_ids: ids,
+                tokens: Vec::new(),
+                words: Vec::new(),
+                segments: Vec::new(),
+                duration_s: clip.len() as f64 / 16_000.0,
+            };
+            if opts.timestamps {
+                self.add_timestamps(&out.logits, b, len, &mut transcript)?;
+            }
+            results.push(transcript);
+        }
+        Ok(results)
+    }
+
+    /// Token timings from a forced alignment over the speech frames of item `b`.
+    ///
+    /// FunASR re-encodes the decoded text with `EncodeAsPieces(text)[4:]`; we take the pieces
+    /// of the decoded ids after the first four (the tags). The two agree whenever the greedy
+    /// ids are the tokenizer's own encoding of the text and the tokenizer adds no dummy-prefix
+    /// piece in front of the first tag; where they differ FunASR's pieces are misaligned with
+    /// the tags (spec §6.1 caveats) and ours are not.
+    fn add_timestamps(&self, logits: &Tensor, b: usize, len: usize, transcript: &mut Transcript) -> Result<(), ModelError> {
+        if len <= PROMPT_FRAMES || transcript.token_ids.len() <= PROMPT_FRAMES {
+            return Ok(());
+        }
+        let vocab = self.tokenizer.vocab_size();
+        let lp = logits
+            .get(b)
+            .and_then(|t| t.narrow(0, PROMPT_FRAMES, len - PROMPT_FRAMES))
+            .and_then(|t| candle_nn::ops::log_softmax(&t, D::Minus1))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(compute("timestamps"))?;
+        let ids = &transcript.token_ids[PROMPT_FRAMES..];
+        let pieces: Vec<String> = ids.iter().map(|&id| self.tokenizer.piece(id).unwrap_or("").to_owned()).collect();
+        let (tokens, words) = align_tokens(&lp, vocab, ids, &pieces, BLANK_ID);
+        transcript.segments = segments_from_words(&words);
+        transcript.tokens = tokens;
+        transcript.words = words;
+        Ok(())
+    }
+}
+
+/// Sets one vocabulary column to -inf on every frame.
+fn ban_column(logits: &Tensor, id: u32) -> candle_core::Result<Tensor> {
+    let vocab = logits.dim(D::Minus1)?;
+    let mut bias = vec![0f32; vocab];
+    if let Some(b) = bias.get_mut(id as usize) {
+        *b = f32::NEG_INFINITY;
+    }
+    logits.broadcast_add(&Tensor::from_vec(bias, vocab, logits.device())?)
+}
