@@ -35,26 +35,39 @@ fn pid_mib(nvml: &Nvml, index: u32, pid: u32) -> anyhow::Result<u64> {
 
 fn listed(nvml: &Nvml, index: u32, pid: u32) -> anyhow::Result<bool> {
     let device = nvml.device_by_index(index)?;
-    Ok(device.running_compute_processes()?.iter().any(|p| p.pid == pid))
+    Ok(device
+        .running_compute_processes()?
+        .iter()
+        .any(|p| p.pid == pid))
 }
 
 fn rss_mib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
         })
         .map_or(0, |kib| kib >> 10)
 }
 
 fn wait(inbox: &Receiver<Inbox>, what: &str) -> anyhow::Result<WorkerEvent> {
     loop {
-        match inbox.recv_timeout(Duration::from_secs(120)).context(what.to_owned())? {
-            Inbox::Event { event: WorkerEvent::Started { .. }, .. } => {}
+        match inbox
+            .recv_timeout(Duration::from_secs(120))
+            .context(what.to_owned())?
+        {
+            Inbox::Event {
+                event: WorkerEvent::Started { .. },
+                ..
+            } => {}
             Inbox::Event { event, .. } => return Ok(event),
-            Inbox::Exited { detail, .. } => bail!("worker exited while waiting for {what}: {detail}"),
+            Inbox::Exited { detail, .. } => {
+                bail!("worker exited while waiting for {what}: {detail}")
+            }
         }
     }
 }
@@ -69,7 +82,8 @@ fn main() -> anyhow::Result<()> {
     let nvml = Nvml::init()?;
     let uuid = nvml.device_by_index(index)?.uuid()?;
     let (tx, inbox) = bounded(64);
-    let mut worker = WorkerProcess::spawn(0, 1, tx)?;
+    let exe = gpuscribe::engine::process::worker_path(None);
+    let mut worker = WorkerProcess::spawn(&exe, 0, 1, tx)?;
     let pid = worker.pid;
     std::thread::sleep(Duration::from_millis(300));
     println!(
@@ -80,7 +94,10 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     worker.send(&WorkerRequest::Load {
         model_dir: PathBuf::from(model_dir),
-        device: WorkerDevice::Cuda { ordinal: index as usize, uuid },
+        device: WorkerDevice::Cuda {
+            ordinal: index as usize,
+            uuid,
+        },
         precision: Precision::Bf16,
     })?;
     let loaded = wait(&inbox, "Loaded")?;

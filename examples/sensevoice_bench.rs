@@ -52,19 +52,32 @@ fn parity(dir: &Path, dev: &Device, dt: DType, audio_dir: &Path) -> anyhow::Resu
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
     let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
-    let clips = reference["clips"].as_object().context("reference.json has no clips")?;
+    let clips = reference["clips"]
+        .as_object()
+        .context("reference.json has no clips")?;
     let (mut same_ids, mut frames_total, mut frames_same) = (0usize, 0usize, 0usize);
     for (clip, expected) in clips {
         let samples = audio(&audio_dir.join(format!("{clip}.wav")))?;
         let feats = model.features(&samples);
         let out = model.forward_features(&[feats], &[Prompt::default()], None)?;
-        let logits = out.logits.get(0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let logits = out
+            .logits
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         let reference_logits = tensors
             .get(&format!("{clip}/logits"))
             .with_context(|| format!("no {clip}/logits"))?;
-        let diff = (&logits - reference_logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (&logits - reference_logits)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         let scale = reference_logits.abs()?.max_all()?.to_scalar::<f32>()?;
-        let nan = logits.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite());
+        let nan = logits
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .any(|v| !v.is_finite());
         // Frame-level argmax agreement (the share of identical ids).
         let ours = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let theirs = reference_logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
@@ -75,11 +88,16 @@ fn parity(dir: &Path, dev: &Device, dt: DType, audio_dir: &Path) -> anyhow::Resu
             .remove(0);
         let expected_ids: Vec<u32> = expected["greedy_ids"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(|v| v as u32))
+                    .collect()
+            })
             .unwrap_or_default();
         let ids_equal = transcript.token_ids == expected_ids;
         same_ids += usize::from(ids_equal);
-        let text_equal = expected["generate"]["auto"].as_str() == Some(transcript.raw_text.as_str());
+        let text_equal =
+            expected["generate"]["auto"].as_str() == Some(transcript.raw_text.as_str());
         println!(
             "{}",
             serde_json::json!({
@@ -106,7 +124,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn speed(model_dir: &Path, dev: &Device, dt: DType, batch: usize, audio_dir: &Path) -> anyhow::Result<()> {
+fn speed(
+    model_dir: &Path,
+    dev: &Device,
+    dt: DType,
+    batch: usize,
+    audio_dir: &Path,
+) -> anyhow::Result<()> {
     let (model, load_ms) = load(model_dir, dev, dt)?;
     // Speech-like input: the committed clips, repeated to length.
     let mut source = Vec::new();
@@ -128,7 +152,9 @@ fn speed(model_dir: &Path, dev: &Device, dt: DType, batch: usize, audio_dir: &Pa
     let runs: Vec<f64> = (0..20)
         .map(|_| {
             let started = Instant::now();
-            model.transcribe_batch(&[&clip10], &opts).map(|_| started.elapsed().as_secs_f64() * 1000.0)
+            model
+                .transcribe_batch(&[&clip10], &opts)
+                .map(|_| started.elapsed().as_secs_f64() * 1000.0)
         })
         .collect::<Result<_, _>>()?;
     let ms10 = median(runs.clone());
@@ -144,7 +170,9 @@ fn speed(model_dir: &Path, dev: &Device, dt: DType, batch: usize, audio_dir: &Pa
     let runs: Vec<f64> = (0..5)
         .map(|_| {
             let started = Instant::now();
-            model.transcribe_batch(&clips, &opts).map(|_| started.elapsed().as_secs_f64() * 1000.0)
+            model
+                .transcribe_batch(&clips, &opts)
+                .map(|_| started.elapsed().as_secs_f64() * 1000.0)
         })
         .collect::<Result<_, _>>()?;
     let ms = median(runs);
@@ -162,11 +190,22 @@ fn main() -> anyhow::Result<()> {
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice/audio"),
         PathBuf::from,
     );
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["parity", dir, dev, dt] => parity(Path::new(dir), &device(dev)?, dtype(dt)?, &audio_dir),
-        ["speed", dir, dev, dt, batch] => {
-            speed(Path::new(dir), &device(dev)?, dtype(dt)?, batch.parse()?, &audio_dir)
-        }
-        _ => bail!("usage: sensevoice_bench parity DIR DEVICE DTYPE | speed MODEL_DIR DEVICE DTYPE BATCH"),
+        ["speed", dir, dev, dt, batch] => speed(
+            Path::new(dir),
+            &device(dev)?,
+            dtype(dt)?,
+            batch.parse()?,
+            &audio_dir,
+        ),
+        _ => bail!(
+            "usage: sensevoice_bench parity DIR DEVICE DTYPE | speed MODEL_DIR DEVICE DTYPE BATCH"
+        ),
     }
 }

@@ -13,7 +13,8 @@ use gpuscribe::model::sensevoice::weights::{HostWeights, expected_tensors};
 #[test]
 #[ignore = "slow: builds the 234M-parameter network"]
 fn release_size_cpu_realtime_factor() {
-    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/config.yaml");
+    let cfg_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/config.yaml");
     let cfg = SenseVoiceConfig::from_file(&cfg_path).unwrap();
     let dev = Device::Cpu;
     let tensors = expected_tensors(&cfg, 25055)
@@ -23,9 +24,14 @@ fn release_size_cpu_realtime_factor() {
     let host = HostWeights::from_tensors(tensors, Path::new("random"));
     let vb = host.materialize(DType::F32, &dev).unwrap();
     let model = SenseVoiceSmall::load(&cfg, 25055, &vb).unwrap();
-    let cmvn = Cmvn::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/am.mvn")).unwrap();
+    let cmvn = Cmvn::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/am.mvn"),
+    )
+    .unwrap();
     let frontend = Frontend::new(80, 7, 6, cmvn);
-    let audio: Vec<f32> = (0..160_000).map(|i| 0.1 * ((i as f32) * 0.05).sin()).collect();
+    let audio: Vec<f32> = (0..160_000)
+        .map(|i| 0.1 * ((i as f32) * 0.05).sin())
+        .collect();
     for round in 0..3 {
         let start = Instant::now();
         let (feats, t) = frontend.features(&audio);

@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod residency;
 mod scheduler;
 pub mod segment;
+pub mod sensevoice_worker;
 pub mod transcript;
 pub mod worker;
 
@@ -83,6 +84,10 @@ pub struct EngineConfig {
     pub target: DeviceTarget,
     /// Largest batch of segments on a GPU.
     pub max_batch: u64,
+    /// The worker executable; `None` looks next to the running executable (see
+    /// [`process::worker_path`]).
+    #[serde(skip)]
+    pub worker_exe: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +99,7 @@ impl Default for EngineConfig {
             vram_margin: 0.1,
             target: DeviceTarget::Auto,
             max_batch: 32,
+            worker_exe: None,
         }
     }
 }

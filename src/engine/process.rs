@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -43,8 +43,12 @@ pub enum Inbox {
     },
 }
 
-/// Where the worker executable is.
-pub fn worker_path() -> PathBuf {
+/// Where the worker executable is: `configured`, else `$GPUSCRIBE_WORKER`, else
+/// `gpuscribe-worker` next to the running executable.
+pub fn worker_path(configured: Option<&Path>) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_path_buf();
+    }
     if let Some(path) = std::env::var_os(WORKER_ENV) {
         return PathBuf::from(path);
     }
@@ -66,9 +70,13 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts the worker and the threads that read its stdout and stderr.
-    pub fn spawn(slot: usize, generation: u64, inbox: Sender<Inbox>) -> std::io::Result<Self> {
-        let exe = worker_path();
-        let mut child = Command::new(&exe)
+    pub fn spawn(
+        exe: &Path,
+        slot: usize,
+        generation: u64,
+        inbox: Sender<Inbox>,
+    ) -> std::io::Result<Self> {
+        let mut child = Command::new(exe)
             // CUDA ordinals in PCI-bus order, as the app maps NVML GPUs to ordinals.
             .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             .stdin(Stdio::piped())

@@ -66,6 +66,8 @@ pub enum Residency {
     Loading,
     /// Weights on the device, ready to run.
     Ready,
+    /// The weights are being moved to host RAM.
+    Offloading,
     /// Weights in host RAM; the worker (and its CUDA context) is still alive, so restore is a copy.
     Offloaded,
     /// The worker has exited: no weights, no CUDA context.
@@ -174,7 +176,8 @@ impl ResidencyMachine {
                         self.state = Residency::Loading;
                         Some(Action::Restore)
                     }
-                    Residency::Loading | Residency::Ready => None,
+                    // Restored once the offload in flight is done.
+                    Residency::Loading | Residency::Ready | Residency::Offloading => None,
                 }
             }
             ResidencyEvent::QueueDrained => {
@@ -192,6 +195,11 @@ impl ResidencyMachine {
                 None
             }
             ResidencyEvent::Offloaded => {
+                if self.busy {
+                    // A job came in while the weights were on their way out.
+                    self.state = Residency::Loading;
+                    return Some(Action::Restore);
+                }
                 self.state = Residency::Offloaded;
                 // The release clock starts when the offload is done.
                 self.idle_banked = Duration::ZERO;
@@ -213,7 +221,10 @@ impl ResidencyMachine {
                 self.tick(now)
             }
             ResidencyEvent::UnloadNow => match self.state {
-                Residency::Ready if !self.busy => Some(Action::Offload),
+                Residency::Ready if !self.busy => {
+                    self.state = Residency::Offloading;
+                    Some(Action::Offload)
+                }
                 Residency::Offloaded => Some(Action::Release),
                 _ => None,
             },
@@ -225,9 +236,10 @@ impl ResidencyMachine {
                 self.tick(now)
             }
             ResidencyEvent::DeviceChanged => match self.state {
-                Residency::Ready | Residency::Offloaded | Residency::Loading => {
-                    Some(Action::Release)
-                }
+                Residency::Ready
+                | Residency::Offloaded
+                | Residency::Offloading
+                | Residency::Loading => Some(Action::Release),
                 Residency::Unloaded | Residency::Released => None,
             },
         }
@@ -236,11 +248,14 @@ impl ResidencyMachine {
     /// Checks the idle clock; call it whenever time passes (e.g. once a second).
     pub fn tick(&mut self, now: Instant) -> Option<Action> {
         let (action, remaining) = self.pending(now)?;
-        if remaining.is_zero() {
-            Some(action)
-        } else {
-            None
+        if !remaining.is_zero() {
+            return None;
         }
+        if action == Action::Offload {
+            // Until the worker confirms, the weights are in flight: no second offload.
+            self.state = Residency::Offloading;
+        }
+        Some(action)
     }
 
     /// The next timed action and the time left until it, for the countdown in the UI.
@@ -255,7 +270,10 @@ impl ResidencyMachine {
                 IdlePolicy::AfterSecs(secs) => secs,
             },
             Residency::Offloaded => self.config.release_after_secs?,
-            Residency::Unloaded | Residency::Loading | Residency::Released => return None,
+            Residency::Unloaded
+            | Residency::Loading
+            | Residency::Offloading
+            | Residency::Released => return None,
         };
         let action = if self.state == Residency::Ready {
             Action::Offload
@@ -336,6 +354,9 @@ mod tests {
         assert_eq!(m.pending(t0 + secs(1)), Some((Action::Offload, secs(599))));
         assert_eq!(m.tick(t0 + secs(599)), None);
         assert_eq!(m.tick(t0 + secs(600)), Some(Action::Offload));
+        assert_eq!(m.state(), Residency::Offloading);
+        // No second offload while the first is in flight.
+        assert_eq!(m.tick(t0 + secs(601)), None);
         assert_eq!(m.on_event(ResidencyEvent::Offloaded, t0 + secs(600)), None);
         assert_eq!(m.state(), Residency::Offloaded);
         assert_eq!(
@@ -371,6 +392,26 @@ mod tests {
         // A job restores from host RAM instead of loading.
         assert_eq!(
             m.on_event(ResidencyEvent::JobQueued, t0),
+            Some(Action::Restore)
+        );
+        assert_eq!(m.state(), Residency::Loading);
+    }
+
+    #[test]
+    fn a_job_during_an_offload_restores_when_the_offload_lands() {
+        let t0 = Instant::now();
+        let config = ResidencyConfig {
+            offload: IdlePolicy::Immediately,
+            release_after_secs: None,
+        };
+        let mut m = loaded(config, t0);
+        assert_eq!(
+            m.on_event(ResidencyEvent::QueueDrained, t0),
+            Some(Action::Offload)
+        );
+        assert_eq!(m.on_event(ResidencyEvent::JobQueued, t0), None);
+        assert_eq!(
+            m.on_event(ResidencyEvent::Offloaded, t0),
             Some(Action::Restore)
         );
         assert_eq!(m.state(), Residency::Loading);

@@ -229,7 +229,10 @@ impl Scheduler {
         let shape = ModelShape::sensevoice_small(self.dtype_bytes(&device));
         let resident = self.slots.iter().any(|s| {
             s.key() == gpu.uuid
-                && matches!(s.residency.state(), Residency::Ready | Residency::Loading)
+                && matches!(
+                    s.residency.state(),
+                    Residency::Ready | Residency::Loading | Residency::Offloading
+                )
         });
         let available = usable_bytes(gpu.free_bytes, self.config.vram_margin);
         if max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1 {
@@ -451,7 +454,8 @@ impl Scheduler {
         if self.slots[slot].process.is_none() {
             let generation = self.next_generation;
             self.next_generation += 1;
-            match WorkerProcess::spawn(slot, generation, self.inbox_tx.clone()) {
+            let exe = super::process::worker_path(self.config.worker_exe.as_deref());
+            match WorkerProcess::spawn(&exe, slot, generation, self.inbox_tx.clone()) {
                 Ok(process) => self.slots[slot].process = Some(process),
                 Err(err) => return self.load_failed(slot, err.to_string(), false, true),
             }
@@ -588,18 +592,13 @@ impl Scheduler {
                 out_of_memory,
             } => self.load_failed(slot, message, out_of_memory, !out_of_memory),
             WorkerEvent::Offloaded { .. } => {
-                self.slots[slot]
-                    .residency
-                    .on_event(ResidencyEvent::Offloaded, now);
                 self.slots[slot].weight_bytes = 0;
                 self.marker(slot, MarkerKind::Offload);
-                // A job queued while offloading needs the weights back.
-                if !self.slots[slot].queue.is_empty() {
-                    let action = self.slots[slot]
-                        .residency
-                        .on_event(ResidencyEvent::JobQueued, now);
-                    self.apply(slot, action);
-                }
+                // A job queued while offloading gets the weights back at once.
+                let action = self.slots[slot]
+                    .residency
+                    .on_event(ResidencyEvent::Offloaded, now);
+                self.apply(slot, action);
             }
             WorkerEvent::Decoded {
                 job_id,

@@ -114,7 +114,9 @@ impl SpeechModel for SenseVoiceModel {
         let Some(host) = self.offloaded.take() else {
             return Ok(());
         };
-        let restored = host.to_device(&self.device).map_err(|err| format!("{err:#}"));
+        let restored = host
+            .to_device(&self.device)
+            .map_err(|err| format!("{err:#}"));
         match restored {
             Ok(model) => {
                 self.active = Some(model);
@@ -128,7 +130,9 @@ impl SpeechModel for SenseVoiceModel {
     }
 
     fn weight_bytes(&self) -> u64 {
-        self.active.as_ref().map_or(0, |m| m.weight_bytes() as u64)
+        self.active
+            .as_ref()
+            .map_or(0, |m| m.host_weights().size_bytes() as u64)
     }
 
     fn dtype_label(&self) -> String {
@@ -136,12 +140,15 @@ impl SpeechModel for SenseVoiceModel {
     }
 }
 
-fn load(dir: &Path, device: &WorkerDevice, precision: Precision) -> Result<Box<dyn SpeechModel>, RunError> {
+fn load(
+    dir: &Path,
+    device: &WorkerDevice,
+    precision: Precision,
+) -> Result<Box<dyn SpeechModel>, RunError> {
     let device = match device {
         WorkerDevice::Cpu => Device::Cpu,
-        WorkerDevice::Cuda { ordinal, .. } => {
-            Device::new_cuda(*ordinal).map_err(|err| RunError::Other(format!("GPU unavailable: {err}")))?
-        }
+        WorkerDevice::Cuda { ordinal, .. } => Device::new_cuda(*ordinal)
+            .map_err(|err| RunError::Other(format!("GPU unavailable: {err}")))?,
     };
     let dtype = match (precision, device.is_cpu()) {
         (Precision::Auto, true) | (Precision::F32, _) => DType::F32,
@@ -163,10 +170,16 @@ fn decode(path: &Path) -> Result<(Vec<f32>, Option<String>), String> {
     let warning = (!audio.is_clean()).then(|| {
         let mut parts = Vec::new();
         if !audio.skipped.is_empty() {
-            parts.push(format!("{} corrupt stretch(es) skipped", audio.skipped.len()));
+            parts.push(format!(
+                "{} corrupt stretch(es) skipped",
+                audio.skipped.len()
+            ));
         }
         if let Some(early) = &audio.ended_early {
-            parts.push(format!("ended early: {early}"));
+            parts.push(format!(
+                "ended early at {:.1} s: {}",
+                early.at_s, early.reason
+            ));
         }
         format!("{}: {}", path.display(), parts.join("; "))
     });

@@ -173,7 +173,9 @@ impl SenseVoiceConfig {
             )));
         }
         if !e.normalize_before {
-            return Err(invalid("encoder_conf.normalize_before must be true".to_owned()));
+            return Err(invalid(
+                "encoder_conf.normalize_before must be true".to_owned(),
+            ));
         }
         if f.window != "hamming" {
             return Err(invalid(format!(
