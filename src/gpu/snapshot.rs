@@ -11,7 +11,7 @@ use super::GpuInitError;
 /// Every metric is an `Option`: `None` means the GPU or driver does not support that query
 /// (NVML `NotSupported`) or that reading it failed this time (then [`Self::error`] says why).
 /// The UI shows `None` as "n/a".
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GpuSnapshot {
     /// NVML's index of the GPU. It can differ from the CUDA ordinal: see [`super::cuda_ordinal`].
     pub nvml_index: u32,
