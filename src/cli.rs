@@ -73,12 +73,14 @@ pub const FIRST_SAMPLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The monitor's first word, or an error if it stays silent.
 pub fn first_status(feed: &mut GpuFeed) -> anyhow::Result<GpuStatus> {
-    feed.wait_first(FIRST_SAMPLE_TIMEOUT).cloned().ok_or_else(|| {
-        anyhow::anyhow!(
-            "the GPU monitor did not answer within {} s",
-            FIRST_SAMPLE_TIMEOUT.as_secs()
-        )
-    })
+    feed.wait_first(FIRST_SAMPLE_TIMEOUT)
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the GPU monitor did not answer within {} s",
+                FIRST_SAMPLE_TIMEOUT.as_secs()
+            )
+        })
 }
 
 /// The GPUs in a status (none when the driver is unavailable).
@@ -259,7 +261,11 @@ pub fn write_gpus_table(out: &mut dyn Write, report: &GpusReport<'_>) -> std::io
                 process.pid,
                 or_na(process.used_bytes.map(|b| format!("{} MiB", b / MIB))),
                 process.name.as_deref().unwrap_or("n/a"),
-                if process.is_self { " (this process)" } else { "" }
+                if process.is_self {
+                    " (this process)"
+                } else {
+                    ""
+                }
             )?;
         }
     }
@@ -324,7 +330,10 @@ mod tests {
         let mut table = Vec::new();
         write_gpus_table(&mut table, &report).expect("write to memory");
         let table = String::from_utf8(table).expect("utf-8");
-        assert!(table.starts_with("no NVIDIA GPU found: No NVIDIA driver found"), "{table}");
+        assert!(
+            table.starts_with("no NVIDIA GPU found: No NVIDIA driver found"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -338,7 +347,11 @@ mod tests {
         assert_eq!(report.selected_device, DeviceReport::Cpu);
         assert!(matches!(
             &report.auto_device,
-            DeviceReport::Gpu { nvml_index: 1, cuda_ordinal: Some(1), .. }
+            DeviceReport::Gpu {
+                nvml_index: 1,
+                cuda_ordinal: Some(1),
+                ..
+            }
         ));
         let mut table = Vec::new();
         write_gpus_table(&mut table, &report).expect("write to memory");

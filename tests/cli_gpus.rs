@@ -6,7 +6,11 @@ use serde_json::Value;
 
 fn gpuscribe() -> Command {
     let mut cmd = Command::cargo_bin("gpuscribe").expect("the binary is built");
-    for var in ["GPUSCRIBE_FAKE_GPUS", "SENSEVOICE_DEVICE", "CUDA_VISIBLE_DEVICES"] {
+    for var in [
+        "GPUSCRIBE_FAKE_GPUS",
+        "SENSEVOICE_DEVICE",
+        "CUDA_VISIBLE_DEVICES",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -58,7 +62,10 @@ fn json_without_driver_is_the_documented_no_gpu_shape() {
     );
     assert_eq!(json["gpus"], Value::Array(Vec::new()));
     assert_eq!(json["auto_device"], serde_json::json!({ "kind": "cpu" }));
-    assert_eq!(json["selected_device"], serde_json::json!({ "kind": "cpu" }));
+    assert_eq!(
+        json["selected_device"],
+        serde_json::json!({ "kind": "cpu" })
+    );
     assert!(json["driver_version"].is_null());
 }
 
@@ -150,7 +157,10 @@ fn flag_overrides_env() {
         .assert()
         .success();
     let json = json_of(&output.get_output().stdout);
-    assert_eq!(json["selected_device"], serde_json::json!({ "kind": "cpu" }));
+    assert_eq!(
+        json["selected_device"],
+        serde_json::json!({ "kind": "cpu" })
+    );
 }
 
 #[test]
@@ -159,13 +169,16 @@ fn gpu_device_without_gpus_is_a_startup_error() {
         eprintln!("skipped: this machine has an NVIDIA driver");
         return;
     }
-    let output = gpuscribe()
-        .args(["--device", "bogus"])
-        .assert()
-        .failure();
+    let output = gpuscribe().args(["--device", "bogus"]).assert().failure();
     let stderr = String::from_utf8(output.get_output().stderr.clone()).expect("utf-8");
-    assert!(stderr.contains("invalid device \"bogus\": not a known device"), "{stderr}");
-    assert!(stderr.contains("auto, cpu (no NVIDIA GPU found)"), "{stderr}");
+    assert!(
+        stderr.contains("invalid device \"bogus\": not a known device"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("auto, cpu (no NVIDIA GPU found)"),
+        "{stderr}"
+    );
     gpuscribe()
         .args(["gpus", "--device", "cpu"])
         .assert()

@@ -64,8 +64,9 @@ fn samples_every_gpu_and_wakes_the_ui() {
     );
     let later = next_sample(&mut feed);
     assert!(later.taken_at > sample.taken_at);
-    // One repaint per send, and it comes after the send.
-    assert!(repaints.load(Ordering::SeqCst) >= 2);
+    // One repaint per send, right after it: the first sample's has happened by the time the
+    // second sample was sent.
+    assert!(repaints.load(Ordering::SeqCst) >= 1);
 }
 
 #[test]
@@ -76,7 +77,10 @@ fn failed_sample_marks_every_known_gpu_then_recovers() {
     let failed = sample_where(&mut feed, |s| s.gpus.iter().any(|g| g.error.is_some()));
     assert_eq!(failed.gpus.len(), 2, "known GPUs stay on screen");
     for (index, gpu) in failed.gpus.iter().enumerate() {
-        assert_eq!(gpu.uuid, fake_gpu(u32::try_from(index).expect("small")).uuid);
+        assert_eq!(
+            gpu.uuid,
+            fake_gpu(u32::try_from(index).expect("small")).uuid
+        );
         assert_eq!(
             gpu.error.as_deref(),
             Some("reading the GPU list failed: Unknown Error")

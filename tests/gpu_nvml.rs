@@ -41,8 +41,12 @@ fn real_nvml_reports_gpus_and_sample_cost() {
     }
 
     // Sample cost through the monitor thread, as the app runs it (100 ms for speed).
-    let mut feed = spawn_monitor(NvmlSource::init, Duration::from_millis(100), Box::new(|| {}))
-        .expect("spawn");
+    let mut feed = spawn_monitor(
+        NvmlSource::init,
+        Duration::from_millis(100),
+        Box::new(|| {}),
+    )
+    .expect("spawn");
     let mut costs_us = Vec::new();
     while costs_us.len() < 50 {
         match feed.recv_timeout(Duration::from_secs(10)) {

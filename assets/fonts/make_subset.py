@@ -53,6 +53,8 @@ def wanted_chars() -> set[str]:
     chars |= decode_table("big5", range(0xA1, 0xC7), range(0x40, 0xFF))
     # Cantonese-specific characters that SenseVoice emits for yue and are missing from the above.
     chars |= set("嘅咗唔係佢啲喺嚟咁冇睇嘢乜嗰啱諗揾搵攞俾畀咪噉哋嚿咩喎啫囉吖嘞")
+    # Symbols the UI itself draws (warning sign, badges, arrows).
+    chars |= set("⚠✓▶●→·—…°µ")
     return {c for c in chars if c.isprintable() or c == " "}
 
 

@@ -31,7 +31,8 @@ pub fn with_unit(value: Option<u32>, unit: &str) -> String {
 
 /// Milliwatts as watts, `draw / limit W`, with "n/a" for either part.
 pub fn power(draw_mw: Option<u32>, limit_mw: Option<u32>) -> String {
-    let watts = |mw: Option<u32>| mw.map_or_else(|| NOT_AVAILABLE.to_owned(), |v| (v / 1000).to_string());
+    let watts =
+        |mw: Option<u32>| mw.map_or_else(|| NOT_AVAILABLE.to_owned(), |v| (v / 1000).to_string());
     match (draw_mw, limit_mw) {
         (None, None) => NOT_AVAILABLE.to_owned(),
         _ => format!("{} / {} W", watts(draw_mw), watts(limit_mw)),

@@ -48,7 +48,11 @@ pub fn gpus_ui(ui: &mut egui::Ui, input: &PanelsInput<'_>) {
         return;
     };
     if gpus.is_empty() && view.vanished.is_empty() {
-        notice_ui(ui, "No NVIDIA GPU found — transcription runs on the CPU", None);
+        notice_ui(
+            ui,
+            "No NVIDIA GPU found — transcription runs on the CPU",
+            None,
+        );
         return;
     }
     let panels: Vec<(&GpuSnapshot, Option<Duration>)> = gpus
@@ -126,15 +130,23 @@ fn header_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot, is_target: bool, input: &Pane
         ui.label(RichText::new(format!("GPU {}", gpu.nvml_index)).strong());
         ui.label(RichText::new(&gpu.name).strong());
         if is_target {
-            ui.label(RichText::new("▶ transcription runs here").color(TARGET_COLOR).strong());
+            ui.label(
+                RichText::new("▶ transcription runs here")
+                    .color(TARGET_COLOR)
+                    .strong(),
+            );
         }
     });
     let ordinal = cuda_ordinal(&gpu.uuid, input.view.gpus(), input.cuda_visible_devices)
         .map_or_else(|| "not visible to CUDA".to_owned(), |o| format!("cuda:{o}"));
     ui.label(
-        RichText::new(format!("{} · {} · {ordinal}", gpu.short_uuid(), gpu.pci_bus_id))
-            .small()
-            .weak(),
+        RichText::new(format!(
+            "{} · {} · {ordinal}",
+            gpu.short_uuid(),
+            gpu.pci_bus_id
+        ))
+        .small()
+        .weak(),
     )
     .on_hover_text(&gpu.uuid);
 }
@@ -174,12 +186,24 @@ fn metrics_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot) {
                 ui.label(value);
             };
             pair(ui, "GPU", format::with_unit(gpu.gpu_util_percent, "%"));
-            pair(ui, "Memory", format::with_unit(gpu.memory_util_percent, "%"));
+            pair(
+                ui,
+                "Memory",
+                format::with_unit(gpu.memory_util_percent, "%"),
+            );
             pair(ui, "Temp", format::with_unit(gpu.temperature_c, "°C"));
             ui.end_row();
-            pair(ui, "Power", format::power(gpu.power_draw_mw, gpu.power_limit_mw));
+            pair(
+                ui,
+                "Power",
+                format::power(gpu.power_draw_mw, gpu.power_limit_mw),
+            );
             pair(ui, "SM", format::with_unit(gpu.sm_clock_mhz, "MHz"));
-            pair(ui, "Mem clock", format::with_unit(gpu.memory_clock_mhz, "MHz"));
+            pair(
+                ui,
+                "Mem clock",
+                format::with_unit(gpu.memory_clock_mhz, "MHz"),
+            );
             ui.end_row();
             pair(ui, "Fan", format::with_unit(gpu.fan_speed_percent, "%"));
             ui.end_row();
@@ -209,7 +233,9 @@ fn plots_ui(
     let total = series(&|p| p.total_bytes.map(format::bytes_to_gib));
     let util = series(&|p| p.gpu_util_percent.map(f64::from));
     let mem_util = series(&|p| p.memory_util_percent.map(f64::from));
-    let total_gib = gpu.memory.map_or(1.0, |m| format::bytes_to_gib(m.total_bytes));
+    let total_gib = gpu
+        .memory
+        .map_or(1.0, |m| format::bytes_to_gib(m.total_bytes));
     let window_secs = window.as_secs_f64();
 
     ui.label(RichText::new("VRAM (GiB)").small().weak());

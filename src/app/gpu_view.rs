@@ -91,8 +91,9 @@ impl GpuView {
 
     /// How long ago `vanished` was last seen, relative to the latest sample.
     pub fn vanished_for(&self, vanished: &VanishedGpu) -> Duration {
-        self.now()
-            .map_or(Duration::ZERO, |now| now.saturating_duration_since(vanished.last_seen))
+        self.now().map_or(Duration::ZERO, |now| {
+            now.saturating_duration_since(vanished.last_seen)
+        })
     }
 }
 
@@ -118,7 +119,10 @@ mod tests {
         assert_eq!(view.vanished[0].last.uuid, fake_gpu(1).uuid);
         assert_eq!(view.vanished_for(&view.vanished[0]), Duration::from_secs(1));
         // It comes back: no longer listed as vanished.
-        view.apply(sample(start + Duration::from_secs(2), vec![fake_gpu(0), fake_gpu(1)]));
+        view.apply(sample(
+            start + Duration::from_secs(2),
+            vec![fake_gpu(0), fake_gpu(1)],
+        ));
         assert!(view.vanished.is_empty());
         // It goes again and stays away longer than the history.
         view.apply(sample(start + Duration::from_secs(3), vec![fake_gpu(0)]));

@@ -85,7 +85,9 @@ impl GpuScribeApp {
 
     /// The device choice in force (the command line's, else the saved one).
     pub fn device_choice(&self) -> &DeviceChoice {
-        self.device_from_cli.as_ref().unwrap_or(&self.settings.device)
+        self.device_from_cli
+            .as_ref()
+            .unwrap_or(&self.settings.device)
     }
 
     /// Where transcription runs right now.
@@ -122,8 +124,7 @@ impl GpuScribeApp {
 
     fn sync_sample_interval(&mut self) {
         let wanted = self.settings.sample_interval();
-        if self.applied_sample_interval != Some(wanted)
-            && self.gpu_feed.set_sample_interval(wanted)
+        if self.applied_sample_interval != Some(wanted) && self.gpu_feed.set_sample_interval(wanted)
         {
             self.applied_sample_interval = Some(wanted);
         }

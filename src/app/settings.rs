@@ -24,8 +24,7 @@ impl Default for Settings {
         Self {
             device: DeviceChoice::Auto,
             plot_window: PlotWindow::default(),
-            sample_interval_ms: u64::try_from(DEFAULT_SAMPLE_INTERVAL.as_millis())
-                .unwrap_or(500),
+            sample_interval_ms: u64::try_from(DEFAULT_SAMPLE_INTERVAL.as_millis()).unwrap_or(500),
         }
     }
 }

@@ -10,8 +10,8 @@ use super::format;
 use super::gpu_panel_ui::TARGET_COLOR;
 use super::settings::PlotWindow;
 use crate::gpu::{
-    CpuReason, DeviceChoice, GpuSnapshot, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL,
-    ResolvedDevice, short_uuid,
+    CpuReason, DeviceChoice, GpuSnapshot, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, ResolvedDevice,
+    short_uuid,
 };
 
 /// A change the user asked for in this frame.
@@ -46,9 +46,10 @@ pub const CPU_LABEL: &str = "CPU";
 
 /// The picker text of a GPU entry: index, name and free VRAM.
 pub fn gpu_entry_label(gpu: &GpuSnapshot) -> String {
-    let free = gpu
-        .free_bytes()
-        .map_or_else(|| "free VRAM n/a".to_owned(), |b| format!("{} GiB free", format::gib(b)));
+    let free = gpu.free_bytes().map_or_else(
+        || "free VRAM n/a".to_owned(),
+        |b| format!("{} GiB free", format::gib(b)),
+    );
     format!("GPU {} · {} · {free}", gpu.nvml_index, gpu.name)
 }
 
@@ -77,7 +78,6 @@ pub fn toolbar_ui(ui: &mut egui::Ui, input: &ToolbarInput<'_>) -> Vec<Command> {
 }
 
 fn device_picker_ui(ui: &mut egui::Ui, input: &ToolbarInput<'_>, commands: &mut Vec<Command>) {
-    ui.label("Transcription device:");
     let selected_text = match (input.device, input.resolved) {
         (DeviceChoice::Auto, ResolvedDevice::Gpu(gpu)) => {
             format!("Auto → GPU {} · {}", gpu.nvml_index, gpu.name)
@@ -90,7 +90,8 @@ fn device_picker_ui(ui: &mut egui::Ui, input: &ToolbarInput<'_>, commands: &mut 
         }
     };
     let mut chosen = input.device.clone();
-    egui::ComboBox::from_id_salt("device_picker")
+    // The label doubles as the picker's accessible name.
+    egui::ComboBox::new("device_picker", "Transcription device")
         .selected_text(selected_text)
         .show_ui(ui, |ui| {
             ui.selectable_value(&mut chosen, DeviceChoice::Auto, AUTO_LABEL);
@@ -132,6 +133,8 @@ fn interval_ui(ui: &mut egui::Ui, current: Duration, commands: &mut Vec<Command>
             .suffix(" ms"),
     );
     if response.changed() {
-        commands.push(Command::SetSampleInterval(Duration::from_millis(interval_ms)));
+        commands.push(Command::SetSampleInterval(Duration::from_millis(
+            interval_ms,
+        )));
     }
 }

@@ -151,14 +151,12 @@ impl DeviceChoice {
         let visible = cuda_visible_gpus(gpus, cuda_visible_devices);
         match self {
             Self::Cpu => ResolvedDevice::Cpu(CpuReason::Chosen),
-            Self::Auto => auto_pick(&visible).map_or(ResolvedDevice::Cpu(CpuReason::NoGpu), ResolvedDevice::Gpu),
-            Self::Gpu { uuid } => visible
-                .into_iter()
-                .find(|g| g.uuid == *uuid)
-                .map_or(
-                    ResolvedDevice::Cpu(CpuReason::ChosenGpuMissing),
-                    ResolvedDevice::Gpu,
-                ),
+            Self::Auto => auto_pick(&visible)
+                .map_or(ResolvedDevice::Cpu(CpuReason::NoGpu), ResolvedDevice::Gpu),
+            Self::Gpu { uuid } => visible.into_iter().find(|g| g.uuid == *uuid).map_or(
+                ResolvedDevice::Cpu(CpuReason::ChosenGpuMissing),
+                ResolvedDevice::Gpu,
+            ),
         }
     }
 }
@@ -171,7 +169,9 @@ pub fn auto_pick<'a>(gpus: &[&'a GpuSnapshot]) -> Option<&'a GpuSnapshot> {
         .filter_map(|g| g.free_bytes().map(|free| (g, free)))
         .max_by(|(a, a_free), (b, b_free)| {
             // On equal free memory the lower index must compare greater, so it wins the max.
-            a_free.cmp(b_free).then_with(|| b.nvml_index.cmp(&a.nvml_index))
+            a_free
+                .cmp(b_free)
+                .then_with(|| b.nvml_index.cmp(&a.nvml_index))
         })
         .map(|(g, _)| g)
 }

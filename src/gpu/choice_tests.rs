@@ -21,12 +21,24 @@ fn with_used(index: u32, used_gib: u64) -> GpuSnapshot {
 #[test]
 fn keywords_parse_case_insensitively() {
     let gpus = reversed_pair();
-    assert_eq!(DeviceChoice::parse("auto", &gpus, None), Ok(DeviceChoice::Auto));
-    assert_eq!(DeviceChoice::parse(" AUTO ", &gpus, None), Ok(DeviceChoice::Auto));
-    assert_eq!(DeviceChoice::parse("Cpu", &gpus, None), Ok(DeviceChoice::Cpu));
+    assert_eq!(
+        DeviceChoice::parse("auto", &gpus, None),
+        Ok(DeviceChoice::Auto)
+    );
+    assert_eq!(
+        DeviceChoice::parse(" AUTO ", &gpus, None),
+        Ok(DeviceChoice::Auto)
+    );
+    assert_eq!(
+        DeviceChoice::parse("Cpu", &gpus, None),
+        Ok(DeviceChoice::Cpu)
+    );
     // Auto and CPU are valid without any GPU.
     assert_eq!(DeviceChoice::parse("cpu", &[], None), Ok(DeviceChoice::Cpu));
-    assert_eq!(DeviceChoice::parse("auto", &[], None), Ok(DeviceChoice::Auto));
+    assert_eq!(
+        DeviceChoice::parse("auto", &[], None),
+        Ok(DeviceChoice::Auto)
+    );
 }
 
 #[test]
@@ -60,9 +72,22 @@ fn out_of_range_ordinal_lists_the_valid_choices() {
     let err = DeviceChoice::parse("cuda:2", &gpus, None).expect_err("only two GPUs");
     assert_eq!(err.reason, "there is no CUDA device 2 (2 visible)");
     let message = err.to_string();
-    assert!(message.starts_with("invalid device \"cuda:2\""), "{message}");
-    for expected in ["auto", "cpu", "cuda:0", "cuda:1", &gpus[0].uuid, &gpus[1].uuid] {
-        assert!(message.contains(expected), "{expected} missing in {message}");
+    assert!(
+        message.starts_with("invalid device \"cuda:2\""),
+        "{message}"
+    );
+    for expected in [
+        "auto",
+        "cpu",
+        "cuda:0",
+        "cuda:1",
+        &gpus[0].uuid,
+        &gpus[1].uuid,
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected} missing in {message}"
+        );
     }
 }
 
@@ -100,7 +125,10 @@ fn uuids_match_whole_or_by_unique_prefix() {
     assert_eq!(DeviceChoice::parse(&uuid.to_uppercase(), &gpus, None), want);
     assert_eq!(DeviceChoice::parse(short_uuid_of(&uuid), &gpus, None), want);
     let err = DeviceChoice::parse(&uuid[..8], &gpus, None).expect_err("too short");
-    assert_eq!(err.reason, "give at least GPU- and 8 hex digits of the UUID");
+    assert_eq!(
+        err.reason,
+        "give at least GPU- and 8 hex digits of the UUID"
+    );
     let err = DeviceChoice::parse("GPU-00000000", &gpus, None).expect_err("unknown");
     assert_eq!(err.reason, "no GPU has that UUID");
 }
@@ -215,7 +243,10 @@ fn cuda_visible_devices_like_cuda() {
 #[test]
 fn pci_ids_sort_numerically_across_formats() {
     assert!(pci_sort_key("0000:3b:00.0") > pci_sort_key("00000000:2A:00.0"));
-    assert_eq!(pci_sort_key("0000:3b:00.0"), pci_sort_key("00000000:3B:00.0"));
+    assert_eq!(
+        pci_sort_key("0000:3b:00.0"),
+        pci_sort_key("00000000:3B:00.0")
+    );
     assert!(pci_sort_key("00000001:00:00.0") > pci_sort_key("00000000:FF:00.0"));
     assert!(pci_sort_key("garbage") > pci_sort_key("00000000:FF:1F.7"));
 }
@@ -249,6 +280,9 @@ fn display_is_accepted_back() {
             uuid: gpus[1].uuid.clone(),
         },
     ] {
-        assert_eq!(DeviceChoice::parse(&choice.to_string(), &gpus, None), Ok(choice));
+        assert_eq!(
+            DeviceChoice::parse(&choice.to_string(), &gpus, None),
+            Ok(choice)
+        );
     }
 }

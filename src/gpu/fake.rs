@@ -233,7 +233,10 @@ mod tests {
     fn demo_memory_adds_up() {
         for gpu in demo_gpus(8, 17) {
             let m = gpu.memory.expect("demo GPUs report memory");
-            assert_eq!(m.used_bytes + m.free_bytes + m.reserved_bytes, m.total_bytes);
+            assert_eq!(
+                m.used_bytes + m.free_bytes + m.reserved_bytes,
+                m.total_bytes
+            );
         }
     }
 }

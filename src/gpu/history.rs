@@ -155,7 +155,10 @@ mod tests {
         let mut history = GpuHistory::new(MAX_PLOT_WINDOW);
         history.record(&sample_at(start, vec![fake_gpu(0), fake_gpu(1)]));
         // GPU 1 vanishes; its readings stay until they age out.
-        history.record(&sample_at(start + Duration::from_secs(60), vec![fake_gpu(0)]));
+        history.record(&sample_at(
+            start + Duration::from_secs(60),
+            vec![fake_gpu(0)],
+        ));
         assert_eq!(history.uuids().count(), 2);
         assert_eq!(history.points(&fake_gpu(1).uuid).count(), 1);
         history.trim(start + MAX_PLOT_WINDOW + Duration::from_secs(1));
@@ -174,8 +177,14 @@ mod tests {
         }
         let now = start + Duration::from_secs(9 * 60);
         let uuid = fake_gpu(0).uuid;
-        assert_eq!(history.window(&uuid, now, Duration::from_secs(60)).count(), 2);
-        assert_eq!(history.window(&uuid, now, Duration::from_secs(300)).count(), 6);
+        assert_eq!(
+            history.window(&uuid, now, Duration::from_secs(60)).count(),
+            2
+        );
+        assert_eq!(
+            history.window(&uuid, now, Duration::from_secs(300)).count(),
+            6
+        );
         assert_eq!(history.window(&uuid, now, MAX_PLOT_WINDOW).count(), 10);
     }
 }

@@ -76,7 +76,11 @@ impl NvmlSource {
             Err(err) => {
                 let (uuid, name, pci_bus_id) =
                     self.identities.get(&index).cloned().unwrap_or_else(|| {
-                        (format!("nvml-index-{index}"), "unknown GPU".to_owned(), String::new())
+                        (
+                            format!("nvml-index-{index}"),
+                            "unknown GPU".to_owned(),
+                            String::new(),
+                        )
                     });
                 let mut snapshot = GpuSnapshot::identity_only(index, uuid, name, pci_bus_id);
                 snapshot.error = Some(format!("opening the device failed: {err}"));
@@ -118,8 +122,11 @@ impl NvmlSource {
         snapshot.power_draw_mw = field(device.power_usage(), "power draw", &mut errors);
         snapshot.power_limit_mw = field(device.enforced_power_limit(), "power limit", &mut errors);
         snapshot.sm_clock_mhz = field(device.clock_info(Clock::SM), "SM clock", &mut errors);
-        snapshot.memory_clock_mhz =
-            field(device.clock_info(Clock::Memory), "memory clock", &mut errors);
+        snapshot.memory_clock_mhz = field(
+            device.clock_info(Clock::Memory),
+            "memory clock",
+            &mut errors,
+        );
         snapshot.fan_speed_percent = field(device.fan_speed(0), "fan", &mut errors);
         snapshot.processes = self.read_processes(&device, &mut errors);
         if !errors.is_empty() {
@@ -297,15 +304,24 @@ mod tests {
             init_error_from_nvml(NvmlError::FailedToLoadSymbol("nvmlInit_v2".into())).code(),
             "driver_too_old"
         );
-        assert_eq!(init_error_from_nvml(NvmlError::Unknown).code(), "driver_error");
+        assert_eq!(
+            init_error_from_nvml(NvmlError::Unknown).code(),
+            "driver_error"
+        );
     }
 
     #[test]
     fn not_supported_is_none_without_error() {
         let mut errors = Vec::new();
-        assert_eq!(field::<u32>(Err(NvmlError::NotSupported), "fan", &mut errors), None);
+        assert_eq!(
+            field::<u32>(Err(NvmlError::NotSupported), "fan", &mut errors),
+            None
+        );
         assert!(errors.is_empty());
-        assert_eq!(field::<u32>(Err(NvmlError::GpuLost), "fan", &mut errors), None);
+        assert_eq!(
+            field::<u32>(Err(NvmlError::GpuLost), "fan", &mut errors),
+            None
+        );
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("fan: "));
     }

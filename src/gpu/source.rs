@@ -36,7 +36,9 @@ pub enum GpuInitError {
     )]
     NoPermission,
     /// The driver lacks a function the monitor needs.
-    #[error("The NVIDIA driver is too old for the GPU monitor ({detail}) — transcription runs on the CPU")]
+    #[error(
+        "The NVIDIA driver is too old for the GPU monitor ({detail}) — transcription runs on the CPU"
+    )]
     DriverTooOld {
         /// The missing symbol, as NVML reports it.
         detail: String,
