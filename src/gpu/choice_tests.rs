@@ -159,10 +159,10 @@ fn hidden_gpu_cannot_be_chosen() {
 
 #[test]
 fn auto_prefers_most_free_vram_then_lowest_index() {
-    let gpus = vec![with_used(0, 40), with_used(1, 10), with_used(2, 10)];
+    let gpus = [with_used(0, 40), with_used(1, 10), with_used(2, 10)];
     let all: Vec<&GpuSnapshot> = gpus.iter().collect();
     assert_eq!(auto_pick(&all).map(|g| g.nvml_index), Some(1));
-    let gpus = vec![with_used(0, 5), with_used(1, 5)];
+    let gpus = [with_used(0, 5), with_used(1, 5)];
     let all: Vec<&GpuSnapshot> = gpus.iter().collect();
     assert_eq!(auto_pick(&all).map(|g| g.nvml_index), Some(0));
     // Tie order must not depend on the slice order.
