@@ -82,8 +82,8 @@ fn main() -> anyhow::Result<()> {
     let nvml = Nvml::init()?;
     let uuid = nvml.device_by_index(index)?.uuid()?;
     let (tx, inbox) = bounded(64);
-    let exe = gpuscribe::engine::process::worker_path(None);
-    let mut worker = WorkerProcess::spawn(&exe, 0, 1, tx)?;
+    let command = gpuscribe::engine::process::worker_command(None);
+    let mut worker = WorkerProcess::spawn(&command, 0, 1, tx)?;
     let pid = worker.pid;
     std::thread::sleep(Duration::from_millis(300));
     println!(

@@ -1,4 +1,5 @@
-//! Command-line interface: `gpuscribe` (window) and `gpuscribe gpus [--json]`. Runs on the main
+//! Command-line interface: `gpuscribe` (window), `gpuscribe gpus [--json]` and
+//! `gpuscribe transcribe FILE…` (see [`crate::cli_transcribe`]). Runs on the main
 //! thread before the window opens. Add a subcommand by adding a [`Command`] variant and a match
 //! arm in `main.rs`.
 //!
@@ -65,6 +66,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Transcribe audio files (`--device all` spreads them over every GPU).
+    Transcribe(crate::cli_transcribe::TranscribeArgs),
+    /// Serve the model for the app (started by the engine; not for people).
+    #[cfg(not(feature = "cuda"))]
+    #[command(hide = true)]
+    Worker,
 }
 
 /// How long start-up waits for the monitor's first sample (NVML init can take seconds on

@@ -22,6 +22,7 @@
 pub mod app;
 pub mod audio;
 pub mod cli;
+pub mod cli_transcribe;
 pub mod engine;
 pub mod gpu;
 pub mod model;

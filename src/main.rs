@@ -1,6 +1,7 @@
 //! `gpuscribe`: parses the command line, starts the GPU monitor, validates `--device`, then
 //! either prints the GPU list or opens the window. Everything else lives in the library.
 
+use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
 use eframe::egui;
@@ -14,7 +15,7 @@ use gpuscribe::gpu::{self, DeviceChoice};
 /// The window icon, shared with packaging.
 const ICON_PNG: &[u8] = include_bytes!("../icons/256x256.png");
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -23,6 +24,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The model worker (CPU builds carry it in this binary; see engine::process::worker_command).
+    #[cfg(not(feature = "cuda"))]
+    if matches!(cli.command, Some(Command::Worker)) {
+        gpuscribe::engine::sensevoice_worker::worker_main();
+        return Ok(ExitCode::SUCCESS);
+    }
 
     // The egui context exists only once the window does; until then repaints are no-ops and
     // samples wait in the channel.
@@ -39,8 +46,14 @@ fn main() -> anyhow::Result<()> {
         .context("starting the gpu-monitor thread")?;
     let first = cli::first_status(&mut feed)?;
     let cuda_visible_devices = gpu::cuda_visible_devices_from_env();
+    // `all` (every GPU, one worker each) only makes sense for `transcribe`.
+    let all_gpus = matches!(cli.command, Some(Command::Transcribe(_)))
+        && cli
+            .device
+            .as_deref()
+            .is_some_and(|d| d.trim().eq_ignore_ascii_case("all"));
     let device = cli::validate_device(
-        cli.device.as_deref(),
+        cli.device.as_deref().filter(|_| !all_gpus),
         &first,
         cuda_visible_devices.as_deref(),
     )?;
@@ -59,9 +72,24 @@ fn main() -> anyhow::Result<()> {
             } else {
                 cli::write_gpus_table(&mut out, &report)?;
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        None => run_window(feed, device, cuda_visible_devices, &repaint_target),
+        Some(Command::Transcribe(args)) => {
+            let gpus =
+                gpuscribe::cli_transcribe::gpus_for_engine(&first, cuda_visible_devices.as_deref());
+            drop(feed);
+            let target = gpuscribe::cli_transcribe::target(cli.device.as_deref(), device.as_ref());
+            let failed = gpuscribe::cli_transcribe::run(&args, target, gpus)?;
+            if failed > 0 {
+                eprintln!("{failed} of {} file(s) failed", args.files.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(Command::Worker) => Ok(ExitCode::SUCCESS),
+        None => run_window(feed, device, cuda_visible_devices, &repaint_target)
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

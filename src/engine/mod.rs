@@ -85,7 +85,7 @@ pub struct EngineConfig {
     /// Largest batch of segments on a GPU.
     pub max_batch: u64,
     /// The worker executable; `None` looks next to the running executable (see
-    /// [`process::worker_path`]).
+    /// [`process::worker_command`]).
     #[serde(skip)]
     pub worker_exe: Option<PathBuf>,
 }

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -43,19 +44,28 @@ pub enum Inbox {
     },
 }
 
-/// Where the worker executable is: `configured`, else `$GPUSCRIBE_WORKER`, else
-/// `gpuscribe-worker` next to the running executable.
-pub fn worker_path(configured: Option<&Path>) -> PathBuf {
+/// How to start a worker: `configured`, else `$GPUSCRIBE_WORKER`, else `gpuscribe-worker` next to
+/// the running executable; a CPU build whose folder has no `gpuscribe-worker` (as after
+/// `cargo run`) runs its own executable as `gpuscribe worker`.
+pub fn worker_command(configured: Option<&Path>) -> (PathBuf, Vec<String>) {
     if let Some(path) = configured {
-        return path.to_path_buf();
+        return (path.to_path_buf(), Vec::new());
     }
     if let Some(path) = std::env::var_os(WORKER_ENV) {
-        return PathBuf::from(path);
+        return (PathBuf::from(path), Vec::new());
     }
-    std::env::current_exe()
-        .ok()
-        .map(|exe| exe.with_file_name(WORKER_EXE))
-        .unwrap_or_else(|| PathBuf::from(WORKER_EXE))
+    let Ok(exe) = std::env::current_exe() else {
+        return (PathBuf::from(WORKER_EXE), Vec::new());
+    };
+    let sibling = exe.with_file_name(WORKER_EXE);
+    if sibling.is_file()
+        || cfg!(feature = "cuda")
+        || exe.file_stem().is_some_and(|s| s != "gpuscribe")
+    {
+        (sibling, Vec::new())
+    } else {
+        (exe, vec!["worker".to_owned()])
+    }
 }
 
 /// A running worker.
@@ -71,12 +81,13 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts the worker and the threads that read its stdout and stderr.
     pub fn spawn(
-        exe: &Path,
+        (exe, args): &(PathBuf, Vec<String>),
         slot: usize,
         generation: u64,
         inbox: Sender<Inbox>,
     ) -> std::io::Result<Self> {
         let mut child = Command::new(exe)
+            .args(args)
             // CUDA ordinals in PCI-bus order, as the app maps NVML GPUs to ordinals.
             .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             .stdin(Stdio::piped())

@@ -454,10 +454,10 @@ impl Scheduler {
         if self.slots[slot].process.is_none() {
             let generation = self.next_generation;
             self.next_generation += 1;
-            let exe = super::process::worker_path(self.config.worker_exe.as_deref());
-            match WorkerProcess::spawn(&exe, slot, generation, self.inbox_tx.clone()) {
+            let command = super::process::worker_command(self.config.worker_exe.as_deref());
+            match WorkerProcess::spawn(&command, slot, generation, self.inbox_tx.clone()) {
                 Ok(process) => self.slots[slot].process = Some(process),
-                Err(err) => return self.load_failed(slot, err.to_string(), false, true),
+                Err(err) => return self.load_failed(slot, &err.to_string(), false, true),
             }
         }
         let request = WorkerRequest::Load {
@@ -466,7 +466,7 @@ impl Scheduler {
             precision: self.config.precision,
         };
         if !self.send(slot, &request) {
-            self.load_failed(slot, "the worker closed its input".to_owned(), false, true);
+            self.load_failed(slot, "the worker closed its input", false, true);
         }
     }
 
@@ -478,13 +478,7 @@ impl Scheduler {
     }
 
     /// A load failed: the device is out for these jobs; they go elsewhere.
-    fn load_failed(
-        &mut self,
-        slot: usize,
-        message: String,
-        out_of_memory: bool,
-        unavailable: bool,
-    ) {
+    fn load_failed(&mut self, slot: usize, message: &str, out_of_memory: bool, unavailable: bool) {
         let label = self.slots[slot].device.label();
         self.slots[slot]
             .residency
@@ -496,7 +490,7 @@ impl Scheduler {
             self.marker(slot, MarkerKind::OutOfMemory);
         }
         if unavailable {
-            self.slots[slot].unavailable = Some(message.clone());
+            self.slots[slot].unavailable = Some(message.to_owned());
         }
         self.notice(format!("cannot load the model on {label}: {message}"));
         let key = self.slots[slot].key();
@@ -590,7 +584,7 @@ impl Scheduler {
             WorkerEvent::LoadFailed {
                 message,
                 out_of_memory,
-            } => self.load_failed(slot, message, out_of_memory, !out_of_memory),
+            } => self.load_failed(slot, &message, out_of_memory, !out_of_memory),
             WorkerEvent::Offloaded { .. } => {
                 self.slots[slot].weight_bytes = 0;
                 self.marker(slot, MarkerKind::Offload);
@@ -698,7 +692,7 @@ impl Scheduler {
             self.route(job);
         }
         if was_loading {
-            self.load_failed(slot, reason, false, true);
+            self.load_failed(slot, &reason, false, true);
         } else if !self.slots[slot].queue.is_empty() {
             let action = self.slots[slot]
                 .residency

@@ -23,7 +23,7 @@ struct SenseVoiceModel {
     dtype: DType,
 }
 
-fn run_error(err: ModelError) -> RunError {
+fn run_error(err: &ModelError) -> RunError {
     let message = format!("{err:#}");
     if is_out_of_memory(&message) {
         RunError::OutOfMemory(message)
@@ -80,7 +80,7 @@ impl SpeechModel for SenseVoiceModel {
             synchronize(&self.device);
         }
         Ok(result
-            .map_err(run_error)?
+            .map_err(|err| run_error(&err))?
             .into_iter()
             .map(|t| SegmentText {
                 raw_text: t.raw_text,
@@ -156,7 +156,7 @@ fn load(
         (Precision::F16, _) => DType::F16,
     };
     let files = ModelFiles::from_dir(dir).map_err(|err| RunError::Other(format!("{err:#}")))?;
-    let model = SenseVoice::load(&files, &device, dtype).map_err(run_error)?;
+    let model = SenseVoice::load(&files, &device, dtype).map_err(|err| run_error(&err))?;
     Ok(Box::new(SenseVoiceModel {
         active: Some(model),
         offloaded: None,

@@ -1,0 +1,157 @@
+//! `gpuscribe transcribe FILE…`: the engine on the command line.
+//!
+//! Transcripts go to stdout (JSON: an array with one object per transcribed file) or, with
+//! `--output-dir`, to `<stem>.<format>` files there. Progress, notices and errors go to stderr.
+//! Bad files are reported by name; the others still run; the exit status is non-zero if any failed.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::engine::batch::transcribe_files;
+use crate::engine::protocol::Precision;
+use crate::engine::transcript::{ExportFormat, FileTranscript, render, write_atomic};
+use crate::engine::{DecodeSettings, DeviceTarget, EngineConfig, Event, GpuFree};
+use crate::gpu::{DeviceChoice, GpuStatus, cuda_ordinal};
+
+/// Languages the model takes as a prompt.
+pub const LANGUAGES: [&str; 7] = ["auto", "zh", "en", "yue", "ja", "ko", "nospeech"];
+
+/// Arguments of `gpuscribe transcribe`.
+#[derive(Debug, Args)]
+pub struct TranscribeArgs {
+    /// Audio files (WAV, MP3, FLAC, OGG Vorbis, M4A/AAC).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Spoken language, or auto-detect.
+    #[arg(long, default_value = "auto", value_parser = LANGUAGES)]
+    pub language: String,
+    /// Inverse text normalisation: punctuation and digits.
+    #[arg(long)]
+    pub itn: bool,
+    /// Emoji for emotions and audio events in `text` (FunASR's rich post-processing).
+    #[arg(long)]
+    pub rich: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "txt")]
+    pub format: ExportFormat,
+    /// A folder with model.pt (or model.safetensors), am.mvn, the .bpe.model and config.yaml;
+    /// without it the release model is taken from the Hugging Face cache, downloading it once.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Write `<stem>.<format>` files into this folder instead of printing.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Weight precision (auto: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: Precision,
+}
+
+/// The GPUs as the engine needs them, from the monitor's first sample.
+pub fn gpus_for_engine(status: &GpuStatus, cuda_visible_devices: Option<&str>) -> Vec<GpuFree> {
+    let GpuStatus::Sample(sample) = status else {
+        return Vec::new();
+    };
+    sample
+        .gpus
+        .iter()
+        .filter_map(|gpu| {
+            let memory = gpu.memory.as_ref()?;
+            let ordinal = cuda_ordinal(&gpu.uuid, &sample.gpus, cuda_visible_devices)?;
+            Some(GpuFree {
+                uuid: gpu.uuid.clone(),
+                index: gpu.nvml_index,
+                cuda_ordinal: ordinal as usize,
+                free_bytes: memory.free_bytes,
+                total_bytes: memory.total_bytes,
+            })
+        })
+        .collect()
+}
+
+/// Where jobs run: `all` is for this command only; everything else was validated at start-up.
+pub fn target(device_arg: Option<&str>, choice: Option<&DeviceChoice>) -> DeviceTarget {
+    if device_arg.is_some_and(|d| d.trim().eq_ignore_ascii_case("all")) {
+        return DeviceTarget::All;
+    }
+    match choice {
+        None | Some(DeviceChoice::Auto) => DeviceTarget::Auto,
+        Some(DeviceChoice::Cpu) => DeviceTarget::Cpu,
+        Some(DeviceChoice::Gpu { uuid }) => DeviceTarget::Gpu { uuid: uuid.clone() },
+    }
+}
+
+fn output_path(dir: &Path, input: &Path, format: ExportFormat) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map_or_else(|| "transcript".into(), |s| s.to_string_lossy().into_owned());
+    dir.join(format!("{stem}.{}", format.extension()))
+}
+
+/// Runs the command; returns the number of files that failed.
+pub fn run(
+    args: &TranscribeArgs,
+    target: DeviceTarget,
+    gpus: Vec<GpuFree>,
+) -> anyhow::Result<usize> {
+    let config = EngineConfig {
+        model_dir: args.model_dir.clone(),
+        precision: args.precision,
+        target,
+        ..EngineConfig::default()
+    };
+    let settings = DecodeSettings {
+        language: args.language.clone(),
+        use_itn: args.itn,
+        rich: args.rich,
+    };
+    let mut on_event = |event: &Event| match event {
+        Event::Notice(message) => eprintln!("note: {message}"),
+        Event::JobStarted { device, .. } => tracing::info!("running on {device}"),
+        Event::JobDecoded {
+            warning: Some(warning),
+            ..
+        } => eprintln!("warning: {warning}"),
+        _ => {}
+    };
+    let results = transcribe_files(&args.files, config, gpus, &settings, &mut on_event)?;
+    let mut failed = 0;
+    let mut done: Vec<FileTranscript> = Vec::new();
+    for (path, result) in args.files.iter().zip(results) {
+        match result {
+            Ok(transcript) => done.push(transcript),
+            Err(message) => {
+                failed += 1;
+                let name = path.display().to_string();
+                if message.contains(&name) {
+                    eprintln!("error: {message}");
+                } else {
+                    eprintln!("error: {name}: {message}");
+                }
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir)?;
+        for transcript in &done {
+            let path = output_path(dir, &transcript.path, args.format);
+            write_atomic(&path, render(transcript, args.format).as_bytes())
+                .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    } else if args.format == ExportFormat::Json {
+        serde_json::to_writer_pretty(&mut out, &done)?;
+        out.write_all(b"\n")?;
+    } else {
+        let many = done.len() > 1;
+        for transcript in &done {
+            if many {
+                writeln!(out, "==> {} <==", transcript.path.display())?;
+            }
+            out.write_all(render(transcript, args.format).as_bytes())?;
+        }
+    }
+    Ok(failed)
+}
