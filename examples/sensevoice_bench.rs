@@ -4,7 +4,8 @@
 //! # Parity with `tools/reference/generate.py --full --out DIR` (release-size random model):
 //! cargo run --release --features cuda --example sensevoice_bench -- parity DIR cuda:0 f32
 //! # Speed: a 10 s clip end to end, and batches of 30 s segments:
-//! cargo run --release --features cuda --example sensevoice_bench -- speed DIR/model cuda:0 bf16 8
+//! python3 tools/gpu/make_wav.py /tmp/clip10.wav 10; python3 tools/gpu/make_wav.py /tmp/seg30.wav 30
+//! cargo run --release --features cuda --example sensevoice_bench -- speed DIR/model cuda:0 bf16 8 /tmp/clip10.wav /tmp/seg30.wav
 //! ```
 //! Prints one JSON object per line.
 
@@ -129,23 +130,13 @@ fn speed(
     dev: &Device,
     dt: DType,
     batch: usize,
-    audio_dir: &Path,
+    clip10: &Path,
+    segment30: &Path,
 ) -> anyhow::Result<()> {
     let (model, load_ms) = load(model_dir, dev, dt)?;
-    // Speech-like input: the committed clips, repeated to length.
-    let mut source = Vec::new();
-    for entry in std::fs::read_dir(audio_dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "wav") {
-            source.extend(audio(&path)?);
-        }
-    }
-    let take = |secs: f64| -> Vec<f32> {
-        let n = (secs * 16_000.0) as usize;
-        source.iter().copied().cycle().take(n).collect()
-    };
+    let clip10 = audio(clip10)?;
+    let segment = audio(segment30)?;
     let opts = DecodeOptions::default();
-    let clip10 = take(10.0);
     for _ in 0..3 {
         model.transcribe_batch(&[&clip10], &opts)?;
     }
@@ -164,7 +155,6 @@ fn speed(
             "min_ms": runs.iter().copied().fold(f64::INFINITY, f64::min), "load_ms": load_ms,
             "x_realtime": 10_000.0 / ms10})
     );
-    let segment = take(30.0);
     let clips: Vec<&[f32]> = (0..batch).map(|_| segment.as_slice()).collect();
     model.transcribe_batch(&clips, &opts)?;
     let runs: Vec<f64> = (0..5)
@@ -197,15 +187,17 @@ fn main() -> anyhow::Result<()> {
         .as_slice()
     {
         ["parity", dir, dev, dt] => parity(Path::new(dir), &device(dev)?, dtype(dt)?, &audio_dir),
-        ["speed", dir, dev, dt, batch] => speed(
+        ["speed", dir, dev, dt, batch, clip10, segment30] => speed(
             Path::new(dir),
             &device(dev)?,
             dtype(dt)?,
             batch.parse()?,
-            &audio_dir,
+            Path::new(clip10),
+            Path::new(segment30),
         ),
         _ => bail!(
-            "usage: sensevoice_bench parity DIR DEVICE DTYPE | speed MODEL_DIR DEVICE DTYPE BATCH"
+            "usage: sensevoice_bench parity DIR DEVICE DTYPE | \
+             speed MODEL_DIR DEVICE DTYPE BATCH CLIP10_WAV SEGMENT30_WAV"
         ),
     }
 }
