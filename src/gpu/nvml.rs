@@ -127,7 +127,12 @@ impl NvmlSource {
             "memory clock",
             &mut errors,
         );
-        snapshot.fan_speed_percent = field(device.fan_speed(0), "fan", &mut errors);
+        // Passively cooled boards (H100, A100, …) have no fan: NVML answers fan 0 with
+        // InvalidArg, which is "n/a", not an error.
+        snapshot.fan_speed_percent = match device.num_fans() {
+            Ok(0) => None,
+            _ => field(device.fan_speed(0), "fan", &mut errors),
+        };
         snapshot.processes = self.read_processes(&device, &mut errors);
         if !errors.is_empty() {
             snapshot.error = Some(errors.join("; "));

@@ -14,6 +14,7 @@ python3 -c "import json,sys; json.load(open('$OUT/gpus.json')); print('gpus --js
 echo "::: real NVML test"
 "$BIN/gpu_nvml" --ignored --nocapture 2>&1 | tee "$OUT/nvml-test.txt" | tail -40
 echo "::: a torch process holding 2 GiB"
+rm -f /tmp/holder.pid
 python3 - <<'PY' &
 import os, time, torch
 x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
