@@ -18,7 +18,7 @@ fn release_size_cpu_realtime_factor() {
     let dev = Device::Cpu;
     let tensors = expected_tensors(&cfg, 25055)
         .into_iter()
-        .map(|(n, s)| (n, (Tensor::randn(0f32, 0.02, s, &dev).unwrap())))
+        .map(|(n, s)| (n, (Tensor::rand(-0.03f32, 0.03, s, &dev).unwrap())))
         .collect();
     let host = HostWeights::from_tensors(tensors, Path::new("random"));
     let vb = host.materialize(DType::F32, &dev).unwrap();
