@@ -1,5 +1,8 @@
 //! Model-file resolution without network: local folders and a hand-made Hugging Face cache.
 
+// Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use gpuscribe::model::files::{
@@ -42,7 +45,10 @@ fn offline_resolves_a_hand_made_cache() {
     let e = resolve(&hub_source(), &opts, &mut |_| ()).unwrap_err();
     assert!(matches!(e, FilesError::NotCached { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("model.pt, am.mvn") && msg.contains("FunAudioLLM/SenseVoiceSmall"), "{msg}");
+    assert!(
+        msg.contains("model.pt, am.mvn") && msg.contains("FunAudioLLM/SenseVoiceSmall"),
+        "{msg}"
+    );
     assert!(msg.contains(&cache.path().display().to_string()), "{msg}");
 }
 
@@ -53,7 +59,9 @@ fn offline_with_an_empty_cache_lists_every_file() {
         offline: true,
         cache_dir: Some(cache.path().to_owned()),
     };
-    let msg = resolve(&hub_source(), &opts, &mut |_| ()).unwrap_err().to_string();
+    let msg = resolve(&hub_source(), &opts, &mut |_| ())
+        .unwrap_err()
+        .to_string();
     for f in HUB_FILES {
         assert!(msg.contains(f), "{msg}");
     }
@@ -62,8 +70,16 @@ fn offline_with_an_empty_cache_lists_every_file() {
 #[test]
 fn local_dir_rules() {
     let dir = tempfile::tempdir().unwrap();
-    touch(dir.path(), &["model.pt", "am.mvn", "config.yaml", "other.bpe.model"]);
-    let f = resolve(&ModelSource::LocalDir(dir.path().to_owned()), &ResolveOptions::default(), &mut |_| ()).unwrap();
+    touch(
+        dir.path(),
+        &["model.pt", "am.mvn", "config.yaml", "other.bpe.model"],
+    );
+    let f = resolve(
+        &ModelSource::LocalDir(dir.path().to_owned()),
+        &ResolveOptions::default(),
+        &mut |_| (),
+    )
+    .unwrap();
     assert_eq!(f.weights, dir.path().join("model.pt"));
     assert_eq!(f.tokenizer, dir.path().join("other.bpe.model"));
     // Converted weights and the release tokenizer name win.
@@ -75,6 +91,9 @@ fn local_dir_rules() {
     let empty = tempfile::tempdir().unwrap();
     touch(empty.path(), &["config.yaml"]);
     let msg = ModelFiles::from_dir(empty.path()).unwrap_err().to_string();
-    assert!(msg.contains("model.pt, am.mvn, chn_jpn_yue_eng_ko_spectok.bpe.model"), "{msg}");
+    assert!(
+        msg.contains("model.pt, am.mvn, chn_jpn_yue_eng_ko_spectok.bpe.model"),
+        "{msg}"
+    );
     assert!(!msg.contains("lacks config.yaml"), "{msg}");
 }

@@ -1,6 +1,9 @@
 //! Speed of the release-size network (random weights) on the CPU. Ignored by default:
 //! `cargo test --release --test sensevoice_speed -- --ignored --nocapture`.
 
+// Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -13,7 +16,8 @@ use gpuscribe::model::sensevoice::weights::{HostWeights, expected_tensors};
 #[test]
 #[ignore = "slow: builds the 234M-parameter network"]
 fn release_size_cpu_realtime_factor() {
-    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/config.yaml");
+    let cfg_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/config.yaml");
     let cfg = SenseVoiceConfig::from_file(&cfg_path).unwrap();
     let dev = Device::Cpu;
     let tensors = expected_tensors(&cfg, 25055)
@@ -23,9 +27,14 @@ fn release_size_cpu_realtime_factor() {
     let host = HostWeights::from_tensors(tensors, Path::new("random"));
     let vb = host.materialize(DType::F32, &dev).unwrap();
     let model = SenseVoiceSmall::load(&cfg, 25055, &vb).unwrap();
-    let cmvn = Cmvn::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/am.mvn")).unwrap();
+    let cmvn = Cmvn::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference/release/am.mvn"),
+    )
+    .unwrap();
     let frontend = Frontend::new(80, 7, 6, cmvn);
-    let audio: Vec<f32> = (0..160_000).map(|i| 0.1 * ((i as f32) * 0.05).sin()).collect();
+    let audio: Vec<f32> = (0..160_000)
+        .map(|i| 0.1 * ((i as f32) * 0.05).sin())
+        .collect();
     for round in 0..3 {
         let start = Instant::now();
         let (feats, t) = frontend.features(&audio);

@@ -2,6 +2,9 @@
 //!
 //! These need no reference fixtures; parity with FunASR is in `sensevoice_parity.rs`.
 
+// Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -40,7 +43,10 @@ fn config() -> SenseVoiceConfig {
 /// Deterministic uniform values in [-scale, scale) (candle's CPU RNG cannot be seeded).
 fn uniform(shape: &[usize], seed: u64, scale: f32) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     let data: Vec<f32> = (0..n)
         .map(|_| {
             state ^= state << 13;
@@ -82,18 +88,40 @@ fn feats(t: usize, seed: u64) -> Tensor {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
 fn padded_batch_equals_one_by_one() {
     let model = build(DType::F32);
     let lens = [13usize, 30, 21];
-    let items: Vec<Tensor> = lens.iter().enumerate().map(|(i, &t)| feats(t, i as u64)).collect();
+    let items: Vec<Tensor> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| feats(t, i as u64))
+        .collect();
     let prompts = [
-        Prompt { language: Language::Auto, use_itn: false },
-        Prompt { language: Language::En, use_itn: true },
-        Prompt { language: Language::Zh, use_itn: false },
+        Prompt {
+            language: Language::Auto,
+            use_itn: false,
+        },
+        Prompt {
+            language: Language::En,
+            use_itn: true,
+        },
+        Prompt {
+            language: Language::Zh,
+            use_itn: false,
+        },
     ];
     let t_max = 30;
     let padded: Vec<Tensor> = items
@@ -104,7 +132,9 @@ fn padded_batch_equals_one_by_one() {
     let out = model.forward(&batch, &lens, &prompts, None).unwrap();
     assert_eq!(out.lengths, [17, 34, 25]);
     for (i, x) in items.iter().enumerate() {
-        let single = model.forward(x, &lens[i..=i], &prompts[i..=i], None).unwrap();
+        let single = model
+            .forward(x, &lens[i..=i], &prompts[i..=i], None)
+            .unwrap();
         let valid = out.logits.i((i, ..lens[i] + 4)).unwrap();
         let alone = single.logits.i(0).unwrap();
         let diff = max_abs_diff(&valid, &alone);
@@ -114,9 +144,18 @@ fn padded_batch_equals_one_by_one() {
         assert_eq!(a, b, "item {i}");
     }
     // Without masks the padded frames would leak into the valid ones: check the test can fail.
-    let unmasked = model.forward(&batch, &[30, 30, 30], &prompts, None).unwrap();
-    let single = model.forward(&items[0], &lens[..1], &prompts[..1], None).unwrap();
-    assert!(max_abs_diff(&unmasked.logits.i((0, ..17)).unwrap(), &single.logits.i(0).unwrap()) > 1e-3);
+    let unmasked = model
+        .forward(&batch, &[30, 30, 30], &prompts, None)
+        .unwrap();
+    let single = model
+        .forward(&items[0], &lens[..1], &prompts[..1], None)
+        .unwrap();
+    assert!(
+        max_abs_diff(
+            &unmasked.logits.i((0, ..17)).unwrap(),
+            &single.logits.i(0).unwrap()
+        ) > 1e-3
+    );
 }
 
 #[test]
@@ -126,13 +165,33 @@ fn half_precision_stays_finite_and_close() {
     let prompts = [Prompt::default()];
     let want = reference.forward(&x, &[40], &prompts, None).unwrap().logits;
     for dtype in [DType::BF16, DType::F16] {
-        let got = build(dtype).forward(&x, &[40], &prompts, None).unwrap().logits;
+        let got = build(dtype)
+            .forward(&x, &[40], &prompts, None)
+            .unwrap()
+            .logits;
         assert_eq!(got.dtype(), DType::F32);
-        let finite = got.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite());
+        let finite = got
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite());
         assert!(finite, "{dtype:?} produced NaN/inf");
-        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let diff = max_abs_diff(&got, &want);
-        assert!(diff < 0.1 * scale, "{dtype:?}: diff {diff} vs scale {scale}");
+        assert!(
+            diff < 0.1 * scale,
+            "{dtype:?}: diff {diff} vs scale {scale}"
+        );
     }
 }
 
@@ -144,7 +203,9 @@ fn capture_sees_every_layer() {
         names.push((name.to_owned(), t.dims().to_vec()));
         Ok(())
     };
-    model.forward(&feats(9, 1), &[9], &[Prompt::default()], Some(&mut cb)).unwrap();
+    model
+        .forward(&feats(9, 1), &[9], &[Prompt::default()], Some(&mut cb))
+        .unwrap();
     let got: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         got,
@@ -176,21 +237,38 @@ fn validation_names_tensor_and_file() {
     let mut t = random_tensors(&cfg, 1);
     t.remove("encoder.tp_encoders.1.norm2.bias");
     let e = validate_err(t).to_string();
-    assert!(e.contains("encoder.tp_encoders.1.norm2.bias") && e.contains("bad/model.safetensors"), "{e}");
+    assert!(
+        e.contains("encoder.tp_encoders.1.norm2.bias") && e.contains("bad/model.safetensors"),
+        "{e}"
+    );
 
     let mut t = random_tensors(&cfg, 1);
-    t.insert("encoder.encoders.7.norm1.weight".into(), Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "encoder.encoders.7.norm1.weight".into(),
+        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+    );
     let e = validate_err(t).to_string();
     assert!(e.contains("encoder.encoders.7.norm1.weight"), "{e}");
 
     let mut t = random_tensors(&cfg, 1);
-    t.insert("ctc.ctc_lo.weight".into(), Tensor::zeros((VOCAB + 1, 32), DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "ctc.ctc_lo.weight".into(),
+        Tensor::zeros((VOCAB + 1, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
     let e = validate_err(t).to_string();
-    assert!(e.contains("ctc.ctc_lo.weight") && e.contains("[51, 32]") && e.contains("[50, 32]"), "{e}");
+    assert!(
+        e.contains("ctc.ctc_lo.weight") && e.contains("[51, 32]") && e.contains("[50, 32]"),
+        "{e}"
+    );
 
     // A `module.` prefix (DataParallel checkpoints) is stripped.
-    let prefixed = random_tensors(&cfg, 1).into_iter().map(|(k, v)| (format!("module.{k}"), v)).collect();
-    HostWeights::from_tensors(prefixed, Path::new("m.pt")).validate(&expected_tensors(&cfg, VOCAB)).unwrap();
+    let prefixed = random_tensors(&cfg, 1)
+        .into_iter()
+        .map(|(k, v)| (format!("module.{k}"), v))
+        .collect();
+    HostWeights::from_tensors(prefixed, Path::new("m.pt"))
+        .validate(&expected_tensors(&cfg, VOCAB))
+        .unwrap();
 }
 
 #[test]
@@ -205,7 +283,12 @@ fn bad_files_are_errors_not_panics() {
     let bytes = std::fs::read(&good).unwrap();
     let cases: [(&str, Vec<u8>); 4] = [
         ("truncated.safetensors", bytes[..bytes.len() / 2].to_vec()),
-        ("random.pt", (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()),
+        (
+            "random.pt",
+            (0..5000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
         ("notes.pt", b"this is a text file, not a model\n".to_vec()),
         ("empty.pt", Vec::new()),
     ];
@@ -213,7 +296,13 @@ fn bad_files_are_errors_not_panics() {
         let p = dir.path().join(name);
         std::fs::write(&p, data).unwrap();
         let e = HostWeights::load(&p).unwrap_err();
-        assert!(matches!(e, WeightsError::NotACheckpoint { .. } | WeightsError::Empty { .. }), "{name}: {e}");
+        assert!(
+            matches!(
+                e,
+                WeightsError::NotACheckpoint { .. } | WeightsError::Empty { .. }
+            ),
+            "{name}: {e}"
+        );
         assert!(e.to_string().contains(name), "{name}: {e}");
     }
     let e = HostWeights::load(&dir.path().join("absent.pt")).unwrap_err();
@@ -226,8 +315,14 @@ fn fsmn_kernels_agree() {
     // Encoder input (prompt frames included) of two items, the first padded.
     let x = Tensor::cat(&[feats(37, 5), feats(37, 6)], 0).unwrap();
     let enc_lens = [24usize, 37];
-    let a = model.encoder().forward_with(&x, &enc_lens, false, None).unwrap();
-    let b = model.encoder().forward_with(&x, &enc_lens, true, None).unwrap();
+    let a = model
+        .encoder()
+        .forward_with(&x, &enc_lens, false, None)
+        .unwrap();
+    let b = model
+        .encoder()
+        .forward_with(&x, &enc_lens, true, None)
+        .unwrap();
     let diff = max_abs_diff(&a, &b);
     assert!(diff < 1e-4, "shift-add vs unfold: {diff}");
 }

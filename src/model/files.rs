@@ -33,7 +33,9 @@ pub const HUB_FILES: [&str; 4] = [WEIGHTS_PT, CMVN_FILE, TOKENIZER_FILE, CONFIG_
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     /// A local model folder lacks files.
-    #[error("the model folder {dir} lacks {missing}; it must hold model.pt (or model.safetensors), am.mvn, a *.bpe.model tokenizer and config.yaml")]
+    #[error(
+        "the model folder {dir} lacks {missing}; it must hold model.pt (or model.safetensors), am.mvn, a *.bpe.model tokenizer and config.yaml"
+    )]
     IncompleteDir {
         /// The folder.
         dir: PathBuf,
@@ -145,7 +147,12 @@ fn any_bpe_model(dir: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".bpe.model")))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".bpe.model"))
+        })
         .collect();
     found.sort();
     found.into_iter().next()
@@ -173,7 +180,12 @@ pub struct ResolveOptions {
 
 /// True when `HF_HUB_OFFLINE` is set to a true value ("1", "true", "yes", "on").
 pub fn offline_from_env() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 struct ProgressAdapter<'a> {
@@ -222,13 +234,20 @@ pub fn resolve(
         ModelSource::LocalDir(dir) => return ModelFiles::from_dir(dir),
         ModelSource::HuggingFace { repo, revision } => (repo, revision),
     };
-    let cache = options.cache_dir.clone().map_or_else(Cache::from_env, Cache::new);
+    let cache = options
+        .cache_dir
+        .clone()
+        .map_or_else(Cache::from_env, Cache::new);
     let repo = Repo::with_revision(repo_id.clone(), RepoType::Model, revision.clone());
     let cached = |name: &str| cache.repo(repo.clone()).get(name);
     let offline = options.offline || offline_from_env();
     let mut paths = Vec::with_capacity(HUB_FILES.len());
     if offline {
-        let missing: Vec<&str> = HUB_FILES.iter().copied().filter(|f| cached(f).is_none()).collect();
+        let missing: Vec<&str> = HUB_FILES
+            .iter()
+            .copied()
+            .filter(|f| cached(f).is_none())
+            .collect();
         if !missing.is_empty() {
             return Err(FilesError::NotCached {
                 cache: cache.path().clone(),
@@ -238,7 +257,8 @@ pub fn resolve(
         }
         paths.extend(HUB_FILES.iter().filter_map(|f| cached(f)));
     } else {
-        let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_owned());
+        let endpoint =
+            std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_owned());
         let download_err = |file: &str, message: String| FilesError::Download {
             repo: repo_id.clone(),
             file: file.to_owned(),
@@ -249,7 +269,9 @@ pub fn resolve(
         if let Some(dir) = &options.cache_dir {
             builder = builder.with_cache_dir(dir.clone());
         }
-        let api = builder.build().map_err(|e| download_err(HUB_FILES[0], e.to_string()))?;
+        let api = builder
+            .build()
+            .map_err(|e| download_err(HUB_FILES[0], e.to_string()))?;
         let api_repo = api.repo(repo.clone());
         for file in HUB_FILES {
             if let Some(p) = cached(file) {
@@ -263,10 +285,17 @@ pub fn resolve(
                 callback: &mut *progress,
             };
             // hf-hub asserts on some cache states; a panic must not take the worker down.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api_repo.download_with_progress(file, adapter)));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                api_repo.download_with_progress(file, adapter)
+            }));
             let p = match result {
                 Ok(r) => r.map_err(|e| download_err(file, e.to_string()))?,
-                Err(_) => return Err(download_err(file, "the downloader failed unexpectedly".to_owned())),
+                Err(_) => {
+                    return Err(download_err(
+                        file,
+                        "the downloader failed unexpectedly".to_owned(),
+                    ));
+                }
             };
             paths.push(p);
         }

@@ -27,7 +27,12 @@ pub struct BatchMask {
 impl BatchMask {
     /// Builds masks for `lengths` (valid frames per item) in a batch padded to `max_len`.
     /// Returns `None` when no item is padded, so the unpadded path skips the mask ops.
-    pub fn new(lengths: &[usize], max_len: usize, dtype: DType, device: &Device) -> Result<Option<Self>> {
+    pub fn new(
+        lengths: &[usize],
+        max_len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Option<Self>> {
         if lengths.iter().all(|&l| l == max_len) {
             return Ok(None);
         }
@@ -166,8 +171,20 @@ impl MultiHeadedAttentionSANM {
         let w = qkv_vb.get((3 * n_feat, in_feat), "weight")?;
         let b = qkv_vb.get(3 * n_feat, "bias")?;
         let scale = ((n_feat / heads) as f64).powf(-0.5);
-        let w = Tensor::cat(&[(w.narrow(0, 0, n_feat)? * scale)?, w.narrow(0, n_feat, 2 * n_feat)?], 0)?;
-        let b = Tensor::cat(&[(b.narrow(0, 0, n_feat)? * scale)?, b.narrow(0, n_feat, 2 * n_feat)?], 0)?;
+        let w = Tensor::cat(
+            &[
+                (w.narrow(0, 0, n_feat)? * scale)?,
+                w.narrow(0, n_feat, 2 * n_feat)?,
+            ],
+            0,
+        )?;
+        let b = Tensor::cat(
+            &[
+                (b.narrow(0, 0, n_feat)? * scale)?,
+                b.narrow(0, n_feat, 2 * n_feat)?,
+            ],
+            0,
+        )?;
         Ok(Self {
             linear_q_k_v: Linear::new(w, Some(b)),
             linear_out: candle_nn::linear(n_feat, n_feat, vb.pp("linear_out"))?,
@@ -222,7 +239,10 @@ impl MultiHeadedAttentionSANM {
         let qkv = self.linear_q_k_v.forward(xs)?;
         let fsmn = self.forward_fsmn(&qkv.narrow(2, 2 * d, d)?, ctx)?;
         // One copy splits q, k, v into heads: [B, T, 3, H, dk] → [3, B, H, T, dk].
-        let heads = qkv.reshape((b, t, 3, h, dk))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let heads = qkv
+            .reshape((b, t, 3, h, dk))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
         let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
         let scores = match &ctx.mask {
@@ -253,7 +273,11 @@ impl EncoderLayerSANM {
     pub fn load(in_feat: usize, cfg: &EncoderConfig, vb: &VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
             self_attn: MultiHeadedAttentionSANM::load(in_feat, cfg, &vb.pp("self_attn"))?,
-            feed_forward: PositionwiseFeedForward::load(cfg.output_size, cfg.linear_units, &vb.pp("feed_forward"))?,
+            feed_forward: PositionwiseFeedForward::load(
+                cfg.output_size,
+                cfg.linear_units,
+                &vb.pp("feed_forward"),
+            )?,
             norm1: LayerNorm::load(in_feat, &vb.pp("norm1"))?,
             norm2: LayerNorm::load(cfg.output_size, &vb.pp("norm2"))?,
             residual: in_feat == cfg.output_size,
@@ -292,10 +316,15 @@ impl SenseVoiceEncoderSmall {
     /// Loads the encoder for features of width `input_size` (560).
     pub fn load(input_size: usize, cfg: &EncoderConfig, vb: &VarBuilder<'_>) -> Result<Self> {
         let d = cfg.output_size;
-        let stack = |name: &str, n: usize, first_in: Option<usize>| -> Result<Vec<EncoderLayerSANM>> {
+        let stack = |name: &str,
+                     n: usize,
+                     first_in: Option<usize>|
+         -> Result<Vec<EncoderLayerSANM>> {
             let vb = vb.pp(name);
             (0..n)
-                .map(|i| EncoderLayerSANM::load(first_in.filter(|_| i == 0).unwrap_or(d), cfg, &vb.pp(i)))
+                .map(|i| {
+                    EncoderLayerSANM::load(first_in.filter(|_| i == 0).unwrap_or(d), cfg, &vb.pp(i))
+                })
                 .collect()
         };
         Ok(Self {
@@ -318,7 +347,12 @@ impl SenseVoiceEncoderSmall {
     /// Encodes a padded batch `[B, T, input_size]` (f32, prompt frames included) with valid
     /// lengths `lengths`; returns f32 `[B, T, D]`. `capture` sees `encoder_input` and every
     /// layer output under its checkpoint name.
-    pub fn forward(&self, xs: &Tensor, lengths: &[usize], capture: Option<Capture<'_>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        lengths: &[usize],
+        capture: Option<Capture<'_>>,
+    ) -> Result<Tensor> {
         let unfold = !xs.device().is_cpu();
         self.forward_with(xs, lengths, unfold, capture)
     }
@@ -333,9 +367,17 @@ impl SenseVoiceEncoderSmall {
         mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
         let (_, t, depth) = xs.dims3()?;
-        let ctx = FrameContext::new(lengths, t, self.kernel_size, unfold, self.dtype, xs.device())?;
+        let ctx = FrameContext::new(
+            lengths,
+            t,
+            self.kernel_size,
+            unfold,
+            self.dtype,
+            xs.device(),
+        )?;
         let pe = sinusoidal_position_encoding(t, depth, xs.device())?;
-        let mut xs = (xs.to_dtype(DType::F32)? * (self.output_size as f64).sqrt())?.broadcast_add(&pe)?;
+        let mut xs =
+            (xs.to_dtype(DType::F32)? * (self.output_size as f64).sqrt())?.broadcast_add(&pe)?;
         let mut emit = |name: &str, x: &Tensor| -> Result<()> {
             match capture.as_mut() {
                 Some(f) => f(name, x),

@@ -77,7 +77,9 @@ impl Cmvn {
                 Some("<Rescale>") => &mut scale,
                 _ => continue,
             };
-            let Some(next) = lines.get(i + 1) else { continue };
+            let Some(next) = lines.get(i + 1) else {
+                continue;
+            };
             let items: Vec<&str> = next.split_whitespace().collect();
             if items.first() != Some(&"<LearnRateCoef>") || items.len() < 4 {
                 continue;
@@ -85,14 +87,20 @@ impl Cmvn {
             let values = items[3..items.len() - 1]
                 .iter()
                 .map(|s| {
-                    s.parse::<f32>()
-                        .map_err(|_| err(format!("{first:?} holds a non-number {s:?}", first = first.unwrap_or(""))))
+                    s.parse::<f32>().map_err(|_| {
+                        err(format!(
+                            "{first:?} holds a non-number {s:?}",
+                            first = first.unwrap_or("")
+                        ))
+                    })
                 })
                 .collect::<Result<Vec<f32>, _>>()?;
             *slot = Some(values);
         }
-        let shift = shift.ok_or_else(|| err("no <AddShift> <LearnRateCoef> [ ... ] block".to_owned()))?;
-        let scale = scale.ok_or_else(|| err("no <Rescale> <LearnRateCoef> [ ... ] block".to_owned()))?;
+        let shift =
+            shift.ok_or_else(|| err("no <AddShift> <LearnRateCoef> [ ... ] block".to_owned()))?;
+        let scale =
+            scale.ok_or_else(|| err("no <Rescale> <LearnRateCoef> [ ... ] block".to_owned()))?;
         if shift.is_empty() || shift.len() != scale.len() {
             return Err(err(format!(
                 "<AddShift> has {} values but <Rescale> has {}",
@@ -119,7 +127,8 @@ impl Cmvn {
     }
 }
 
-/// Kaldi mel scale.
+/// Kaldi mel scale, written as torchaudio writes it (`ln(1 + f/700)`, not `ln_1p`).
+#[allow(clippy::imprecise_flops)]
 fn mel_scale(freq_hz: f64) -> f64 {
     1127.0 * (1.0 + freq_hz / 700.0).ln()
 }
@@ -167,7 +176,8 @@ impl FbankPlan {
                 if window_len == 1 {
                     1.0
                 } else {
-                    0.54 - 0.46 * (2.0 * std::f64::consts::PI * n as f64 / (window_len - 1) as f64).cos()
+                    0.54 - 0.46
+                        * (2.0 * std::f64::consts::PI * n as f64 / (window_len - 1) as f64).cos()
                 }
             })
             .collect();
@@ -204,7 +214,10 @@ impl FbankPlan {
         let mut power = vec![0.0f64; spectrum.len()];
         for i in 0..frames {
             let start = i * HOP_SAMPLES;
-            for (dst, &s) in frame.iter_mut().zip(&samples[start..start + self.window_len]) {
+            for (dst, &s) in frame
+                .iter_mut()
+                .zip(&samples[start..start + self.window_len])
+            {
                 // int16 scale, as FunASR multiplies by 32768 before kaldi.fbank.
                 *dst = f64::from(s) * 32768.0;
             }
@@ -231,7 +244,11 @@ impl FbankPlan {
                 *p = c.re * c.re + c.im * c.im;
             }
             for (first, weights) in &self.banks {
-                let energy: f64 = weights.iter().zip(&power[*first..]).map(|(w, p)| w * p).sum();
+                let energy: f64 = weights
+                    .iter()
+                    .zip(&power[*first..])
+                    .map(|(w, p)| w * p)
+                    .sum();
                 out.push(energy.max(ENERGY_FLOOR).ln() as f32);
             }
         }
@@ -356,7 +373,10 @@ mod tests {
     #[test]
     fn cmvn_errors_name_the_file() {
         let e = Cmvn::parse("<Nnet>\n</Nnet>\n", Path::new("dir/am.mvn")).unwrap_err();
-        assert!(e.to_string().contains("dir/am.mvn") && e.to_string().contains("AddShift"), "{e}");
+        assert!(
+            e.to_string().contains("dir/am.mvn") && e.to_string().contains("AddShift"),
+            "{e}"
+        );
         let text = include_str!("testdata/am.mvn").replacen("-8.311879", "x8", 1);
         let e = Cmvn::parse(&text, Path::new("am.mvn")).unwrap_err();
         assert!(e.to_string().contains("x8"), "{e}");
@@ -414,7 +434,12 @@ mod tests {
         // Bin 0 (DC) and bins below 20 Hz carry no weight.
         assert!(banks.iter().all(|b| b[0] == 0.0));
         // Filter centres increase.
-        let centre = |b: &Vec<f64>| b.iter().enumerate().fold((0, 0.0), |a, (k, &w)| if w > a.1 { (k, w) } else { a }).0;
+        let centre = |b: &Vec<f64>| {
+            b.iter()
+                .enumerate()
+                .fold((0, 0.0), |a, (k, &w)| if w > a.1 { (k, w) } else { a })
+                .0
+        };
         assert!(banks.windows(2).all(|w| centre(&w[0]) <= centre(&w[1])));
     }
 
@@ -428,11 +453,18 @@ mod tests {
         let (fb, frames) = fe.fbank(&samples);
         assert_eq!(frames, 1 + (16000 - 400) / 160);
         let row = &fb[10 * 80..11 * 80];
-        let best = row.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0;
+        let best = row
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+            .0;
         let target = mel_scale(1000.0);
         let delta = (mel_scale(8000.0) - mel_scale(20.0)) / 81.0;
         let expected = ((target - mel_scale(20.0)) / delta - 1.0).round() as usize;
-        assert!(best.abs_diff(expected) <= 1, "best {best}, expected {expected}");
+        assert!(
+            best.abs_diff(expected) <= 1,
+            "best {best}, expected {expected}"
+        );
         // Digital silence hits the energy floor exactly.
         let (fb, _) = fe.fbank(&[0.0; 800]);
         assert!(fb.iter().all(|&v| v == (f32::EPSILON as f64).ln() as f32));

@@ -18,7 +18,9 @@ pub const EMBED_ROWS: usize = 16;
 const EVENT_EMO_ROWS: [u32; 2] = [1, 2];
 
 /// Language passed to the model's first prompt frame (`lid_dict` in FunASR).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     /// Let the model detect the language.
@@ -40,7 +42,15 @@ pub enum Language {
 
 impl Language {
     /// Every value, in `lid_dict` order.
-    pub const ALL: [Self; 7] = [Self::Auto, Self::Zh, Self::En, Self::Yue, Self::Ja, Self::Ko, Self::Nospeech];
+    pub const ALL: [Self; 7] = [
+        Self::Auto,
+        Self::Zh,
+        Self::En,
+        Self::Yue,
+        Self::Ja,
+        Self::Ko,
+        Self::Nospeech,
+    ];
 
     /// Row of `embed.weight` (`lid_dict`).
     pub fn embed_row(self) -> u32 {
@@ -70,7 +80,10 @@ impl Language {
 
     /// Parses a language string; unknown strings map to `Auto`, as in FunASR.
     pub fn from_code(code: &str) -> Self {
-        Self::ALL.into_iter().find(|l| l.code() == code).unwrap_or(Self::Auto)
+        Self::ALL
+            .into_iter()
+            .find(|l| l.code() == code)
+            .unwrap_or(Self::Auto)
     }
 }
 
@@ -87,7 +100,12 @@ impl Prompt {
     /// The four `embed.weight` rows.
     pub fn embed_rows(self) -> [u32; PROMPT_FRAMES] {
         let itn = if self.use_itn { 14 } else { 15 };
-        [self.language.embed_row(), EVENT_EMO_ROWS[0], EVENT_EMO_ROWS[1], itn]
+        [
+            self.language.embed_row(),
+            EVENT_EMO_ROWS[0],
+            EVENT_EMO_ROWS[1],
+            itn,
+        ]
     }
 }
 
@@ -119,8 +137,17 @@ impl SenseVoiceSmall {
         let d = cfg.encoder_conf.output_size;
         Ok(Self {
             // Prompt rows join the f32 feature stream, so keep them in f32.
-            embed: vb.get_with_hints_dtype((EMBED_ROWS, input_size), "embed.weight", Default::default(), DType::F32)?,
-            encoder: SenseVoiceEncoderSmall::load(input_size, &cfg.encoder_conf, &vb.pp("encoder"))?,
+            embed: vb.get_with_hints_dtype(
+                (EMBED_ROWS, input_size),
+                "embed.weight",
+                Default::default(),
+                DType::F32,
+            )?,
+            encoder: SenseVoiceEncoderSmall::load(
+                input_size,
+                &cfg.encoder_conf,
+                &vb.pp("encoder"),
+            )?,
             ctc_lo: candle_nn::linear(d, vocab_size, vb.pp("ctc").pp("ctc_lo"))?,
             input_size,
             vocab_size,
@@ -172,11 +199,17 @@ impl SenseVoiceSmall {
         }
         let rows: Vec<u32> = prompts.iter().flat_map(|p| p.embed_rows()).collect();
         let rows = Tensor::from_vec(rows, b * PROMPT_FRAMES, feats.device())?;
-        let prompt = self.embed.index_select(&rows, 0)?.reshape((b, PROMPT_FRAMES, self.input_size))?;
+        let prompt =
+            self.embed
+                .index_select(&rows, 0)?
+                .reshape((b, PROMPT_FRAMES, self.input_size))?;
         let xs = Tensor::cat(&[&prompt, &feats.to_dtype(DType::F32)?], 1)?;
         let lengths: Vec<usize> = feat_lengths.iter().map(|l| l + PROMPT_FRAMES).collect();
         let enc = self.encoder.forward(&xs, &lengths, capture)?;
-        let logits = self.ctc_lo.forward(&enc.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?;
+        let logits = self
+            .ctc_lo
+            .forward(&enc.to_dtype(self.dtype)?)?
+            .to_dtype(DType::F32)?;
         Ok(ModelOutput { logits, lengths })
     }
 }

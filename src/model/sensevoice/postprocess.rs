@@ -5,7 +5,14 @@
 //! spaces between segments are lost and "The." is replaced by a space.
 
 /// Language tags (`lang_dict`).
-pub const LANGUAGE_TAGS: [&str; 6] = ["<|zh|>", "<|en|>", "<|yue|>", "<|ja|>", "<|ko|>", "<|nospeech|>"];
+pub const LANGUAGE_TAGS: [&str; 6] = [
+    "<|zh|>",
+    "<|en|>",
+    "<|yue|>",
+    "<|ja|>",
+    "<|ko|>",
+    "<|nospeech|>",
+];
 
 /// `emo_dict`: emotion tag → emoji.
 const EMO_DICT: [(&str, &str); 7] = [
@@ -178,7 +185,16 @@ pub struct Tags {
     pub itn: Option<bool>,
 }
 
-const EMOTIONS: [&str; 8] = ["HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED", "EMO_UNKNOWN"];
+const EMOTIONS: [&str; 8] = [
+    "HAPPY",
+    "SAD",
+    "ANGRY",
+    "NEUTRAL",
+    "FEARFUL",
+    "DISGUSTED",
+    "SURPRISED",
+    "EMO_UNKNOWN",
+];
 const EVENTS: [&str; 12] = [
     "Speech",
     "BGM",
@@ -203,13 +219,21 @@ pub fn parse_leading_tags(raw: &str) -> (Tags, &str) {
         let Some(end) = inner.find("|>") else { break };
         let name = &inner[..end];
         let slot_free = if LANGUAGE_TAGS.iter().any(|t| &t[2..t.len() - 2] == name) {
-            tags.language.is_none().then(|| tags.language = Some(name.to_owned()))
+            tags.language
+                .is_none()
+                .then(|| tags.language = Some(name.to_owned()))
         } else if EMOTIONS.contains(&name) {
-            tags.emotion.is_none().then(|| tags.emotion = Some(name.to_owned()))
+            tags.emotion
+                .is_none()
+                .then(|| tags.emotion = Some(name.to_owned()))
         } else if EVENTS.contains(&name) {
-            tags.event.is_none().then(|| tags.event = Some(name.to_owned()))
+            tags.event
+                .is_none()
+                .then(|| tags.event = Some(name.to_owned()))
         } else if name == "withitn" || name == "woitn" {
-            tags.itn.is_none().then(|| tags.itn = Some(name == "withitn"))
+            tags.itn
+                .is_none()
+                .then(|| tags.itn = Some(name == "withitn"))
         } else {
             None
         };
@@ -229,8 +253,14 @@ mod tests {
     #[test]
     fn spec_goldens() {
         let cases = [
-            ("<|en|><|NEUTRAL|><|Speech|><|woitn|>hello world", "hello world"),
-            ("<|en|><|HAPPY|><|Laughter|><|withitn|>Hello there.", "😀Hello there.😊"),
+            (
+                "<|en|><|NEUTRAL|><|Speech|><|woitn|>hello world",
+                "hello world",
+            ),
+            (
+                "<|en|><|HAPPY|><|Laughter|><|withitn|>Hello there.",
+                "😀Hello there.😊",
+            ),
             (
                 "<|en|><|SAD|><|BGM|><|withitn|>First part. <|en|><|SAD|><|BGM|><|withitn|>Second part.",
                 "🎼First part.Second part.😔",
@@ -249,7 +279,8 @@ mod tests {
 
     #[test]
     fn tags_are_data() {
-        let (tags, rest) = parse_leading_tags("<|en|><|HAPPY|><|Laughter|><|withitn|>Hello <|en|>x");
+        let (tags, rest) =
+            parse_leading_tags("<|en|><|HAPPY|><|Laughter|><|withitn|>Hello <|en|>x");
         assert_eq!(tags.language.as_deref(), Some("en"));
         assert_eq!(tags.emotion.as_deref(), Some("HAPPY"));
         assert_eq!(tags.event.as_deref(), Some("Laughter"));

@@ -47,7 +47,7 @@ pub struct Segment {
 /// Returns one label per frame (`blank` or a target id). Returns all blanks when the targets are
 /// empty and an empty vector when there are no frames.
 pub fn ctc_forced_align(log_probs: &[f32], vocab: usize, targets: &[u32], blank: u32) -> Vec<u32> {
-    let frames = if vocab == 0 { 0 } else { log_probs.len() / vocab };
+    let frames = log_probs.len().checked_div(vocab).unwrap_or(0);
     if frames == 0 {
         return Vec::new();
     }
@@ -76,8 +76,16 @@ pub fn ctc_forced_align(log_probs: &[f32], vocab: usize, targets: &[u32], blank:
     for t in 1..frames {
         for i in 0..s {
             let stay = best[i];
-            let one = if i >= 1 { best[i - 1] } else { f32::NEG_INFINITY };
-            let two = if diff[i] { best[i - 2] } else { f32::NEG_INFINITY };
+            let one = if i >= 1 {
+                best[i - 1]
+            } else {
+                f32::NEG_INFINITY
+            };
+            let two = if diff[i] {
+                best[i - 2]
+            } else {
+                f32::NEG_INFINITY
+            };
             // torch.max over the stacked candidates: first index wins ties.
             let (mut value, mut idx) = (stay, 0u8);
             if one > value {
@@ -92,7 +100,11 @@ pub fn ctc_forced_align(log_probs: &[f32], vocab: usize, targets: &[u32], blank:
         std::mem::swap(&mut best, &mut next);
     }
     // End in the last label or the final blank; argmax picks the label on ties.
-    let mut state = if best[s - 1] > best[s - 2] { s - 1 } else { s - 2 };
+    let mut state = if best[s - 1] > best[s - 2] {
+        s - 1
+    } else {
+        s - 2
+    };
     let mut path = vec![0usize; frames];
     path[frames - 1] = state;
     for t in (1..frames).rev() {
@@ -143,7 +155,11 @@ pub fn token_spans(alignment: &[u32], blank: u32, speech_frames: usize) -> Vec<S
             let start_s = ((start as i64 * FRAME_MS - 30) as f64 / 1000.0).max(0.0);
             let a = (end as i64 * FRAME_MS - 30) as f64 / 1000.0;
             // Python's min returns the first operand unless the second is strictly smaller.
-            let (end_s, end_is_f32) = if f64::from(clamp) < a { (f64::from(clamp), true) } else { (a, false) };
+            let (end_s, end_is_f32) = if f64::from(clamp) < a {
+                (f64::from(clamp), true)
+            } else {
+                (a, false)
+            };
             out.push(Span {
                 start_s,
                 end_s,
@@ -171,7 +187,7 @@ pub fn align_tokens(
     pieces: &[String],
     blank: u32,
 ) -> (Vec<TokenTiming>, Vec<WordTiming>) {
-    let frames = if vocab == 0 { 0 } else { log_probs.len() / vocab };
+    let frames = log_probs.len().checked_div(vocab).unwrap_or(0);
     if ids.is_empty() || frames == 0 {
         return (Vec::new(), Vec::new());
     }
@@ -222,7 +238,11 @@ pub fn post_words(tokens: &[(&str, i64, i64)]) -> Vec<WordTiming> {
                 end_ms,
             });
             stripped.to_owned()
-        } else if let (Some(p), Some(last)) = (prev.as_deref().filter(|p| ascii_alpha(p) && ascii_alpha(piece)), words.last_mut()) {
+        } else if let (Some(p), Some(last)) = (
+            prev.as_deref()
+                .filter(|p| ascii_alpha(p) && ascii_alpha(piece)),
+            words.last_mut(),
+        ) {
             let merged = format!("{p}{piece}");
             last.word = merged.clone();
             last.end_ms = end_ms;
@@ -254,8 +274,15 @@ pub fn segments_from_words(words: &[WordTiming]) -> Vec<Segment> {
             open = true;
         }
         if let Some(seg) = out.last_mut() {
-            let needs_space = seg.text.chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric())
-                && w.word.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+            let needs_space = seg
+                .text
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+                && w.word
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric());
             if needs_space {
                 seg.text.push(' ');
             }
@@ -308,7 +335,9 @@ mod tests {
     fn spec_golden_words() {
         // Spec §6.1: hello at speech frames 6-8, ▁w at 9, orld at 17-19, 你好 at 20; 62 frames.
         let spans = token_spans(
-            &[0, 0, 0, 0, 0, 0, 5, 5, 5, 6, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 8, 0],
+            &[
+                0, 0, 0, 0, 0, 0, 5, 5, 5, 6, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 8, 0,
+            ],
             0,
             62,
         );
@@ -319,7 +348,17 @@ mod tests {
             .map(|(p, span)| (*p, span.ms().0, span.ms().1))
             .collect();
         let words = post_words(&raw);
-        let got: Vec<(&str, i64, i64)> = words.iter().map(|w| (w.word.as_str(), w.start_ms, w.end_ms)).collect();
-        assert_eq!(got, [("hello", 330, 510), ("world", 510, 1170), ("你好", 1170, 1230)]);
+        let got: Vec<(&str, i64, i64)> = words
+            .iter()
+            .map(|w| (w.word.as_str(), w.start_ms, w.end_ms))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("hello", 330, 510),
+                ("world", 510, 1170),
+                ("你好", 1170, 1230)
+            ]
+        );
     }
 }

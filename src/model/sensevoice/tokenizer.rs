@@ -102,7 +102,8 @@ impl Tokenizer {
                 Type::Unknown => PieceKind::Unknown,
                 Type::Control => PieceKind::Control,
                 Type::Byte => PieceKind::Byte(
-                    parse_byte_piece(&text).ok_or_else(|| parse_err(format!("byte piece {i} is {text:?}")))?,
+                    parse_byte_piece(&text)
+                        .ok_or_else(|| parse_err(format!("byte piece {i} is {text:?}")))?,
                 ),
                 Type::Normal | Type::UserDefined | Type::Unused => PieceKind::Text,
             };
@@ -116,9 +117,10 @@ impl Tokenizer {
             .map_or(DEFAULT_UNK_SURFACE, |t| t.unk_surface())
             .to_owned();
         // Proto defaults are true for both when the spec is absent.
-        let (add_dummy_prefix, remove_extra_whitespaces) = model
-            .normalizer()
-            .map_or((true, true), |n| (n.add_dummy_prefix(), n.remove_extra_whitespaces()));
+        let (add_dummy_prefix, remove_extra_whitespaces) =
+            model.normalizer().map_or((true, true), |n| {
+                (n.add_dummy_prefix(), n.remove_extra_whitespaces())
+            });
         Ok(Self {
             pieces,
             kinds,
@@ -266,7 +268,11 @@ mod tests {
 
     #[test]
     fn rejects_non_model_bytes() {
-        let e = Tokenizer::from_bytes(b"definitely not a protobuf \xff\xff", Path::new("x.bpe.model")).unwrap_err();
+        let e = Tokenizer::from_bytes(
+            b"definitely not a protobuf \xff\xff",
+            Path::new("x.bpe.model"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("x.bpe.model"), "{e}");
     }
 }

@@ -134,10 +134,21 @@ impl SenseVoice {
         let host = HostWeights::load(&files.weights)?;
         host.validate(&expected_tensors(&config, tokenizer.vocab_size()))?;
         // Convert once on the host, so that later device moves only copy.
-        let host = if dtype == DType::F32 { host } else { host.to_dtype(dtype)? };
+        let host = if dtype == DType::F32 {
+            host
+        } else {
+            host.to_dtype(dtype)?
+        };
         let f = &config.frontend_conf;
         let frontend = Frontend::new(f.n_mels, f.lfr_m, f.lfr_n, cmvn);
-        Self::build(config, Arc::new(frontend), Arc::new(tokenizer), Arc::new(host), device, dtype)
+        Self::build(
+            config,
+            Arc::new(frontend),
+            Arc::new(tokenizer),
+            Arc::new(host),
+            device,
+            dtype,
+        )
     }
 
     fn build(
@@ -149,12 +160,13 @@ impl SenseVoice {
         dtype: DType,
     ) -> Result<Self, ModelError> {
         let vb = host.materialize(dtype, device)?;
-        let model = SenseVoiceSmall::load(&config, tokenizer.vocab_size(), &vb).map_err(|source| {
-            ModelError::Weights(WeightsError::Device {
-                path: host.path().to_owned(),
-                source,
-            })
-        })?;
+        let model =
+            SenseVoiceSmall::load(&config, tokenizer.vocab_size(), &vb).map_err(|source| {
+                ModelError::Weights(WeightsError::Device {
+                    path: host.path().to_owned(),
+                    source,
+                })
+            })?;
         let emo_unknown_id = tokenizer.id_of("<|EMO_UNKNOWN|>");
         Ok(Self {
             model,
@@ -235,14 +247,19 @@ impl SenseVoice {
             padded[i * t_max * dim..(i * t_max + t) * dim].copy_from_slice(&f[..t * dim]);
         }
         let lengths: Vec<usize> = feats.iter().map(|(_, t)| *t).collect();
-        let xs = Tensor::from_vec(padded, (feats.len(), t_max, dim), &self.device).map_err(compute("upload"))?;
+        let xs = Tensor::from_vec(padded, (feats.len(), t_max, dim), &self.device)
+            .map_err(compute("upload"))?;
         self.model
             .forward(&xs, &lengths, prompts, capture)
             .map_err(compute("forward pass"))
     }
 
     /// Transcribes 16 kHz mono clips in [-1, 1) as one padded batch.
-    pub fn transcribe_batch(&self, clips: &[&[f32]], opts: &DecodeOptions) -> Result<Vec<Transcript>, ModelError> {
+    pub fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        opts: &DecodeOptions,
+    ) -> Result<Vec<Transcript>, ModelError> {
         if clips.is_empty() {
             return Ok(Vec::new());
         }
@@ -296,7 +313,13 @@ impl SenseVoice {
     /// ids are the tokenizer's own encoding of the text and the tokenizer adds no dummy-prefix
     /// piece in front of the first tag; where they differ FunASR's pieces are misaligned with
     /// the tags (spec §6.1 caveats) and ours are not.
-    fn add_timestamps(&self, logits: &Tensor, b: usize, len: usize, transcript: &mut Transcript) -> Result<(), ModelError> {
+    fn add_timestamps(
+        &self,
+        logits: &Tensor,
+        b: usize,
+        len: usize,
+        transcript: &mut Transcript,
+    ) -> Result<(), ModelError> {
         if len <= PROMPT_FRAMES || transcript.token_ids.len() <= PROMPT_FRAMES {
             return Ok(());
         }
@@ -309,7 +332,10 @@ impl SenseVoice {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(compute("timestamps"))?;
         let ids = &transcript.token_ids[PROMPT_FRAMES..];
-        let pieces: Vec<String> = ids.iter().map(|&id| self.tokenizer.piece(id).unwrap_or("").to_owned()).collect();
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&id| self.tokenizer.piece(id).unwrap_or("").to_owned())
+            .collect();
         let (tokens, words) = align_tokens(&lp, vocab, ids, &pieces, BLANK_ID);
         transcript.segments = segments_from_words(&words);
         transcript.tokens = tokens;

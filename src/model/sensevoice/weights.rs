@@ -30,7 +30,9 @@ pub enum WeightsError {
         source: std::io::Error,
     },
     /// The file is not a readable checkpoint (truncated, corrupt, or another kind of file).
-    #[error("{path} is not a readable model checkpoint (expected a PyTorch zip .pt or .safetensors): {reason}")]
+    #[error(
+        "{path} is not a readable model checkpoint (expected a PyTorch zip .pt or .safetensors): {reason}"
+    )]
     NotACheckpoint {
         /// The file.
         path: PathBuf,
@@ -56,7 +58,9 @@ pub enum WeightsError {
         more: String,
     },
     /// A tensor is not part of the model the config describes.
-    #[error("{path} has the unexpected tensor {name}{more}: the checkpoint does not match config.yaml")]
+    #[error(
+        "{path} has the unexpected tensor {name}{more}: the checkpoint does not match config.yaml"
+    )]
     Unexpected {
         /// The file.
         path: PathBuf,
@@ -158,7 +162,8 @@ impl HostWeights {
                 reason: "not a regular file".to_owned(),
             });
         }
-        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors") || sniff_safetensors(path);
+        let is_safetensors =
+            path.extension().is_some_and(|e| e == "safetensors") || sniff_safetensors(path);
         // candle's readers return errors for every bad file we have tried, but they index into
         // untrusted bytes; a panic there must not take the application down.
         let read = std::panic::catch_unwind(|| {
@@ -184,7 +189,9 @@ impl HostWeights {
             }
         };
         if tensors.is_empty() {
-            return Err(WeightsError::Empty { path: path.to_owned() });
+            return Err(WeightsError::Empty {
+                path: path.to_owned(),
+            });
         }
         Ok(Self::from_tensors(tensors, path))
     }
@@ -196,7 +203,11 @@ impl HostWeights {
         let tensors = tensors
             .into_iter()
             .map(|(k, v)| {
-                let k = if strip { k[MODULE_PREFIX.len()..].to_owned() } else { k };
+                let k = if strip {
+                    k[MODULE_PREFIX.len()..].to_owned()
+                } else {
+                    k
+                };
                 (k, v)
             })
             .collect();
@@ -218,15 +229,26 @@ impl HostWeights {
 
     /// Total bytes held.
     pub fn size_bytes(&self) -> usize {
-        self.tensors.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+        self.tensors
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
     }
 
     /// Checks names, shapes and dtypes against `expected` (see [`expected_tensors`]).
     pub fn validate(&self, expected: &[(String, Vec<usize>)]) -> Result<(), WeightsError> {
         let path = || self.path.clone();
-        let more = |n: usize| if n > 1 { format!(", and {} more", n - 1) } else { String::new() };
-        let missing: Vec<&(String, Vec<usize>)> =
-            expected.iter().filter(|(n, _)| !self.tensors.contains_key(n)).collect();
+        let more = |n: usize| {
+            if n > 1 {
+                format!(", and {} more", n - 1)
+            } else {
+                String::new()
+            }
+        };
+        let missing: Vec<&(String, Vec<usize>)> = expected
+            .iter()
+            .filter(|(n, _)| !self.tensors.contains_key(n))
+            .collect();
         if let Some((name, shape)) = missing.first() {
             return Err(WeightsError::Missing {
                 path: path(),
@@ -235,8 +257,13 @@ impl HostWeights {
                 more: more(missing.len()),
             });
         }
-        let known: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
-        let mut extra: Vec<&String> = self.tensors.keys().filter(|k| !known.contains_key(k.as_str())).collect();
+        let known: HashMap<&str, &Vec<usize>> =
+            expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let mut extra: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !known.contains_key(k.as_str()))
+            .collect();
         extra.sort();
         if let Some(name) = extra.first() {
             return Err(WeightsError::Unexpected {
@@ -246,7 +273,9 @@ impl HostWeights {
             });
         }
         for (name, shape) in expected {
-            let Some(t) = self.tensors.get(name) else { continue };
+            let Some(t) = self.tensors.get(name) else {
+                continue;
+            };
             if t.dims() != shape.as_slice() {
                 return Err(WeightsError::Shape {
                     path: path(),
@@ -255,7 +284,10 @@ impl HostWeights {
                     found: t.dims().to_vec(),
                 });
             }
-            if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+            if !matches!(
+                t.dtype(),
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64
+            ) {
                 return Err(WeightsError::DType {
                     path: path(),
                     name: name.clone(),
@@ -290,7 +322,11 @@ impl HostWeights {
     }
 
     /// Copies every tensor to `device` and returns a `VarBuilder` whose compute dtype is `dtype`.
-    pub fn materialize(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, WeightsError> {
+    pub fn materialize(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<VarBuilder<'static>, WeightsError> {
         let tensors = self
             .tensors
             .iter()
@@ -308,7 +344,9 @@ impl HostWeights {
 fn sniff_safetensors(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 9];
-    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
     f.read_exact(&mut head).is_ok() && head[8] == b'{'
 }
 
