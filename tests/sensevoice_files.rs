@@ -1,5 +1,8 @@
 //! Model-file resolution without network: local folders and a hand-made Hugging Face cache.
 
+// Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use gpuscribe::model::files::{

@@ -1,6 +1,9 @@
 //! Parity with FunASR 1.4.16 on the committed tiny-model fixtures (`tests/data/sensevoice`,
 //! produced by `tools/reference/generate.py`).
 
+// Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

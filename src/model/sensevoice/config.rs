@@ -155,7 +155,10 @@ impl SenseVoiceConfig {
         };
         let e = &self.encoder_conf;
         let f = &self.frontend_conf;
-        if e.output_size == 0 || e.attention_heads == 0 || e.output_size % e.attention_heads != 0 {
+        if e.output_size == 0
+            || e.attention_heads == 0
+            || !e.output_size.is_multiple_of(e.attention_heads)
+        {
             return Err(invalid(format!(
                 "encoder_conf.output_size {} must be a positive multiple of attention_heads {}",
                 e.output_size, e.attention_heads

@@ -127,7 +127,8 @@ impl Cmvn {
     }
 }
 
-/// Kaldi mel scale.
+/// Kaldi mel scale, written as torchaudio writes it (`ln(1 + f/700)`, not `ln_1p`).
+#[allow(clippy::imprecise_flops)]
 fn mel_scale(freq_hz: f64) -> f64 {
     1127.0 * (1.0 + freq_hz / 700.0).ln()
 }

@@ -47,11 +47,7 @@ pub struct Segment {
 /// Returns one label per frame (`blank` or a target id). Returns all blanks when the targets are
 /// empty and an empty vector when there are no frames.
 pub fn ctc_forced_align(log_probs: &[f32], vocab: usize, targets: &[u32], blank: u32) -> Vec<u32> {
-    let frames = if vocab == 0 {
-        0
-    } else {
-        log_probs.len() / vocab
-    };
+    let frames = log_probs.len().checked_div(vocab).unwrap_or(0);
     if frames == 0 {
         return Vec::new();
     }
@@ -191,11 +187,7 @@ pub fn align_tokens(
     pieces: &[String],
     blank: u32,
 ) -> (Vec<TokenTiming>, Vec<WordTiming>) {
-    let frames = if vocab == 0 {
-        0
-    } else {
-        log_probs.len() / vocab
-    };
+    let frames = log_probs.len().checked_div(vocab).unwrap_or(0);
     if ids.is_empty() || frames == 0 {
         return (Vec::new(), Vec::new());
     }
