@@ -157,7 +157,7 @@ fn search_dirs() -> Vec<PathBuf> {
         "CUDA_TOOLKIT_ROOT_DIR",
     ]
     .iter()
-    .filter_map(|v| env::var_os(v))
+    .filter_map(env::var_os)
     .filter(|v| !v.is_empty())
     .map(PathBuf::from)
     .collect();

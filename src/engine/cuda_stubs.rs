@@ -98,7 +98,7 @@ pub fn install_stubs(base: &Path, id: &str, stubs: &[(&str, &[u8])]) -> io::Resu
     if holds(&target, stubs) {
         return Ok(target);
     }
-    std::fs::create_dir_all(base).map_err(|e| with_path(e, "cannot create", base))?;
+    std::fs::create_dir_all(base).map_err(|e| with_path(&e, "cannot create", base))?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -115,19 +115,19 @@ pub fn install_stubs(base: &Path, id: &str, stubs: &[(&str, &[u8])]) -> io::Resu
 }
 
 fn write_and_rename(temp: &Path, target: &Path, stubs: &[(&str, &[u8])]) -> io::Result<()> {
-    std::fs::create_dir(temp).map_err(|e| with_path(e, "cannot create", temp))?;
+    std::fs::create_dir(temp).map_err(|e| with_path(&e, "cannot create", temp))?;
     for (name, bytes) in stubs {
         let file = temp.join(name);
-        std::fs::write(&file, bytes).map_err(|e| with_path(e, "cannot write", &file))?;
+        std::fs::write(&file, bytes).map_err(|e| with_path(&e, "cannot write", &file))?;
     }
     if target.exists() && !holds(target, stubs) {
-        std::fs::remove_dir_all(target).map_err(|e| with_path(e, "cannot replace", target))?;
+        std::fs::remove_dir_all(target).map_err(|e| with_path(&e, "cannot replace", target))?;
     }
     match std::fs::rename(temp, target) {
         Ok(()) => Ok(()),
         // Another process won the race (rename onto a non-empty folder fails): use theirs.
         Err(_) if holds(target, stubs) => Ok(()),
-        Err(e) => Err(with_path(e, "cannot rename into", target)),
+        Err(e) => Err(with_path(&e, "cannot rename into", target)),
     }
 }
 
@@ -138,7 +138,7 @@ fn holds(dir: &Path, stubs: &[(&str, &[u8])]) -> bool {
         .all(|(name, bytes)| std::fs::read(dir.join(name)).is_ok_and(|found| found == *bytes))
 }
 
-fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+fn with_path(e: &io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
@@ -260,6 +260,32 @@ mod tests {
             let stubs: &[(&str, &[u8])] = &[(name, b"x")];
             let err = install_stubs(&base, id, stubs).err();
             assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidInput));
+        }
+    }
+
+    /// Runs where the CUDA libraries (or these stand-ins) can be loaded: a `cuda` test binary
+    /// links them too.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn embedded_stubs_are_shared_libraries_named_by_their_soname() {
+        const ET_DYN: u16 = 3;
+        assert!(
+            !embedded_stubs().is_empty(),
+            "the build found no CUDA toolkit"
+        );
+        for (soname, bytes) in embedded_stubs() {
+            assert_eq!(bytes.get(..4), Some(&b"\x7fELF"[..]), "{soname}");
+            assert_eq!(
+                bytes.get(16..18),
+                Some(&ET_DYN.to_le_bytes()[..]),
+                "{soname}"
+            );
+            let needle = format!("{soname}\0");
+            assert!(
+                bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{soname} does not name itself"
+            );
+            assert!(has_stub_for(soname));
         }
     }
 
