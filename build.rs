@@ -308,6 +308,11 @@ fn c_source(exports: &[Export], code: i32, soname: &str) -> String {
         let name = &e.name;
         let line = match e.object_size {
             Some(size) => format!("char gs_obj_{i}[{size}] __asm__(\"{name}\") = {{0}};\n"),
+            // The driver's error-text calls succeed with our message, so that the caller's error
+            // (e.g. candle's `Device::new_cuda`) says what happened.
+            None if name == "cuGetErrorString" || name == "cuGetErrorName" => format!(
+                "int gs_fn_{i}(int e, const char **s) __asm__(\"{name}\");\nint gs_fn_{i}(int e, const char **s) {{ (void)e; if (!s) return 1; *s = gs_message; return 0; }}\n"
+            ),
             None if POINTER_RETURNING.contains(&name.as_str()) => format!(
                 "const void *gs_fn_{i}(void) __asm__(\"{name}\");\nconst void *gs_fn_{i}(void) {{ return gs_message; }}\n"
             ),
