@@ -13,6 +13,7 @@
 //! bounded channels; the engine calls the waker after every event.
 
 pub mod batch;
+pub mod cuda_stubs;
 pub mod fit;
 mod model_dir;
 pub mod process;
