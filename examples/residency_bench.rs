@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     let uuid = nvml.device_by_index(index)?.uuid()?;
     let (tx, inbox) = bounded(64);
     let command = gpuscribe::engine::process::worker_command(None);
-    let mut worker = WorkerProcess::spawn(&command, 0, 1, tx)?;
+    let mut worker = WorkerProcess::spawn(&command, false, 0, 1, tx)?;
     let pid = worker.pid;
     std::thread::sleep(Duration::from_millis(300));
     println!(

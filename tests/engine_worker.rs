@@ -30,7 +30,8 @@ fn config(offload: IdlePolicy) -> EngineConfig {
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(data().join("reference.json")).unwrap()).unwrap()
+    let text = std::fs::read_to_string(data().join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("valid JSON")
 }
 
 fn clip(name: &str) -> PathBuf {
@@ -97,7 +98,7 @@ fn done_text(events: &[Event]) -> String {
             Event::JobDone { transcript, .. } => Some(transcript.raw_text.clone()),
             _ => None,
         })
-        .unwrap()
+        .expect("a finished job")
 }
 
 #[test]

@@ -80,13 +80,33 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts the worker and the threads that read its stdout and stderr.
+    ///
+    /// A CPU-only worker of a `cuda` build gets the stand-in CUDA libraries at the end of its
+    /// `LD_LIBRARY_PATH` (see [`super::cuda_stubs`]), so it starts where the CUDA runtime or the
+    /// driver is missing; a GPU worker does not, and fails to start there with the loader's
+    /// message, which the engine shows as the reason GPU transcription is unavailable.
     pub fn spawn(
         (exe, args): &(PathBuf, Vec<String>),
+        cpu_only: bool,
         slot: usize,
         generation: u64,
         inbox: Sender<Inbox>,
     ) -> std::io::Result<Self> {
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        if cpu_only {
+            match super::cuda_stubs::stub_library_dir() {
+                Ok(Some(dir)) => {
+                    let current = std::env::var_os("LD_LIBRARY_PATH");
+                    command.env(
+                        "LD_LIBRARY_PATH",
+                        super::cuda_stubs::ld_library_path_with(current.as_deref(), &dir),
+                    );
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!("no stand-in CUDA libraries for the CPU worker: {err}"),
+            }
+        }
+        let mut child = command
             .args(args)
             // CUDA ordinals in PCI-bus order, as the app maps NVML GPUs to ordinals.
             .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")

@@ -455,7 +455,9 @@ impl Scheduler {
             let generation = self.next_generation;
             self.next_generation += 1;
             let command = super::process::worker_command(self.config.worker_exe.as_deref());
-            match WorkerProcess::spawn(&command, slot, generation, self.inbox_tx.clone()) {
+            let cpu_only = self.slots[slot].device == WorkerDevice::Cpu;
+            match WorkerProcess::spawn(&command, cpu_only, slot, generation, self.inbox_tx.clone())
+            {
                 Ok(process) => self.slots[slot].process = Some(process),
                 Err(err) => return self.load_failed(slot, &err.to_string(), false, true),
             }
@@ -678,7 +680,12 @@ impl Scheduler {
         self.slots[slot].weight_bytes = 0;
         self.marker(slot, MarkerKind::Release);
         let label = self.slots[slot].device.label();
-        let reason = if detail.is_empty() {
+        let reason = if let Some(library) = super::cuda_stubs::is_missing_library_error(detail) {
+            format!(
+                "GPU transcription unavailable: {library} cannot be loaded (the NVIDIA driver \
+                 or the CUDA runtime libraries are missing)"
+            )
+        } else if detail.is_empty() {
             "the worker exited".to_owned()
         } else {
             format!("the worker exited: {detail}")
