@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The GPU benchmarks behind BENCHMARKS.md, in one run on a CUDA machine (driver >= 580, CUDA 13).
+#
+#   BIN=folder-with-cuda-binaries OUT=results-folder bash tools/gpu/bench.sh [steps...]
+#
+# BIN holds the `--features cuda` release builds of gpuscribe, gpuscribe-worker and the examples
+# sensevoice_bench and residency_bench. Python needs torch 2.11 and funasr 1.4.16 (see
+# tools/reference/requirements.txt). Steps (default: all): elf full parity speed funasr residency
+# squeeze hour cpu.
+set -uo pipefail
+BIN=$(realpath "${BIN:-.device-bin}")
+OUT=${OUT:-/tmp/out}
+WORK=${WORK:-/tmp/gs-bench}
+mkdir -p "$OUT" "$WORK"
+export GPUSCRIBE_WORKER="$BIN/gpuscribe-worker"
+steps=${*:-elf full parity speed funasr residency squeeze hour cpu}
+has() { [[ " $steps " == *" $1 "* ]]; }
+say() { echo; echo "::: $*"; }
+
+if has elf; then
+    say "which executables need the CUDA libraries (DT_NEEDED)"
+    for b in gpuscribe gpuscribe-worker; do echo "$b: $(readelf -d "$BIN/$b" | grep NEEDED | grep -oE '\[[^]]+\]' | tr '\n' ' ')"; done
+fi
+
+if has full || [ ! -e "$WORK/full/model/model.pt" ]; then
+    say "FunASR: release-size random model, reference dump on CUDA"
+    ( cd tools/reference && PYTHONUNBUFFERED=1 python3 generate.py --full --out "$WORK/full" --device cuda 2>&1 | tail -3 )
+    for s in 10 30 480 3600; do python3 tools/gpu/make_wav.py "$WORK/speech_${s}s.wav" "$s"; done
+fi
+MODEL=$WORK/full/model
+
+if has parity; then
+    say "parity with FunASR (f32, then bf16)"
+    BENCH_AUDIO_DIR=tests/data/sensevoice/audio "$BIN/sensevoice_bench" parity "$WORK/full" cuda:0 f32
+    BENCH_AUDIO_DIR=tests/data/sensevoice/audio "$BIN/sensevoice_bench" parity "$WORK/full" cuda:0 bf16
+fi
+
+if has speed; then
+    say "our speed, bf16 (10 s clip end to end; batch of 16 x 30 s)"
+    "$BIN/sensevoice_bench" speed "$MODEL" cuda:0 bf16 16 "$WORK/speech_10s.wav" "$WORK/speech_30s.wav"
+    "$BIN/sensevoice_bench" speed "$MODEL" cuda:0 f32 16 "$WORK/speech_10s.wav" "$WORK/speech_30s.wav"
+fi
+
+if has funasr; then
+    say "FunASR speed on the same GPU and inputs (fp32, torch)"
+    ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 10 --batch-size 1 --repeat 20 "$WORK/speech_10s.wav" 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); d.pop("first_text",None); print(json.dumps(d))' )
+    ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 30 --batch-size 16 --repeat 5 "$WORK/speech_480s.wav" 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); d.pop("first_text",None); print(json.dumps(d))' )
+fi
+
+if has residency; then
+    say "worker VRAM through its life, cold load, restore, 500 offload/restore cycles"
+    "$BIN/residency_bench" "$MODEL" 0 500
+fi
+
+if has squeeze; then
+    say "another process holds all but 300 MiB; the job still completes"
+    python3 - <<'PY' &
+import time, torch
+free, total = torch.cuda.mem_get_info()
+hold = torch.empty(free - 300 * 2**20 - 600 * 2**20, dtype=torch.uint8, device="cuda")  # minus its own context
+torch.cuda.synchronize()
+print(f"holder: free after = {torch.cuda.mem_get_info()[0] >> 20} MiB", flush=True)
+open("/tmp/squeeze.ready", "w").write("1")
+time.sleep(300)
+PY
+    rm -f /tmp/squeeze.ready; for _ in $(seq 120); do [ -e /tmp/squeeze.ready ] && break; sleep 0.5; done
+    nvidia-smi --query-gpu=memory.used,memory.free --format=csv
+    /usr/bin/time -f "wall %e s, max RSS %M KiB" "$BIN/gpuscribe" transcribe --device auto --model-dir "$MODEL" --format json "$WORK/speech_30s.wav" > "$WORK/squeeze.json"
+    echo "exit $?; segments: $(python3 -c "import json; d=json.load(open('$WORK/squeeze.json')); print(len(d[0]['segments']), d[0]['duration_s'])")"
+    kill %1; wait
+fi
+
+if has hour; then
+    say "a 1-hour file end to end on GPU 0 (bf16), with peak VRAM of our worker"
+    nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader -lms 100 > "$WORK/hour-vram.csv" &
+    start=$(date +%s.%N)
+    "$BIN/gpuscribe" transcribe --device cuda:0 --model-dir "$MODEL" --format json "$WORK/speech_3600s.wav" > "$WORK/hour.json"
+    rc=$?; end=$(date +%s.%N)
+    kill %1; wait
+    echo "exit $rc; wall $(python3 -c "print(round($end-$start,2))") s (process start, CUDA init, load, decode, transcribe)"
+    python3 - "$WORK" <<'PY'
+import csv, json, sys
+w = sys.argv[1]
+d = json.load(open(f"{w}/hour.json"))[0]
+print("duration_s", d["duration_s"], "segments", len(d["segments"]))
+peak = 0
+for row in csv.reader(open(f"{w}/hour-vram.csv")):
+    if len(row) == 3 and "gpuscribe" in row[1]:
+        peak = max(peak, int(row[2].strip().split()[0]))
+print("peak VRAM of gpuscribe-worker (MiB, nvidia-smi every 100 ms):", peak)
+PY
+fi
+
+if has cpu; then
+    say "starts everywhere: without the CUDA runtime on the library path"
+    env -u LD_LIBRARY_PATH "$BIN/gpuscribe-worker" < /dev/null; echo "worker exit $?"
+    env -u LD_LIBRARY_PATH "$BIN/gpuscribe" gpus | head -3
+    env -u LD_LIBRARY_PATH "$BIN/gpuscribe" transcribe --device auto --model-dir tests/data/sensevoice/tiny --format json tests/data/sensevoice/audio/zh_mid.wav | head -12
+    echo "exit $?"
+fi
