@@ -498,3 +498,19 @@ fn options_travel_with_new_jobs_and_a_model_folder_restarts_the_engine() {
         JobStatus::Failed(_)
     ));
 }
+
+#[test]
+fn an_unavailable_device_is_named_and_explained_on_hover() {
+    let slot = SlotStatus {
+        unavailable: Some("GPU unavailable: built without CUDA".to_owned()),
+        residency: Residency::Unloaded,
+        pid: None,
+        countdown: None,
+        ..ready_slot(1)
+    };
+    assert_eq!(badge_text(&slot), "SenseVoice · GPU 0 · unavailable");
+    let mut f = Fixture::new();
+    f.inject(Event::Status(vec![slot]));
+    f.harness.get_by_label("SenseVoice · GPU 0 · unavailable");
+    assert!(f.harness.query_by_label("0 MiB — released").is_none());
+}

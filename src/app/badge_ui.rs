@@ -34,9 +34,9 @@ fn minutes_seconds(duration: Duration) -> String {
 /// The badge text of one device slot.
 pub fn badge_text(slot: &SlotStatus) -> String {
     let mut parts = vec!["SenseVoice".to_owned()];
-    if let Some(reason) = &slot.unavailable {
-        parts.push(slot.device.clone());
-        parts.push(format!("unavailable: {reason}"));
+    if slot.unavailable.is_some() {
+        // The reason is long; it is in the tooltip and the message log.
+        parts.extend([slot.device.clone(), "unavailable".to_owned()]);
         return parts.join(" · ");
     }
     let dtype = (!slot.dtype.is_empty()).then(|| slot.dtype.clone());
@@ -60,7 +60,7 @@ pub fn badge_text(slot: &SlotStatus) -> String {
     }
     match slot.countdown {
         Some((Action::Offload, left)) => {
-            parts.push(format!("unloads in {}", minutes_seconds(left)))
+            parts.push(format!("unloads in {}", minutes_seconds(left)));
         }
         Some((Action::Release, left)) => {
             parts.push(format!("releases in {}", minutes_seconds(left)));
@@ -76,6 +76,9 @@ pub fn badge_text(slot: &SlotStatus) -> String {
 /// What NVML measures for the slot's worker on its GPU, e.g. `measured 1450 MiB (pid 4242)`
 /// or `0 MiB — released`; `None` for the CPU.
 pub fn measured_vram_text(slot: &SlotStatus, gpus: &[GpuSnapshot]) -> Option<String> {
+    if slot.unavailable.is_some() {
+        return None;
+    }
     let uuid = slot.uuid.as_deref()?;
     let Some(pid) = slot.pid else {
         return Some("0 MiB — released".to_owned());
@@ -104,7 +107,7 @@ pub fn badge_row_ui(ui: &mut egui::Ui, input: &BadgeInput<'_>, commands: &mut Ve
             } else {
                 text
             };
-            let mut tooltip = Vec::new();
+            let mut tooltip: Vec<String> = slot.unavailable.iter().cloned().collect();
             if let Some(ms) = slot.load_ms {
                 tooltip.push(format!("last load {ms:.0} ms"));
             }

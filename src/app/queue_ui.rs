@@ -112,9 +112,13 @@ fn row_ui(ui: &mut egui::Ui, row: &JobRow, selected: bool, commands: &mut Vec<Co
             );
         }
         JobStatus::Done => {
-            let took = row
-                .wall_ms
-                .map_or_else(String::new, |ms| format!(" in {:.1} s", ms / 1000.0));
+            let took = row.wall_ms.map_or_else(String::new, |ms| {
+                if ms < 1000.0 {
+                    format!(" in {ms:.0} ms")
+                } else {
+                    format!(" in {:.1} s", ms / 1000.0)
+                }
+            });
             ui.colored_label(TARGET_COLOR, format!("Done{took}"));
         }
         JobStatus::Failed(message) => {
