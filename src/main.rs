@@ -8,8 +8,9 @@ use eframe::egui;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use gpuscribe::app::{AppDeps, GpuScribeApp};
+use gpuscribe::app::{AppDeps, EngineFactory, GpuScribeApp, default_recordings_dir};
 use gpuscribe::cli::{self, Cli, Command};
+use gpuscribe::engine::{EngineHandle, Waker};
 use gpuscribe::gpu::{self, DeviceChoice};
 
 /// The window icon, shared with packaging.
@@ -119,10 +120,16 @@ fn run_window(
         Box::new(move |cc| {
             // The first repaint after this picks up whatever the monitor queued meanwhile.
             let _ = repaint_target.set(cc.egui_ctx.clone());
+            let ctx = cc.egui_ctx.clone();
+            let waker: Waker = Arc::new(move || ctx.request_repaint());
+            let engine: EngineFactory =
+                Box::new(move |config| EngineHandle::spawn(config, Arc::clone(&waker)));
             let deps = AppDeps {
                 gpu_feed,
+                engine,
                 device_from_cli,
                 cuda_visible_devices,
+                recordings_dir: default_recordings_dir(),
             };
             Ok(Box::new(GpuScribeApp::new(cc, deps)))
         }),

@@ -9,8 +9,10 @@ use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use gpuscribe::app::{
-    AUTO_LABEL, AppDeps, CPU_LABEL, GpuScribeApp, PlotWindow, Settings, gpu_entry_label,
+    AUTO_LABEL, AppDeps, CPU_LABEL, EngineFactory, GpuScribeApp, PlotWindow, Settings,
+    gpu_entry_label,
 };
+use gpuscribe::engine::EngineHandle;
 use gpuscribe::gpu::{
     DeviceChoice, DriverInfo, GpuFeed, GpuInitError, GpuSample, GpuSnapshot, GpuStatus,
     ResolvedDevice, fake_gpu, fake_process, set_fake_used_bytes,
@@ -40,6 +42,20 @@ fn busy_gpu(index: u32) -> GpuSnapshot {
     gpu
 }
 
+/// An engine that accepts requests and never answers (these tests look at the GPU side only).
+fn silent_engine() -> EngineFactory {
+    let (requests, kept_requests) = bounded(4096);
+    let (_events_tx, events) = bounded(1);
+    Box::new(move |_config| {
+        // Keeping the receiving end alive makes sends succeed.
+        let _ = &kept_requests;
+        Ok(EngineHandle::from_channels(
+            requests.clone(),
+            events.clone(),
+        ))
+    })
+}
+
 struct Fixture<'a> {
     harness: Harness<'a, GpuScribeApp>,
     tx: Sender<GpuStatus>,
@@ -57,7 +73,7 @@ fn fixture_with(statuses: Vec<GpuStatus>, edit: impl FnOnce(&mut AppDeps)) -> Fi
     for status in statuses {
         tx.try_send(status).expect("room");
     }
-    let mut deps = AppDeps::new(GpuFeed::from_receiver(rx));
+    let mut deps = AppDeps::new(GpuFeed::from_receiver(rx), silent_engine());
     edit(&mut deps);
     let mut harness = Harness::builder()
         .with_size([1400.0, 900.0])
@@ -117,7 +133,9 @@ fn eight_gpus_each_get_a_panel_and_a_picker_entry() {
     );
     assert_eq!(f.harness.query_all_by_label(TARGET_BADGE).count(), 1);
 
-    f.harness.get_by_role(Role::ComboBox).click();
+    f.harness
+        .get_by_role_and_label(Role::ComboBox, "Transcription device")
+        .click();
     f.harness.run();
     f.harness.get_by_label(AUTO_LABEL);
     f.harness.get_by_label(CPU_LABEL);
@@ -145,7 +163,9 @@ fn eight_gpus_each_get_a_panel_and_a_picker_entry() {
 #[test]
 fn picking_the_cpu_removes_the_badge() {
     let mut f = fixture(vec![sample(vec![busy_gpu(0)])]);
-    f.harness.get_by_role(Role::ComboBox).click();
+    f.harness
+        .get_by_role_and_label(Role::ComboBox, "Transcription device")
+        .click();
     f.harness.run();
     f.harness.get_by_label(CPU_LABEL).click();
     f.harness.run();
@@ -284,7 +304,9 @@ fn settings_persist_across_runs() {
     let mut f = fixture(vec![sample(gpus.clone())]);
     f.harness.get_by_label("1 min").click();
     f.harness.run();
-    f.harness.get_by_role(Role::ComboBox).click();
+    f.harness
+        .get_by_role_and_label(Role::ComboBox, "Transcription device")
+        .click();
     f.harness.run();
     f.harness.get_by_label(&gpu_entry_label(&gpus[1])).click();
     f.harness.run();
@@ -299,7 +321,10 @@ fn settings_persist_across_runs() {
         .with_size([1400.0, 900.0])
         .build_eframe(|cc| {
             cc.storage = Some(&storage);
-            GpuScribeApp::new(cc, AppDeps::new(GpuFeed::from_receiver(rx)))
+            GpuScribeApp::new(
+                cc,
+                AppDeps::new(GpuFeed::from_receiver(rx), silent_engine()),
+            )
         });
     harness.run();
     assert_eq!(harness.state().settings(), &saved);

@@ -5,10 +5,12 @@ use eframe::egui;
 use std::time::{Duration, Instant};
 
 use egui::{Color32, RichText};
-use egui_plot::{Corner, Legend, Line, Plot};
+use egui_plot::{Corner, Legend, Line, Plot, PlotPoint, Text, VLine};
 
+use super::engine_link::{MarkerLog, marker_label};
 use super::format::{self, NOT_AVAILABLE};
 use super::gpu_view::{GpuView, MonitorState};
+use crate::engine::MarkerKind;
 use crate::gpu::{GpuHistory, GpuProcess, GpuSnapshot, HistoryPoint, cuda_ordinal};
 
 /// Narrowest width of one GPU panel; the grid uses as many columns as fit.
@@ -16,7 +18,8 @@ const PANEL_MIN_WIDTH: f32 = 430.0;
 const PLOT_HEIGHT: f32 = 90.0;
 /// The colour of "this is where transcription runs" and of our own process.
 pub const TARGET_COLOR: Color32 = Color32::from_rgb(0x4c, 0xaf, 0x50);
-const ERROR_COLOR: Color32 = Color32::from_rgb(0xe5, 0x73, 0x73);
+/// The colour of errors.
+pub const ERROR_COLOR: Color32 = Color32::from_rgb(0xe5, 0x73, 0x73);
 
 /// Shared inputs of every panel in one frame.
 pub struct PanelsInput<'a> {
@@ -28,6 +31,10 @@ pub struct PanelsInput<'a> {
     pub target_uuid: Option<&'a str>,
     /// `CUDA_VISIBLE_DEVICES`, to show each GPU's CUDA ordinal.
     pub cuda_visible_devices: Option<&'a str>,
+    /// Pids of our worker processes (marked as ours in the process tables).
+    pub worker_pids: &'a [u32],
+    /// Load/offload/… markers for the VRAM plots.
+    pub markers: &'a MarkerLog,
 }
 
 /// The whole GPU area.
@@ -120,8 +127,8 @@ fn gpu_panel_ui(
         }
         vram_bar_ui(ui, gpu);
         metrics_ui(ui, gpu);
-        plots_ui(ui, gpu, &input.view.history, now, input.window);
-        processes_ui(ui, gpu);
+        plots_ui(ui, gpu, now, input);
+        processes_ui(ui, gpu, input.worker_pids);
     });
 }
 
@@ -215,13 +222,19 @@ fn seconds_before(now: Instant, point: &HistoryPoint) -> f64 {
     -now.saturating_duration_since(point.at).as_secs_f64()
 }
 
-fn plots_ui(
-    ui: &mut egui::Ui,
-    gpu: &GpuSnapshot,
-    history: &GpuHistory,
-    now: Instant,
-    window: Duration,
-) {
+/// The colour of a marker line.
+fn marker_color(kind: MarkerKind) -> Color32 {
+    match kind {
+        MarkerKind::Load | MarkerKind::Restore => Color32::from_rgb(0x42, 0xa5, 0xf5),
+        MarkerKind::Offload => Color32::from_rgb(0xff, 0xb7, 0x4d),
+        MarkerKind::Release => Color32::from_rgb(0xba, 0x68, 0xc8),
+        MarkerKind::OutOfMemory => ERROR_COLOR,
+    }
+}
+
+fn plots_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot, now: Instant, input: &PanelsInput<'_>) {
+    let history: &GpuHistory = &input.view.history;
+    let window = input.window;
     let points: Vec<&HistoryPoint> = history.window(&gpu.uuid, now, window).collect();
     let series = |value: &dyn Fn(&HistoryPoint) -> Option<f64>| -> Vec<[f64; 2]> {
         points
@@ -242,6 +255,20 @@ fn plots_ui(
     small_plot(("vram", &gpu.uuid), window_secs, total_gib).show(ui, |plot| {
         plot.line(Line::new("total", total).color(Color32::GRAY));
         plot.line(Line::new("used", used).color(TARGET_COLOR).fill(0.0));
+        for marker in input.markers.for_gpu(&gpu.uuid) {
+            let x = -now.saturating_duration_since(marker.at).as_secs_f64();
+            if x < -window_secs {
+                continue;
+            }
+            let label = marker_label(marker.kind);
+            let color = marker_color(marker.kind);
+            plot.vline(VLine::new(label, x).color(color).width(1.5));
+            plot.text(
+                Text::new(label, PlotPoint::new(x, total_gib), label)
+                    .color(color)
+                    .anchor(egui::Align2::LEFT_TOP),
+            );
+        }
     });
     ui.label(RichText::new("Utilisation (%)").small().weak());
     small_plot(("util", &gpu.uuid), window_secs, 100.0).show(ui, |plot| {
@@ -276,7 +303,7 @@ fn minutes_seconds(seconds: f64) -> String {
     format!("{sign}{}:{:02}", abs / 60, abs % 60)
 }
 
-fn processes_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot) {
+fn processes_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot, worker_pids: &[u32]) {
     if gpu.processes.is_empty() {
         ui.label(RichText::new("No processes on this GPU").weak());
         return;
@@ -294,16 +321,20 @@ fn processes_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot) {
             }
             ui.end_row();
             for process in processes {
-                process_row_ui(ui, process);
+                process_row_ui(ui, process, worker_pids.contains(&process.pid));
                 ui.end_row();
             }
         });
 }
 
-fn process_row_ui(ui: &mut egui::Ui, process: &GpuProcess) {
+/// The process-table name of our worker.
+pub const WORKER_PROCESS_LABEL: &str = "gpuscribe-worker (ours)";
+
+fn process_row_ui(ui: &mut egui::Ui, process: &GpuProcess, is_worker: bool) {
+    let ours = process.is_self || is_worker;
     let styled = |text: String| {
         let text = RichText::new(text);
-        if process.is_self {
+        if ours {
             text.color(TARGET_COLOR).strong()
         } else {
             text
@@ -314,7 +345,9 @@ fn process_row_ui(ui: &mut egui::Ui, process: &GpuProcess) {
         .name
         .as_deref()
         .map_or(NOT_AVAILABLE, format::process_display_name);
-    let name = if process.is_self {
+    let name = if is_worker {
+        WORKER_PROCESS_LABEL.to_owned()
+    } else if process.is_self {
         format!("{name} (this app)")
     } else {
         name.to_owned()

@@ -1,51 +1,103 @@
 //! The eframe application. Runs on the UI (main) thread: `logic()` drains the channels from the
-//! background threads, `ui()` only draws and collects [`Command`]s, applied after drawing.
+//! background threads (GPU monitor, engine, tasks, recorder), `ui()` only draws and collects
+//! [`Command`]s, applied after drawing (see `actions.rs`).
 //!
-//! Layout: a toolbar on top, a status bar at the bottom, the transcription area on the left
-//! (filled in by the engine integration), and the GPU panels in the centre.
+//! Layout: a toolbar on top (device picker, plot settings, the model's state badge), a message
+//! log and a status bar at the bottom, the transcription area on the left (input, queue,
+//! transcript), and the GPU panels in the centre.
 //!
 //! Everything the app talks to comes in through [`AppDeps`], so tests build it with fakes.
 
+mod actions;
+mod badge_ui;
+mod command;
+mod engine_link;
+mod export;
 mod fonts;
 mod format;
 mod gpu_panel_ui;
 mod gpu_view;
+mod inputs;
+mod jobs;
+mod model_ui;
+mod queue_ui;
+mod record_ui;
+mod recording;
 mod settings;
+mod tasks;
 mod toolbar_ui;
+mod transcript_ui;
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use eframe::egui;
 use egui::RichText;
 
+pub use badge_ui::{badge_text, measured_vram_text};
+pub use command::Command;
+pub use engine_link::{EngineView, Marker, MarkerLog, gpu_free_list, marker_label, target_for};
+pub use export::{ExportError, default_export_name, export_transcript};
 pub use fonts::{CJK_FONT_BYTES, CJK_FONT_NAME, install_cjk_font};
 pub use gpu_view::{GpuView, MonitorState, VanishedGpu};
+pub use inputs::{AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file};
+pub use jobs::{JobList, JobRow, JobStatus, Overall};
+pub use queue_ui::DROP_HINT;
 pub use settings::{PlotWindow, Settings};
-pub use toolbar_ui::{AUTO_LABEL, CPU_LABEL, Command, gpu_entry_label};
+pub use toolbar_ui::{AUTO_LABEL, CPU_LABEL, gpu_entry_label};
 
+use crate::engine::{DeviceTarget, EngineConfig, EngineHandle, GpuFree};
 use crate::gpu::{DeviceChoice, GpuFeed, GpuSnapshot, ResolvedDevice, cuda_visible_gpus};
+use recording::RecordingView;
+use tasks::Tasks;
+
+/// Starts an engine for a configuration: [`EngineHandle::spawn`] in the app, a handle over
+/// test channels ([`EngineHandle::from_channels`]) in tests. Called again when the model
+/// folder changes.
+pub type EngineFactory = Box<dyn FnMut(EngineConfig) -> std::io::Result<EngineHandle>>;
 
 /// What the app needs from the outside world; tests pass fakes.
 pub struct AppDeps {
     /// GPU samples (from [`crate::gpu::spawn_monitor`], or [`GpuFeed::from_receiver`] in tests).
     pub gpu_feed: GpuFeed,
+    /// Starts the transcription engine.
+    pub engine: EngineFactory,
     /// `--device` / `SENSEVOICE_DEVICE`, already validated. Overrides the saved choice for this
     /// run without overwriting it, until the user picks another device.
     pub device_from_cli: Option<DeviceChoice>,
     /// `CUDA_VISIBLE_DEVICES` as the engine will see it (`None` = unset).
     pub cuda_visible_devices: Option<String>,
+    /// Where recordings are written.
+    pub recordings_dir: PathBuf,
 }
 
 impl AppDeps {
-    /// Deps with just a GPU feed: saved device choice, all GPUs visible.
-    pub fn new(gpu_feed: GpuFeed) -> Self {
+    /// Deps with a GPU feed and an engine: saved device choice, all GPUs visible, recordings
+    /// in the app's data folder.
+    pub fn new(gpu_feed: GpuFeed, engine: EngineFactory) -> Self {
         Self {
             gpu_feed,
+            engine,
             device_from_cli: None,
             cuda_visible_devices: None,
+            recordings_dir: default_recordings_dir(),
         }
     }
 }
+
+/// One line of the message log.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// When it was logged.
+    pub at: SystemTime,
+    /// The message.
+    pub text: String,
+    /// An error (drawn in red) rather than a notice.
+    pub is_error: bool,
+}
+
+/// Most lines the log keeps.
+const LOG_LINES: usize = 200;
 
 /// The GPU Scribe window.
 pub struct GpuScribeApp {
@@ -56,10 +108,30 @@ pub struct GpuScribeApp {
     /// The interval the monitor last accepted; differs from the setting until it is sent.
     applied_sample_interval: Option<Duration>,
     gpus: GpuView,
+    engine_factory: EngineFactory,
+    /// `None` when the engine could not start (the log says why).
+    engine: Option<EngineHandle>,
+    /// The target last sent to the engine.
+    sent_target: Option<DeviceTarget>,
+    /// The GPUs last sent to the engine (sent again to a new engine).
+    sent_gpus: Vec<GpuFree>,
+    engine_view: EngineView,
+    /// "Keep loaded" as the user set it.
+    keep_loaded: bool,
+    jobs: JobList,
+    tasks: Tasks,
+    /// A file dialog is open (one at a time).
+    dialog_open: bool,
+    recording: RecordingView,
+    recordings_dir: PathBuf,
+    log: Vec<LogLine>,
+    /// The model-folder text field's contents while it is edited.
+    model_dir_text: String,
 }
 
 impl GpuScribeApp {
-    /// Restores settings from eframe storage, installs the CJK font, and takes the deps.
+    /// Restores settings from eframe storage, installs the CJK font, starts the engine and lists
+    /// the input devices in the background.
     pub fn new(cc: &eframe::CreationContext<'_>, deps: AppDeps) -> Self {
         install_cjk_font(&cc.egui_ctx);
         let settings: Settings = cc
@@ -68,9 +140,16 @@ impl GpuScribeApp {
             .unwrap_or_default();
         let AppDeps {
             gpu_feed,
+            engine,
             device_from_cli,
             cuda_visible_devices,
+            recordings_dir,
         } = deps;
+        let model_dir_text = settings
+            .model_dir
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let mut app = Self {
             settings,
             device_from_cli,
@@ -78,8 +157,23 @@ impl GpuScribeApp {
             gpu_feed,
             applied_sample_interval: None,
             gpus: GpuView::default(),
+            engine_factory: engine,
+            engine: None,
+            sent_target: None,
+            sent_gpus: Vec::new(),
+            engine_view: EngineView::default(),
+            keep_loaded: false,
+            jobs: JobList::default(),
+            tasks: Tasks::new(cc.egui_ctx.clone()),
+            dialog_open: false,
+            recording: RecordingView::default(),
+            recordings_dir,
+            log: Vec::new(),
+            model_dir_text,
         };
+        app.start_engine();
         app.sync_sample_interval();
+        app.apply(Command::RefreshInputDevices);
         app
     }
 
@@ -106,19 +200,39 @@ impl GpuScribeApp {
         &self.gpus
     }
 
-    /// Applies one user command.
-    pub fn apply(&mut self, command: Command) {
-        match command {
-            Command::SetDevice(device) => {
-                self.device_from_cli = None;
-                self.settings.device = device;
-            }
-            Command::SetPlotWindow(window) => self.settings.plot_window = window,
-            Command::SetSampleInterval(interval) => {
-                self.settings.sample_interval_ms =
-                    u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-                self.sync_sample_interval();
-            }
+    /// What the engine last reported (slots, markers).
+    pub fn engine_view(&self) -> &EngineView {
+        &self.engine_view
+    }
+
+    /// The transcription queue.
+    pub fn jobs(&self) -> &JobList {
+        &self.jobs
+    }
+
+    /// The message log, oldest first.
+    pub fn log(&self) -> &[LogLine] {
+        &self.log
+    }
+
+    /// "Keep loaded" as the user set it.
+    pub fn keep_loaded(&self) -> bool {
+        self.keep_loaded
+    }
+
+    fn log_line(&mut self, text: String, is_error: bool) {
+        if is_error {
+            tracing::warn!("{text}");
+        } else {
+            tracing::info!("{text}");
+        }
+        self.log.push(LogLine {
+            at: SystemTime::now(),
+            text,
+            is_error,
+        });
+        if self.log.len() > LOG_LINES {
+            self.log.drain(..self.log.len() - LOG_LINES);
         }
     }
 
@@ -154,71 +268,126 @@ impl GpuScribeApp {
             ui.label(RichText::new(parts.join(" · ")).weak().small());
         });
     }
-}
 
-/// The placeholder for the transcription area (queue + transcript), filled in later.
-fn transcription_ui(ui: &mut egui::Ui, resolved: ResolvedDevice<'_>) {
-    ui.heading("Transcription");
-    ui.separator();
-    let target = match resolved {
-        ResolvedDevice::Gpu(gpu) => format!("Runs on GPU {} · {}", gpu.nvml_index, gpu.name),
-        ResolvedDevice::Cpu(_) => "Runs on the CPU".to_owned(),
-    };
-    ui.label(target);
-    ui.add_space(8.0);
-    ui.label(RichText::new("Drop audio files here or record from the microphone.").weak());
+    fn transcription_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        ui.heading("Transcription");
+        let target = match self.resolved_device() {
+            ResolvedDevice::Gpu(gpu) => format!("Runs on GPU {} · {}", gpu.nvml_index, gpu.name),
+            ResolvedDevice::Cpu(_) => "Runs on the CPU".to_owned(),
+        };
+        ui.label(RichText::new(target).weak());
+        ui.separator();
+        record_ui::input_ui(
+            ui,
+            &record_ui::InputView {
+                recording: &self.recording,
+                input_device: self.settings.input_device.as_deref(),
+                dialog_open: self.dialog_open,
+            },
+            commands,
+        );
+        ui.separator();
+        transcript_ui::options_ui(ui, &self.settings.decode, commands);
+        model_ui::model_settings_ui(
+            ui,
+            &self.settings,
+            &mut self.model_dir_text,
+            self.dialog_open,
+            commands,
+        );
+        ui.separator();
+        queue_ui::queue_ui(ui, &self.jobs, commands);
+        ui.separator();
+        transcript_ui::transcript_ui(ui, self.jobs.selected_row(), self.dialog_open, commands);
+    }
 }
 
 impl eframe::App for GpuScribeApp {
-    fn logic(&mut self, _ctx: &egui::Context, _frame: &mut eframe::Frame) {
-        for status in self.gpu_feed.drain() {
-            self.gpus.apply(status);
-        }
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.drain_gpu_feed();
         self.sync_sample_interval();
+        self.sync_target();
+        self.drain_engine();
+        for result in self.tasks.drain() {
+            self.on_task(result);
+        }
+        self.drain_recorder();
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        if !dropped.is_empty() {
+            self.apply(Command::AddPaths(dropped));
+        }
+        // The level meter and timer move on their own only while recording.
+        if self.recording.is_recording() {
+            ctx.request_repaint_after(Duration::from_millis(50));
+        }
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let mut commands = Vec::new();
         let visible: Vec<&GpuSnapshot> =
             cuda_visible_gpus(self.gpus.gpus(), self.cuda_visible_devices.as_deref());
         let mut selectable = visible.clone();
         selectable.sort_by_key(|g| g.nvml_index);
         let resolved = self.resolved_device();
         let target_uuid = match resolved {
-            ResolvedDevice::Gpu(gpu) => Some(gpu.uuid.as_str()),
+            ResolvedDevice::Gpu(gpu) => Some(gpu.uuid.clone()),
             ResolvedDevice::Cpu(_) => None,
         };
 
-        let commands = egui::Panel::top("toolbar")
-            .show(ui, |ui| {
-                toolbar_ui::toolbar_ui(
-                    ui,
-                    &toolbar_ui::ToolbarInput {
-                        device: self.device_choice(),
-                        resolved,
-                        selectable_gpus: &selectable,
-                        plot_window: self.settings.plot_window,
-                        sample_interval: self.settings.sample_interval(),
-                    },
-                )
-            })
-            .inner;
+        egui::Panel::top("toolbar").show(ui, |ui| {
+            commands.extend(toolbar_ui::toolbar_ui(
+                ui,
+                &toolbar_ui::ToolbarInput {
+                    device: self.device_choice(),
+                    resolved,
+                    selectable_gpus: &selectable,
+                    plot_window: self.settings.plot_window,
+                    sample_interval: self.settings.sample_interval(),
+                },
+            ));
+            badge_ui::badge_row_ui(
+                ui,
+                &badge_ui::BadgeInput {
+                    slots: &self.engine_view.slots,
+                    gpus: self.gpus.gpus(),
+                    keep_loaded: self.keep_loaded,
+                },
+                &mut commands,
+            );
+        });
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar_ui(ui));
+        if !self.log.is_empty() {
+            egui::Panel::bottom("log")
+                .resizable(true)
+                .default_size(70.0)
+                .show(ui, |ui| badge_ui::log_ui(ui, &self.log, &mut commands));
+        }
         egui::Panel::left("transcription")
             .resizable(true)
-            .default_size(320.0)
-            .min_size(200.0)
-            .show(ui, |ui| transcription_ui(ui, resolved));
+            .default_size(440.0)
+            .min_size(280.0)
+            .show(ui, |ui| self.transcription_ui(ui, &mut commands));
+        let worker_pids = self.engine_view.worker_pids();
         egui::CentralPanel::default().show(ui, |ui| {
             gpu_panel_ui::gpus_ui(
                 ui,
                 &gpu_panel_ui::PanelsInput {
                     view: &self.gpus,
                     window: self.settings.plot_window.duration(),
-                    target_uuid,
+                    target_uuid: target_uuid.as_deref(),
                     cuda_visible_devices: self.cuda_visible_devices.as_deref(),
+                    worker_pids: &worker_pids,
+                    markers: &self.engine_view.markers,
                 },
             );
         });
+        queue_ui::drop_overlay_ui(ui.ctx());
 
         for command in commands {
             self.apply(command);

@@ -1,14 +1,16 @@
 //! Persisted user settings (eframe storage). Read on the UI thread at start-up, saved by `save()`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{DecodeSettings, ResidencyConfig};
 use crate::gpu::{DEFAULT_SAMPLE_INTERVAL, DeviceChoice, clamp_sample_interval};
 
 /// Everything the app remembers between runs. `#[serde(default)]` so that settings saved by an
 /// older version (missing fields) still load.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
     /// Where transcription runs.
@@ -17,6 +19,14 @@ pub struct Settings {
     pub plot_window: PlotWindow,
     /// Time between GPU samples, clamped to 100 ms – 5 s when used.
     pub sample_interval_ms: u64,
+    /// Language, ITN and emoji options sent with every new job.
+    pub decode: DecodeSettings,
+    /// When the model leaves VRAM, and when its worker exits.
+    pub residency: ResidencyConfig,
+    /// A local SenseVoice folder; `None` downloads the release model on first use.
+    pub model_dir: Option<PathBuf>,
+    /// The microphone's id (`alsa:default`, …); `None` uses the default input.
+    pub input_device: Option<String>,
 }
 
 impl Default for Settings {
@@ -25,6 +35,10 @@ impl Default for Settings {
             device: DeviceChoice::Auto,
             plot_window: PlotWindow::default(),
             sample_interval_ms: u64::try_from(DEFAULT_SAMPLE_INTERVAL.as_millis()).unwrap_or(500),
+            decode: DecodeSettings::default(),
+            residency: ResidencyConfig::default(),
+            model_dir: None,
+            input_device: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use egui::RichText;
 
+use super::command::Command;
 use super::format;
 use super::gpu_panel_ui::TARGET_COLOR;
 use super::settings::PlotWindow;
@@ -13,17 +14,6 @@ use crate::gpu::{
     CpuReason, DeviceChoice, GpuSnapshot, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, ResolvedDevice,
     short_uuid,
 };
-
-/// A change the user asked for in this frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// Run transcription on another device.
-    SetDevice(DeviceChoice),
-    /// Plot another span.
-    SetPlotWindow(PlotWindow),
-    /// Sample GPUs at another interval.
-    SetSampleInterval(Duration),
-}
 
 /// What the toolbar shows.
 pub struct ToolbarInput<'a> {

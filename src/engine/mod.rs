@@ -269,6 +269,17 @@ impl EngineHandle {
         })
     }
 
+    /// A handle over channels the caller owns, with no engine thread behind it: the seam that
+    /// lets UI tests read the requests the UI sends and answer with events of their choosing.
+    pub fn from_channels(requests: Sender<Request>, events: Receiver<Event>) -> Self {
+        Self {
+            requests,
+            events,
+            next_job_id: AtomicU64::new(1),
+            thread: None,
+        }
+    }
+
     /// Queues a file; returns its job id.
     pub fn transcribe(&self, path: PathBuf, settings: DecodeSettings) -> JobId {
         let job_id = self.next_job_id.fetch_add(1, Ordering::Relaxed);

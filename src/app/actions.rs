@@ -1,0 +1,347 @@
+//! What the app does with commands, engine events and task results. UI thread, called from
+//! `logic()` and after drawing in `ui()`; nothing here blocks (slow work goes to [`Tasks`]).
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use super::command::Command;
+use super::engine_link::{gpu_free_list, target_for};
+use super::inputs::{expand_paths, recording_file_name};
+use super::recording::RecordState;
+use super::tasks::{self, DialogAnswer, TaskResult};
+use super::{GpuScribeApp, LogLine};
+use crate::audio::{DeviceList, RecordError, RecordEvent};
+use crate::engine::{EngineConfig, Event, Request};
+use crate::gpu::{GpuStatus, MAX_PLOT_WINDOW};
+
+/// Shown when no file dialog could open.
+const NO_DIALOG: &str =
+    "no file dialog could be shown: install xdg-desktop-portal-gtk (or -kde) or zenity";
+
+impl GpuScribeApp {
+    /// Applies one user command.
+    pub fn apply(&mut self, command: Command) {
+        match command {
+            Command::SetDevice(device) => {
+                self.device_from_cli = None;
+                self.settings.device = device;
+                self.sync_target();
+            }
+            Command::SetPlotWindow(window) => self.settings.plot_window = window,
+            Command::SetSampleInterval(interval) => {
+                self.settings.sample_interval_ms =
+                    u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+                self.sync_sample_interval();
+            }
+            Command::AddPaths(paths) => self.queue_files(&expand_paths(&paths)),
+            Command::OpenFiles => self.open_dialog("file-dialog", tasks::open_files),
+            Command::ChooseModelDir => self.open_dialog("file-dialog", tasks::pick_model_folder),
+            Command::Export(format) => {
+                if let Some(transcript) = self
+                    .jobs
+                    .selected_row()
+                    .and_then(|row| row.transcript.clone())
+                {
+                    self.open_dialog("export", move || tasks::save_export(&transcript, format));
+                }
+            }
+            Command::Cancel(job_id) => self.send(Request::Cancel(job_id)),
+            Command::Select(job_id) => self.jobs.selected = Some(job_id),
+            Command::ClearFinished => self.jobs.clear_finished(),
+            Command::SetDecode(decode) => self.settings.decode = decode,
+            Command::StartRecording => self.start_recording(),
+            Command::StopRecording => self.stop_recording(),
+            Command::SetInputDevice(id) => self.settings.input_device = id,
+            Command::RefreshInputDevices => {
+                self.recording.devices = None;
+                let spawned = self.tasks.spawn("audio-devices", || {
+                    TaskResult::InputDevices(DeviceList::scan())
+                });
+                if let Err(err) = spawned {
+                    self.recording.devices = Some(DeviceList::default());
+                    self.log_line(format!("cannot list input devices: {err}"), true);
+                }
+            }
+            Command::UnloadNow => self.send(Request::UnloadNow),
+            Command::SetKeepLoaded(on) => {
+                self.keep_loaded = on;
+                self.send(Request::KeepLoaded(on));
+            }
+            Command::SetResidency(residency) => {
+                self.settings.residency = residency;
+                self.send(Request::SetResidency(residency));
+            }
+            Command::SetModelDir(dir) => {
+                self.model_dir_text = dir
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                if dir != self.settings.model_dir {
+                    self.settings.model_dir = dir;
+                    self.restart_engine();
+                }
+            }
+            Command::ClearLog => self.log.clear(),
+        }
+    }
+
+    fn send(&self, request: Request) {
+        if let Some(engine) = &self.engine {
+            engine.send(request);
+        }
+    }
+
+    /// Starts the engine with the current settings.
+    pub(super) fn start_engine(&mut self) {
+        let config = EngineConfig {
+            model_dir: self.settings.model_dir.clone(),
+            residency: self.settings.residency,
+            target: target_for(self.device_choice()),
+            ..EngineConfig::default()
+        };
+        self.sent_target = Some(config.target.clone());
+        match (self.engine_factory)(config) {
+            Ok(engine) => {
+                if !self.sent_gpus.is_empty() {
+                    engine.send(Request::Gpus(self.sent_gpus.clone()));
+                }
+                if self.keep_loaded {
+                    engine.send(Request::KeepLoaded(true));
+                }
+                self.engine = Some(engine);
+            }
+            Err(err) => self.log_line(
+                format!("the transcription engine did not start: {err}"),
+                true,
+            ),
+        }
+    }
+
+    /// A new engine for a new model folder; the old one shuts down on its own thread (its
+    /// workers get a grace period to exit, which the window must not wait for).
+    fn restart_engine(&mut self) {
+        if let Some(old) = self.engine.take() {
+            let stopped = std::thread::Builder::new()
+                .name("engine-stop".to_owned())
+                .spawn(move || drop(old));
+            if let Err(err) = stopped {
+                tracing::warn!("cannot stop the old engine in the background: {err}");
+            }
+        }
+        self.jobs
+            .fail_unfinished("stopped: the model folder was changed");
+        self.engine_view.slots.clear();
+        self.start_engine();
+        let source = self.settings.model_dir.as_ref().map_or_else(
+            || "the release model (downloaded on first use)".to_owned(),
+            |p| p.display().to_string(),
+        );
+        self.log_line(format!("model: {source}"), false);
+    }
+
+    fn open_dialog(&mut self, name: &str, work: impl FnOnce() -> TaskResult + Send + 'static) {
+        if self.dialog_open {
+            return;
+        }
+        match self.tasks.spawn(name, work) {
+            Ok(()) => self.dialog_open = true,
+            Err(err) => self.log_line(format!("cannot open the dialog: {err}"), true),
+        }
+    }
+
+    /// Queues each file with the current options.
+    fn queue_files(&mut self, files: &[PathBuf]) {
+        let Some(engine) = &self.engine else {
+            self.log_line(
+                "the transcription engine is not running; nothing was queued".to_owned(),
+                true,
+            );
+            return;
+        };
+        let now = Instant::now();
+        for path in files {
+            let job_id = engine.transcribe(path.clone(), self.settings.decode.clone());
+            self.jobs.push(job_id, path.clone(), now);
+        }
+    }
+
+    pub(super) fn drain_gpu_feed(&mut self) {
+        for status in self.gpu_feed.drain() {
+            if let GpuStatus::Sample(sample) = &status {
+                let gpus = gpu_free_list(sample, self.cuda_visible_devices.as_deref());
+                self.send(Request::Gpus(gpus.clone()));
+                self.sent_gpus = gpus;
+            }
+            self.gpus.apply(status);
+        }
+    }
+
+    /// Tells the engine where to run when the choice changed (and once at start).
+    pub(super) fn sync_target(&mut self) {
+        let target = target_for(self.device_choice());
+        if self.sent_target.as_ref() != Some(&target) {
+            self.send(Request::SetTarget(target.clone()));
+            self.sent_target = Some(target);
+        }
+    }
+
+    pub(super) fn drain_engine(&mut self) {
+        let events: Vec<Event> = self
+            .engine
+            .as_ref()
+            .map(|e| e.try_events().collect())
+            .unwrap_or_default();
+        let now = Instant::now();
+        for event in events {
+            match event {
+                Event::Status(slots) => {
+                    // A device slot made after "Keep loaded" was set does not know about it.
+                    if slots.iter().any(|s| s.keep_loaded != self.keep_loaded) {
+                        self.send(Request::KeepLoaded(self.keep_loaded));
+                    }
+                    self.engine_view.slots = slots;
+                }
+                // The engine has already written it to the tracing log.
+                Event::Notice(text) => self.log.push(LogLine {
+                    at: SystemTime::now(),
+                    text,
+                    is_error: false,
+                }),
+                Event::Marker { uuid, kind, at } => {
+                    if let Some(uuid) = uuid {
+                        self.engine_view.markers.record(uuid, kind, at, now);
+                    }
+                }
+                job_event => {
+                    if let Event::JobFailed {
+                        message,
+                        cancelled: false,
+                        ..
+                    } = &job_event
+                    {
+                        tracing::warn!("{message}");
+                    }
+                    self.jobs.apply(job_event);
+                }
+            }
+        }
+        let plot_now = self.gpus.now().map_or(now, |t| t.max(now));
+        self.engine_view.markers.trim(plot_now, MAX_PLOT_WINDOW);
+    }
+
+    pub(super) fn on_task(&mut self, result: TaskResult) {
+        match result {
+            TaskResult::OpenedFiles(answer) => {
+                self.dialog_open = false;
+                match answer {
+                    DialogAnswer::Chosen(paths) => self.apply(Command::AddPaths(paths)),
+                    DialogAnswer::Cancelled => {}
+                    DialogAnswer::Unavailable => self.log_line(NO_DIALOG.to_owned(), true),
+                }
+            }
+            TaskResult::ModelFolder(answer) => {
+                self.dialog_open = false;
+                match answer {
+                    DialogAnswer::Chosen(dir) => self.apply(Command::SetModelDir(Some(dir))),
+                    DialogAnswer::Cancelled => {}
+                    DialogAnswer::Unavailable => self.log_line(NO_DIALOG.to_owned(), true),
+                }
+            }
+            TaskResult::Exported(answer) => {
+                self.dialog_open = false;
+                match answer {
+                    DialogAnswer::Chosen(Ok(path)) => {
+                        self.log_line(format!("exported: {}", path.display()), false);
+                    }
+                    DialogAnswer::Chosen(Err(err)) => self.log_line(format!("{err:#}"), true),
+                    DialogAnswer::Cancelled => {}
+                    DialogAnswer::Unavailable => self.log_line(NO_DIALOG.to_owned(), true),
+                }
+            }
+            TaskResult::RecordingStarted(Ok(handle)) => {
+                if matches!(self.recording.state, RecordState::Starting) {
+                    self.recording.state = RecordState::Recording(handle);
+                    self.send(Request::Recording(true));
+                }
+            }
+            TaskResult::RecordingStarted(Err(err)) => {
+                self.recording.state = RecordState::Idle;
+                self.record_error(&err);
+            }
+            TaskResult::RecordingStopped(result) => {
+                self.recording.state = RecordState::Idle;
+                self.send(Request::Recording(false));
+                match result {
+                    Ok(path) => {
+                        self.log_line(format!("recorded: {}", path.display()), false);
+                        self.queue_files(&[path]);
+                    }
+                    Err(err) => {
+                        self.record_error(&err);
+                        // What was written before the failure is a valid WAV: transcribe it.
+                        if let RecordError::DeviceLost { path, .. }
+                        | RecordError::WriteWav { path, .. } = &err
+                            && path.is_file()
+                        {
+                            self.queue_files(std::slice::from_ref(path));
+                        }
+                    }
+                }
+            }
+            TaskResult::InputDevices(devices) => self.recording.devices = Some(devices),
+        }
+    }
+
+    fn record_error(&mut self, err: &RecordError) {
+        let text = format!("recording: {err}");
+        self.recording.error = Some(text.clone());
+        self.log_line(text, true);
+    }
+
+    fn start_recording(&mut self) {
+        if self.recording.is_active() {
+            return;
+        }
+        self.recording.error = None;
+        let path = self
+            .recordings_dir
+            .join(recording_file_name(SystemTime::now()));
+        let device = self.settings.input_device.clone();
+        let spawned = self.tasks.spawn("record-start", move || {
+            tasks::start_recording(device.as_deref(), path)
+        });
+        match spawned {
+            Ok(()) => self.recording.state = RecordState::Starting,
+            Err(err) => self.log_line(format!("cannot start recording: {err}"), true),
+        }
+    }
+
+    fn stop_recording(&mut self) {
+        let RecordState::Recording(handle) = std::mem::take(&mut self.recording.state) else {
+            return;
+        };
+        self.recording.state = RecordState::Stopping;
+        let spawned = self.tasks.spawn("record-stop", move || {
+            TaskResult::RecordingStopped(handle.stop())
+        });
+        if let Err(err) = spawned {
+            self.recording.state = RecordState::Idle;
+            self.log_line(format!("cannot stop recording: {err}"), true);
+        }
+    }
+
+    /// Takes the recorder's events; a failure stops the recording (the file is kept).
+    pub(super) fn drain_recorder(&mut self) {
+        let RecordState::Recording(handle) = &self.recording.state else {
+            return;
+        };
+        let failed = handle
+            .events()
+            .try_iter()
+            .any(|event| matches!(event, RecordEvent::Failed(_)));
+        if failed {
+            // stop() hands back the same error, with the kept file.
+            self.stop_recording();
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The changes the user can ask for. Drawing code returns them; `GpuScribeApp::apply` carries
+//! them out after the frame is drawn, so `ui()` never changes state while it reads it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::settings::PlotWindow;
+use crate::engine::{DecodeSettings, ExportFormat, JobId, ResidencyConfig};
+use crate::gpu::DeviceChoice;
+
+/// A change the user asked for in this frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Run transcription on another device.
+    SetDevice(DeviceChoice),
+    /// Plot another span.
+    SetPlotWindow(PlotWindow),
+    /// Sample GPUs at another interval.
+    SetSampleInterval(Duration),
+    /// Queue these files and folders (folders give their audio files).
+    AddPaths(Vec<PathBuf>),
+    /// Show the "Open…" dialog.
+    OpenFiles,
+    /// Cancel a queued or running job.
+    Cancel(JobId),
+    /// Show this job's transcript.
+    Select(JobId),
+    /// Remove finished rows.
+    ClearFinished,
+    /// Save the selected transcript (asks where).
+    Export(ExportFormat),
+    /// Options for the next jobs.
+    SetDecode(DecodeSettings),
+    /// Start recording the microphone.
+    StartRecording,
+    /// Stop recording and transcribe the file.
+    StopRecording,
+    /// Record from another input (`None`: the default one).
+    SetInputDevice(Option<String>),
+    /// List the input devices again.
+    RefreshInputDevices,
+    /// Offload the model now (release it if already offloaded).
+    UnloadNow,
+    /// Pin the model, or stop pinning it.
+    SetKeepLoaded(bool),
+    /// Another idle policy.
+    SetResidency(ResidencyConfig),
+    /// Another model folder (`None`: the release model from Hugging Face).
+    SetModelDir(Option<PathBuf>),
+    /// Show the folder dialog for the model.
+    ChooseModelDir,
+    /// Empty the message log.
+    ClearLog,
+}
