@@ -71,11 +71,42 @@ fn main() {
             Vec::new()
         }
     };
+    install_cudart_for_the_app(&out_dir, &built);
     let list = out_dir.join("cuda_stubs.rs");
     if let Err(e) = std::fs::write(&list, generated_source(&built)) {
         // The crate's `include!` then fails with a clear "file not found", which names the file.
         println!("cargo:warning=cannot write {}: {e}", list.display());
     }
+}
+
+/// The app's own executable never calls CUDA, but candle-kernels' prebuilt objects (with their
+/// fat-binary registration at start-up) come along with candle and give it a DT_NEEDED entry for
+/// libcudart. So that the window starts where the CUDA runtime is missing, `gpuscribe` (only it,
+/// not the worker) gets a RUNPATH to a folder holding the libcudart stand-in: next to the
+/// executable (`<target>/<profile>/gpuscribe-cuda-stubs`, where cargo puts it) and
+/// `../lib/gpuscribe/cuda-stubs` (where packages put it). A real libcudart on `LD_LIBRARY_PATH`
+/// still wins, and the app never calls it either way.
+fn install_cudart_for_the_app(out_dir: &Path, built: &[Built]) {
+    let Some(cudart) = built.iter().find(|b| b.soname.starts_with("libcudart.so")) else {
+        return;
+    };
+    // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
+    let Some(profile_dir) = out_dir.ancestors().nth(3) else {
+        return;
+    };
+    let dir = profile_dir.join("gpuscribe-cuda-stubs");
+    let copied = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::copy(&cudart.path, dir.join(&cudart.soname)));
+    if let Err(e) = copied {
+        println!(
+            "cargo:warning=cannot place the libcudart stand-in in {}: {e}",
+            dir.display()
+        );
+        return;
+    }
+    println!(
+        "cargo:rustc-link-arg-bin=gpuscribe=-Wl,-rpath,$ORIGIN/gpuscribe-cuda-stubs:$ORIGIN/../lib/gpuscribe/cuda-stubs"
+    );
 }
 
 /// One stand-in library: its SONAME and where it was built.

@@ -73,6 +73,7 @@ pub(super) struct Scheduler {
     slots: Vec<Slot>,
     next_generation: u64,
     last_status: Vec<SlotStatus>,
+    keep_loaded: bool,
 }
 
 impl Scheduler {
@@ -88,6 +89,7 @@ impl Scheduler {
             slots: Vec::new(),
             next_generation: 1,
             last_status: Vec::new(),
+            keep_loaded: false,
         }
     }
 
@@ -164,6 +166,7 @@ impl Scheduler {
                 }
             }
             Request::KeepLoaded(on) => {
+                self.keep_loaded = on;
                 for i in 0..self.slots.len() {
                     let action = self.slots[i]
                         .residency
@@ -334,9 +337,12 @@ impl Scheduler {
         if let Some(i) = self.slots.iter().position(|s| s.key() == key) {
             return i;
         }
+        let mut residency = ResidencyMachine::new(self.config.residency);
+        // A device used for the first time follows the current "keep loaded" choice.
+        residency.on_event(ResidencyEvent::KeepLoaded(self.keep_loaded), Instant::now());
         self.slots.push(Slot {
             device,
-            residency: ResidencyMachine::new(self.config.residency),
+            residency,
             process: None,
             queue: VecDeque::new(),
             running: None,
