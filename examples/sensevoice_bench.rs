@@ -166,6 +166,20 @@ fn speed(
         })
         .collect::<Result<_, _>>()?;
     let ms = median(runs);
+    // Where the time goes: the CPU frontend (fbank + LFR + CMVN, clips in parallel) alone.
+    let started = Instant::now();
+    let feats: Vec<(Vec<f32>, usize)> = clips.iter().map(|c| model.features(c)).collect();
+    let frontend_serial_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let started = Instant::now();
+    let out = model.forward_features(&feats, &vec![Prompt::default(); feats.len()], None)?;
+    let ids = out.logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
+    let forward_argmax_ms = started.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "{}",
+        serde_json::json!({"bench": "batch_breakdown", "dtype": format!("{dt:?}"), "batch": batch,
+            "frontend_one_thread_ms": frontend_serial_ms, "forward_and_argmax_ms": forward_argmax_ms,
+            "frames": ids.first().map_or(0, Vec::len)})
+    );
     println!(
         "{}",
         serde_json::json!({"bench": "batch_of_30s_segments", "dtype": format!("{dt:?}"), "batch": batch,

@@ -43,8 +43,8 @@ fi
 
 if has funasr; then
     say "FunASR speed on the same GPU and inputs (fp32, torch)"
-    ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 10 --batch-size 1 --repeat 20 "$WORK/speech_10s.wav" 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); d.pop("first_text",None); print(json.dumps(d))' )
-    ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 30 --batch-size 16 --repeat 5 "$WORK/speech_480s.wav" 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); d.pop("first_text",None); print(json.dumps(d))' )
+    ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 10 --batch-size 1 --repeat 20 "$WORK/speech_10s.wav" 2>/dev/null | grep -vE "first_text|^funasr|^Notice|^If you|^\s+(sudo|#)" )
+    ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 30 --batch-size 16 --repeat 5 "$WORK/speech_480s.wav" 2>/dev/null | grep -vE "first_text|^funasr|^Notice|^If you|^\s+(sudo|#)" )
 fi
 
 if has residency; then
@@ -93,8 +93,10 @@ fi
 
 if has cpu; then
     say "starts everywhere: without the CUDA runtime on the library path"
-    env -u LD_LIBRARY_PATH "$BIN/gpuscribe-worker" < /dev/null; echo "worker exit $?"
-    env -u LD_LIBRARY_PATH "$BIN/gpuscribe" gpus | head -3
-    env -u LD_LIBRARY_PATH "$BIN/gpuscribe" transcribe --device auto --model-dir tests/data/sensevoice/tiny --format json tests/data/sensevoice/audio/zh_mid.wav | head -12
+    # NO_CUDA_LIBRARY_PATH: the library path without CUDA (e.g. where a carried libasound is).
+    nocuda="env LD_LIBRARY_PATH=${NO_CUDA_LIBRARY_PATH:-}"
+    $nocuda "$BIN/gpuscribe-worker" < /dev/null; echo "worker exit $?"
+    $nocuda "$BIN/gpuscribe" gpus | head -3
+    $nocuda "$BIN/gpuscribe" transcribe --device auto --model-dir tests/data/sensevoice/tiny --format json tests/data/sensevoice/audio/zh_mid.wav | head -12
     echo "exit $?"
 fi

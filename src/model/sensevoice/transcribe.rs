@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::config::{ConfigError, SenseVoiceConfig};
 use super::decode::{BLANK_ID, ctc_greedy};
@@ -263,7 +264,8 @@ impl SenseVoice {
         if clips.is_empty() {
             return Ok(Vec::new());
         }
-        let feats: Vec<(Vec<f32>, usize)> = clips.iter().map(|c| self.features(c)).collect();
+        // The frontend runs on the CPU; clips of a batch are independent, so use every core.
+        let feats: Vec<(Vec<f32>, usize)> = clips.par_iter().map(|c| self.features(c)).collect();
         let prompt = Prompt {
             language: opts.language,
             use_itn: opts.use_itn,
