@@ -292,7 +292,12 @@ impl Scheduler {
             let chosen = gpus.remove(pos);
             gpus.insert(0, chosen);
         }
+        // A build without CUDA has no GPU worker to start: say so once per job, run on the CPU.
         let wants_gpu = !matches!(self.config.target, DeviceTarget::Cpu);
+        if wants_gpu && !cfg!(feature = "cuda") && !self.gpus.is_empty() {
+            reasons.push("this build has no CUDA support (build with --features cuda)".to_owned());
+        }
+        let wants_gpu = wants_gpu && cfg!(feature = "cuda");
         let mut device = WorkerDevice::Cpu;
         if wants_gpu {
             for gpu in gpus {
