@@ -77,6 +77,8 @@ fn fixture_with(statuses: Vec<GpuStatus>, edit: impl FnOnce(&mut AppDeps)) -> Fi
     edit(&mut deps);
     let mut harness = Harness::builder()
         .with_size([1400.0, 900.0])
+        // New rows and the theme can take a few frames to settle; 4 (the default) is tight.
+        .with_max_steps(16)
         .build_eframe(move |cc| GpuScribeApp::new(cc, deps));
     harness.run();
     Fixture { harness, tx }
@@ -319,6 +321,8 @@ fn settings_persist_across_runs() {
     let (_tx, rx) = bounded(4);
     let mut harness = Harness::builder()
         .with_size([1400.0, 900.0])
+        // New rows and the theme can take a few frames to settle; 4 (the default) is tight.
+        .with_max_steps(16)
         .build_eframe(|cc| {
             cc.storage = Some(&storage);
             GpuScribeApp::new(

@@ -72,6 +72,8 @@ impl Fixture {
         deps.recordings_dir = recordings.path().to_path_buf();
         let mut harness = Harness::builder()
             .with_size([1400.0, 900.0])
+            // New rows and the theme can take a few frames to settle; 4 (the default) is tight.
+            .with_max_steps(16)
             .build_eframe(move |cc| GpuScribeApp::new(cc, deps));
         harness.run();
         Self {
