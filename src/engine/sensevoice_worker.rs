@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use super::protocol::{DecodeSettings, Precision, WorkerDevice};
-use super::worker::{RunError, SegmentText, SpeechModel, run_worker};
+use super::worker::{RunError, SegmentText, SpeechModel, is_out_of_memory, run_worker};
 use crate::model::files::ModelFiles;
 use crate::model::sensevoice::{DecodeOptions, Language, ModelError, SenseVoice, TextStyle};
 
@@ -30,12 +30,6 @@ fn run_error(err: &ModelError) -> RunError {
     } else {
         RunError::Other(message)
     }
-}
-
-/// CUDA reports allocation failures as `CUDA_ERROR_OUT_OF_MEMORY` or "out of memory".
-fn is_out_of_memory(message: &str) -> bool {
-    let lower = message.to_ascii_lowercase();
-    lower.contains("out_of_memory") || lower.contains("out of memory")
 }
 
 fn dtype_label(dtype: DType) -> &'static str {

@@ -167,7 +167,7 @@ pub fn run_worker<R, W>(
                             ms: ms_since(started),
                         }),
                         Err(message) => send(WorkerEvent::LoadFailed {
-                            out_of_memory: message.contains("out of memory"),
+                            out_of_memory: is_out_of_memory(&message),
                             message,
                         }),
                     }
@@ -176,6 +176,13 @@ pub fn run_worker<R, W>(
             WorkerRequest::Shutdown => break,
         }
     }
+}
+
+/// Whether an error message is a device allocation failure: CUDA reports them as
+/// `CUDA_ERROR_OUT_OF_MEMORY` or "out of memory".
+pub fn is_out_of_memory(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("out_of_memory") || lower.contains("out of memory")
 }
 
 fn ms_since(started: Instant) -> f64 {
