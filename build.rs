@@ -1,4 +1,5 @@
-//! Build script: stand-in CUDA libraries for `cuda` builds (nothing at all without `cuda`).
+//! Build script for `cuda` builds (nothing at all without `cuda`): the fused encoder kernels as
+//! PTX (`build/ptx.rs`), and stand-in CUDA libraries.
 //!
 //! With `cuda`, candle links the CUDA libraries at link time, so `gpuscribe-worker` has DT_NEEDED
 //! entries for libcuda.so.1, libcublas.so.13, libcurand.so.10 and libcudart.so.13 and the dynamic
@@ -18,6 +19,9 @@ use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build/ptx.rs"]
+mod ptx;
 
 /// The link names (`-l<name>`) of the libraries a candle `cuda` build may need at load time.
 /// libcublasLt comes in through libcublas, and libnvrtc is usually dropped by `--as-needed`,
@@ -62,6 +66,11 @@ fn main() {
         println!("cargo:warning=OUT_DIR is not set; no stand-in CUDA libraries");
         return;
     };
+    if let Err(message) = ptx::compile(&out_dir) {
+        // candle's own kernels need the same nvcc, so a cuda build cannot go on without it.
+        eprintln!("error: cannot build the fused CUDA kernels: {message}");
+        std::process::exit(1);
+    }
     let built = match build_stubs(&out_dir) {
         Ok(built) => built,
         Err(message) => {

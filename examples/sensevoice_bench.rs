@@ -188,6 +188,199 @@ fn speed(
     Ok(())
 }
 
+/// Times one closure `reps` times with a device sync after each; returns the median in ms.
+fn time_op(
+    dev: &Device,
+    reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<candle_core::Tensor>,
+) -> anyhow::Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let mut runs = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let started = Instant::now();
+        let out = f()?;
+        dev.synchronize()?;
+        runs.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(out);
+    }
+    Ok(median(runs))
+}
+
+/// Where a layer's time goes: each candle op of one SAN-M layer, on random tensors of the
+/// batch shape, timed alone; then the real encoder layer by layer (sync after each layer).
+fn ops(
+    model_dir: &Path,
+    dev: &Device,
+    dt: DType,
+    batch: usize,
+    frames: usize,
+) -> anyhow::Result<()> {
+    use candle_core::{Module, Tensor};
+    let (b, t, d, h, k, hidden) = (batch, frames, 512usize, 4usize, 11usize, 2048usize);
+    let x32 = Tensor::randn(0f32, 1.0, (b, t, d), dev)?;
+    let x = x32.to_dtype(dt)?;
+    let lin = |i: usize, o: usize| -> candle_core::Result<candle_nn::Linear> {
+        Ok(candle_nn::Linear::new(
+            Tensor::randn(0f32, 0.02, (o, i), dev)?.to_dtype(dt)?,
+            Some(Tensor::zeros(o, dt, dev)?),
+        ))
+    };
+    let (qkv_l, out_l, w1, w2) = (lin(d, 3 * d)?, lin(d, d)?, lin(d, hidden)?, lin(hidden, d)?);
+    let g = Tensor::ones(d, DType::F32, dev)?;
+    let beta = Tensor::zeros(d, DType::F32, dev)?;
+    let qkv = qkv_l.forward(&x)?;
+    let v = qkv.narrow(2, 2 * d, d)?.contiguous()?;
+    let padded = v.pad_with_zeros(1, 5, 5)?;
+    let index: Vec<u32> = (0..t)
+        .flat_map(|i| (0..k).map(move |j| (i + j) as u32))
+        .collect();
+    let index = Tensor::from_vec(index, t * k, dev)?;
+    let kd = Tensor::randn(0f32, 0.1, (k, d), dev)?.to_dtype(dt)?;
+    let unfolded = padded.index_select(&index, 1)?.reshape((b, t, k, d))?;
+    let prod = unfolded.broadcast_mul(&kd)?;
+    let heads = qkv
+        .reshape((b, t, 3, h, d / h))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, kk, vv) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
+    let scores = q.matmul(&kk.t()?)?.to_dtype(DType::F32)?;
+    let attn = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dt)?;
+    let reps = 20;
+    let mut report = serde_json::Map::new();
+    let mut put = |name: &str, ms: f64| {
+        report.insert(
+            name.to_owned(),
+            serde_json::json!((ms * 1000.0).round() / 1000.0),
+        );
+    };
+    put(
+        "layernorm_mean_sub",
+        time_op(dev, reps, || {
+            x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)
+        })?,
+    );
+    put(
+        "layernorm_fused",
+        time_op(dev, reps, || {
+            candle_nn::ops::layer_norm(&x32, &g, &beta, 1e-5)
+        })?,
+    );
+    put("cast_f32_to_dt", time_op(dev, reps, || x32.to_dtype(dt))?);
+    put(
+        "cast_dt_to_f32",
+        time_op(dev, reps, || x.to_dtype(DType::F32))?,
+    );
+    put("add_f32", time_op(dev, reps, || &x32 + &x32)?);
+    put("linear_qkv", time_op(dev, reps, || qkv_l.forward(&x))?);
+    put("linear_out", time_op(dev, reps, || out_l.forward(&x))?);
+    put(
+        "ffn_w1_relu",
+        time_op(dev, reps, || w1.forward(&x)?.relu())?,
+    );
+    let hid = w1.forward(&x)?;
+    put("ffn_w2", time_op(dev, reps, || w2.forward(&hid))?);
+    put(
+        "fsmn_narrow_contiguous",
+        time_op(dev, reps, || qkv.narrow(2, 2 * d, d)?.contiguous())?,
+    );
+    put(
+        "fsmn_pad",
+        time_op(dev, reps, || v.pad_with_zeros(1, 5, 5))?,
+    );
+    put(
+        "fsmn_index_select",
+        time_op(dev, reps, || padded.index_select(&index, 1))?,
+    );
+    put(
+        "fsmn_mul",
+        time_op(dev, reps, || unfolded.broadcast_mul(&kd))?,
+    );
+    put("fsmn_sum_dim2", time_op(dev, reps, || prod.sum(2))?);
+    put(
+        "fsmn_shift_add",
+        time_op(dev, reps, || {
+            let mut acc = v.clone();
+            for j in 0..k {
+                acc = (acc
+                    + padded
+                        .narrow(1, j, t)?
+                        .broadcast_mul(&kd.get(j)?.reshape((1, 1, d))?)?)?;
+            }
+            Ok(acc)
+        })?,
+    );
+    put(
+        "heads_permute_contiguous",
+        time_op(dev, reps, || {
+            qkv.reshape((b, t, 3, h, d / h))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()
+        })?,
+    );
+    put(
+        "attn_scores_matmul",
+        time_op(dev, reps, || q.matmul(&kk.t()?))?,
+    );
+    put(
+        "attn_softmax_f32_casts",
+        time_op(dev, reps, || {
+            candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dt)
+        })?,
+    );
+    put(
+        "attn_av_matmul_merge",
+        time_op(dev, reps, || {
+            attn.matmul(&vv)?.transpose(1, 2)?.reshape((b, t, d))
+        })?,
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "ops_ms", "dtype": format!("{dt:?}"),
+        "shape": [b, t, d], "ops": report})
+    );
+
+    // The real encoder, layer by layer.
+    let (model, _) = load(model_dir, dev, dt)?;
+    let feats = Tensor::randn(0f32, 1.0, (b, t - 4, 560), dev)?;
+    let lengths = vec![t - 4; b];
+    let prompts = vec![Prompt::default(); b];
+    for _ in 0..2 {
+        model.model().forward(&feats, &lengths, &prompts, None)?;
+    }
+    dev.synchronize()?;
+    let mut per_layer = Vec::new();
+    let mut last = Instant::now();
+    let started = last;
+    let mut capture = |_: &str, _: &candle_core::Tensor| -> candle_core::Result<()> {
+        dev.synchronize()?;
+        per_layer.push(last.elapsed().as_secs_f64() * 1000.0);
+        last = Instant::now();
+        Ok(())
+    };
+    let out = model
+        .model()
+        .forward(&feats, &lengths, &prompts, Some(&mut capture))?;
+    dev.synchronize()?;
+    let synced_ms = started.elapsed().as_secs_f64() * 1000.0;
+    drop(out);
+    let unsynced = time_op(dev, 5, || {
+        Ok(model
+            .model()
+            .forward(&feats, &lengths, &prompts, None)?
+            .logits)
+    })?;
+    let head = per_layer.iter().take(3).copied().collect::<Vec<_>>();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "encoder_layers", "dtype": format!("{dt:?}"),
+        "forward_ms": unsynced, "forward_synced_per_layer_ms": synced_ms,
+        "layer_median_ms": median(per_layer[2..per_layer.len() - 1].to_vec()),
+        "first_layers_ms": head})
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let audio_dir = std::env::var_os("BENCH_AUDIO_DIR").map_or_else(
@@ -209,9 +402,17 @@ fn main() -> anyhow::Result<()> {
             Path::new(clip10),
             Path::new(segment30),
         ),
+        ["ops", dir, dev, dt, batch, frames] => ops(
+            Path::new(dir),
+            &device(dev)?,
+            dtype(dt)?,
+            batch.parse()?,
+            frames.parse()?,
+        ),
         _ => bail!(
             "usage: sensevoice_bench parity DIR DEVICE DTYPE | \
-             speed MODEL_DIR DEVICE DTYPE BATCH CLIP10_WAV SEGMENT30_WAV"
+             speed MODEL_DIR DEVICE DTYPE BATCH CLIP10_WAV SEGMENT30_WAV | \
+             ops MODEL_DIR DEVICE DTYPE BATCH FRAMES"
         ),
     }
 }

@@ -50,8 +50,10 @@ impl ModelShape {
         // FFN hidden (ffn_units): about 8·d + ffn per frame, at the run dtype, doubled for
         // f32 upcasts in LayerNorm.
         let hidden = b * t * (8 * self.d_model + self.ffn_units) * self.dtype_bytes * 2;
-        // CTC logits in f32 plus the argmax pass over them.
-        let logits = b * t * self.vocab * 4 * 2;
+        // CTC logits at the run dtype, a few items at a time (`IDS_CHUNK`), before and after
+        // the bias.
+        let chunk = b.min(crate::model::sensevoice::model::IDS_CHUNK as u64);
+        let logits = chunk * t * self.vocab * self.dtype_bytes * 2;
         scores + hidden + logits
     }
 
@@ -85,8 +87,12 @@ pub fn max_batch_that_fits(
     let Some(room) = available_bytes.checked_sub(fixed) else {
         return 0;
     };
-    let per_item = shape.activation_bytes(1, secs).max(1);
-    (room / per_item).min(max_batch)
+    // The logits term stops growing past a few items, so search rather than divide.
+    let mut batch = 0;
+    while batch < max_batch && shape.activation_bytes(batch + 1, secs) <= room {
+        batch += 1;
+    }
+    batch
 }
 
 #[cfg(test)]

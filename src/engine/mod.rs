@@ -99,7 +99,7 @@ impl Default for EngineConfig {
             residency: ResidencyConfig::default(),
             vram_margin: 0.1,
             target: DeviceTarget::Auto,
-            max_batch: 4,
+            max_batch: 16,
             worker_exe: None,
         }
     }

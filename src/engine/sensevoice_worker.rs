@@ -21,6 +21,16 @@ struct SenseVoiceModel {
     offloaded: Option<SenseVoice>,
     device: Device,
     dtype: DType,
+    /// Features of the batch announced as `next`, computed while the device ran the previous
+    /// one, keyed by the clips' addresses and lengths.
+    prefetched: Option<(Vec<(usize, usize)>, Vec<(Vec<f32>, usize)>)>,
+}
+
+fn clip_keys(clips: &[&[f32]]) -> Vec<(usize, usize)> {
+    clips
+        .iter()
+        .map(|c| (c.as_ptr() as usize, c.len()))
+        .collect()
 }
 
 fn run_error(err: &ModelError) -> RunError {
@@ -52,6 +62,7 @@ impl SpeechModel for SenseVoiceModel {
     fn transcribe_batch(
         &mut self,
         clips: &[&[f32]],
+        next: &[&[f32]],
         settings: &DecodeSettings,
     ) -> Result<Vec<SegmentText>, RunError> {
         let Some(model) = self.active.as_ref() else {
@@ -68,7 +79,17 @@ impl SpeechModel for SenseVoiceModel {
                 TextStyle::Plain
             },
         };
-        let result = model.transcribe_batch(clips, &options);
+        let feats = match self.prefetched.take() {
+            Some((keys, feats)) if keys == clip_keys(clips) => feats,
+            _ => model.features_batch(clips),
+        };
+        let mut next_feats = None;
+        let result = model.transcribe_features(clips, &feats, &options, || {
+            if !next.is_empty() {
+                next_feats = Some((clip_keys(next), model.features_batch(next)));
+            }
+        });
+        self.prefetched = next_feats;
         if result.is_err() {
             // Give back whatever the failed pass allocated before a retry with a smaller batch.
             synchronize(&self.device);
@@ -84,6 +105,10 @@ impl SpeechModel for SenseVoiceModel {
                 event: t.tags.event.clone().unwrap_or_default(),
             })
             .collect())
+    }
+
+    fn end_job(&mut self) {
+        self.prefetched = None;
     }
 
     fn offload(&mut self) -> Result<(), String> {
@@ -139,23 +164,47 @@ fn load(
     device: &WorkerDevice,
     precision: Precision,
 ) -> Result<Box<dyn SpeechModel>, RunError> {
-    let device = match device {
-        WorkerDevice::Cpu => Device::Cpu,
-        WorkerDevice::Cuda { ordinal, .. } => Device::new_cuda(*ordinal)
-            .map_err(|err| RunError::Other(format!("GPU unavailable: {err}")))?,
-    };
-    let dtype = match (precision, device.is_cpu()) {
+    let is_cpu = matches!(device, WorkerDevice::Cpu);
+    let dtype = match (precision, is_cpu) {
         (Precision::Auto, true) | (Precision::F32, _) => DType::F32,
         (Precision::Auto, false) | (Precision::Bf16, _) => DType::BF16,
         (Precision::F16, _) => DType::F16,
     };
-    let files = ModelFiles::from_dir(dir).map_err(|err| RunError::Other(format!("{err:#}")))?;
-    let model = SenseVoice::load(&files, &device, dtype).map_err(|err| run_error(&err))?;
+    // Creating the CUDA context and cuBLAS handle takes a few hundred milliseconds: do it on
+    // its own thread while this one reads and converts the weights.
+    let cuda_init = match device {
+        WorkerDevice::Cpu => None,
+        WorkerDevice::Cuda { ordinal, .. } => {
+            let ordinal = *ordinal;
+            let spawned = std::thread::Builder::new()
+                .name("cuda-init".to_owned())
+                .spawn(move || Device::new_cuda(ordinal));
+            Some(spawned.map_err(|err| RunError::Other(format!("cannot start a thread: {err}")))?)
+        }
+    };
+    let files = ModelFiles::from_dir(dir).map_err(|err| RunError::Other(format!("{err:#}")));
+    let host = files.and_then(|files| {
+        SenseVoice::load(&files, &Device::Cpu, dtype).map_err(|err| run_error(&err))
+    });
+    let device = match cuda_init {
+        None => Device::Cpu,
+        Some(handle) => handle
+            .join()
+            .map_err(|_| RunError::Other("GPU unavailable: CUDA initialisation panicked".into()))?
+            .map_err(|err| RunError::Other(format!("GPU unavailable: {err}")))?,
+    };
+    let host = host?;
+    let model = if device.is_cpu() {
+        host
+    } else {
+        host.to_device(&device).map_err(|err| run_error(&err))?
+    };
     Ok(Box::new(SenseVoiceModel {
         active: Some(model),
         offloaded: None,
         device,
         dtype,
+        prefetched: None,
     }))
 }
 

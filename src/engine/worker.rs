@@ -49,12 +49,18 @@ pub enum RunError {
 
 /// A loaded model, as the worker needs it.
 pub trait SpeechModel {
-    /// Transcribes a batch of 16 kHz mono clips.
+    /// Transcribes a batch of 16 kHz mono clips. `next` is the batch that will most likely
+    /// come next (empty at the end of a job): a model may prepare it while the device works
+    /// on this one.
     fn transcribe_batch(
         &mut self,
         clips: &[&[f32]],
+        next: &[&[f32]],
         settings: &DecodeSettings,
     ) -> Result<Vec<SegmentText>, RunError>;
+    /// The job whose batches came so far is over (done, failed or cancelled): anything
+    /// prepared for its `next` batch is stale.
+    fn end_job(&mut self) {}
     /// Moves the weights to host RAM, freeing device memory.
     fn offload(&mut self) -> Result<(), String>;
     /// Moves the weights back to the device.
@@ -143,6 +149,7 @@ pub fn run_worker<R, W>(
                     cancelled: &cancelled,
                 };
                 job.run(model, decoder, &mut send);
+                model.end_job();
             }
             WorkerRequest::Cancel { .. } => {}
             WorkerRequest::Offload => {
@@ -267,8 +274,12 @@ impl Job<'_> {
                     format!("cancelled: {}", self.path.display()),
                 ));
             }
-            let clips: Vec<&[f32]> = batch.iter().map(|&i| &samples[ranges[i].clone()]).collect();
-            match model.transcribe_batch(&clips, self.settings) {
+            let clips_of = |batch: &[usize]| -> Vec<&[f32]> {
+                batch.iter().map(|&i| &samples[ranges[i].clone()]).collect()
+            };
+            let clips = clips_of(&batch);
+            let next = pending.last().map_or_else(Vec::new, |b| clips_of(b));
+            match model.transcribe_batch(&clips, &next, self.settings) {
                 Ok(texts) => {
                     let mut segments = Vec::with_capacity(batch.len());
                     for (&i, text) in batch.iter().zip(texts) {
@@ -383,6 +394,7 @@ mod tests {
         fn transcribe_batch(
             &mut self,
             clips: &[&[f32]],
+            _next: &[&[f32]],
             settings: &DecodeSettings,
         ) -> Result<Vec<SegmentText>, RunError> {
             if self.offloaded {

@@ -8,10 +8,11 @@
 //! run in the weights' dtype (f32, f16 or bf16). That keeps f16/bf16 free of overflow in the
 //! residual sum (FunASR issue #1889) at the cost of a few casts per layer.
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::EncoderConfig;
+use super::fused;
 
 const LAYER_NORM_EPS: f32 = 1e-5;
 
@@ -57,9 +58,11 @@ impl BatchMask {
 pub struct FrameContext {
     /// Key-padding masks; `None` when no item is padded.
     pub mask: Option<BatchMask>,
-    /// `[T * K]` gather index into the zero-padded sequence for the unfolded FSMN (GPU path);
-    /// `None` selects shift-and-add.
+    /// `[T * K]` gather index into the zero-padded sequence for the unfolded FSMN (GPU path
+    /// without fused kernels); `None` selects shift-and-add.
     pub fsmn_unfold: Option<Tensor>,
+    /// Valid frames per item, u32 `[B]` on the batch's device, for the fused CUDA kernels.
+    pub lengths: Tensor,
 }
 
 impl FrameContext {
@@ -74,6 +77,8 @@ impl FrameContext {
         device: &Device,
     ) -> Result<Self> {
         let mask = BatchMask::new(lengths, max_len, dtype, device)?;
+        let lengths_u32 = lengths.iter().map(|&l| l as u32).collect::<Vec<_>>();
+        let lengths = Tensor::from_vec(lengths_u32, lengths.len(), device)?;
         let fsmn_unfold = if unfold {
             let index: Vec<u32> = (0..max_len)
                 .flat_map(|t| (0..kernel_size).map(move |j| (t + j) as u32))
@@ -82,7 +87,11 @@ impl FrameContext {
         } else {
             None
         };
-        Ok(Self { mask, fsmn_unfold })
+        Ok(Self {
+            mask,
+            fsmn_unfold,
+            lengths,
+        })
     }
 }
 
@@ -107,9 +116,12 @@ impl LayerNorm {
     /// `E[x²] - E[x]²`, which loses about 1e-4 relative accuracy on the scaled encoder input;
     /// centring first makes `E[x]²` vanish and keeps the single fused kernel.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = xs.to_dtype(DType::F32)?;
-        let centred = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
-        candle_nn::ops::layer_norm(&centred, &self.weight, &self.bias, LAYER_NORM_EPS)
+        self.forward_to(xs, DType::F32)
+    }
+
+    /// [`Self::forward`], returned in `dtype` (one fused kernel on CUDA).
+    pub fn forward_to(&self, xs: &Tensor, dtype: DType) -> Result<Tensor> {
+        fused::layer_norm(xs, &self.weight, &self.bias, LAYER_NORM_EPS, dtype)
     }
 }
 
@@ -131,7 +143,7 @@ impl PositionwiseFeedForward {
 
     /// Applies the block in the weights' dtype.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.w_2.forward(&self.w_1.forward(xs)?.relu()?)
+        fused::linear(&self.w_2, &fused::linear(&self.w_1, xs, true)?, false)
     }
 }
 
@@ -204,6 +216,9 @@ impl MultiHeadedAttentionSANM {
     /// kernel launch, the K shifted views are gathered in one `index_select` and reduced in one
     /// multiply and one sum.
     fn forward_fsmn(&self, v: &Tensor, ctx: &FrameContext) -> Result<Tensor> {
+        if let Some(out) = fused::fsmn(v, &self.fsmn_kd, &ctx.lengths, self.left_pad) {
+            return out;
+        }
         let (b, t, d) = v.dims3()?;
         let vm = match &ctx.mask {
             Some(m) => v.broadcast_mul(&m.frames)?,
@@ -236,7 +251,7 @@ impl MultiHeadedAttentionSANM {
         let d = self.n_feat;
         let h = self.heads;
         let dk = d / h;
-        let qkv = self.linear_q_k_v.forward(xs)?;
+        let qkv = fused::linear(&self.linear_q_k_v, xs, false)?;
         let fsmn = self.forward_fsmn(&qkv.narrow(2, 2 * d, d)?, ctx)?;
         // One copy splits q, k, v into heads: [B, T, 3, H, dk] → [3, B, H, T, dk].
         let heads = qkv
@@ -244,14 +259,11 @@ impl MultiHeadedAttentionSANM {
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
         let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let scores = match &ctx.mask {
-            Some(m) => scores.broadcast_add(&m.key_bias)?,
-            None => scores,
-        };
-        let attn = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(xs.dtype())?;
+        let scores = q.matmul(&k.t()?)?;
+        let key_bias = ctx.mask.as_ref().map(|m| &m.key_bias);
+        let attn = fused::masked_softmax(&scores, &ctx.lengths, key_bias)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.linear_out.forward(&out)? + fsmn
+        fused::linear(&self.linear_out, &out, false)? + fsmn
     }
 }
 
@@ -287,11 +299,15 @@ impl EncoderLayerSANM {
 
     /// `xs` is the f32 residual stream `[B, T, in_feat]`; returns f32 `[B, T, D]`.
     pub fn forward(&self, xs: &Tensor, ctx: &FrameContext) -> Result<Tensor> {
-        let h = self.norm1.forward(xs)?.to_dtype(self.dtype)?;
-        let att = self.self_attn.forward(&h, ctx)?.to_dtype(DType::F32)?;
-        let xs = if self.residual { (xs + att)? } else { att };
-        let h = self.norm2.forward(&xs)?.to_dtype(self.dtype)?;
-        xs + self.feed_forward.forward(&h)?.to_dtype(DType::F32)?
+        let h = self.norm1.forward_to(xs, self.dtype)?;
+        let att = self.self_attn.forward(&h, ctx)?;
+        let xs = if self.residual {
+            fused::add_to_f32(xs, &att)?
+        } else {
+            att.to_dtype(DType::F32)?
+        };
+        let h = self.norm2.forward_to(&xs, self.dtype)?;
+        fused::add_to_f32(&xs, &self.feed_forward.forward(&h)?)
     }
 }
 

@@ -7,9 +7,12 @@
 //! thread (the engine worker in the application).
 
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda_ops;
 pub mod decode;
 pub mod encoder;
 pub mod frontend;
+pub mod fused;
 pub mod model;
 pub mod postprocess;
 pub mod timestamps;

@@ -2,11 +2,12 @@
 //!
 //! Reference: FunASR `funasr/models/sense_voice/model.py` (`SenseVoiceSmall.inference`).
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::SenseVoiceConfig;
 use super::encoder::{Capture, SenseVoiceEncoderSmall};
+use super::fused;
 
 /// Rows of `embed.weight` used as the four prompt frames.
 ///
@@ -109,10 +110,15 @@ impl Prompt {
     }
 }
 
+/// Batch items whose CTC logits [`SenseVoiceSmall::forward_ids`] holds at once (25 MB each
+/// for a 30 s segment in bf16).
+pub const IDS_CHUNK: usize = 4;
+
 /// Output of a batched forward pass.
 #[derive(Debug, Clone)]
 pub struct ModelOutput {
-    /// CTC logits, f32 `[B, 4 + T_max, vocab]` (raw, before log-softmax).
+    /// CTC logits `[B, 4 + T_max, vocab]` in the model's compute dtype (raw, before
+    /// log-softmax).
     pub logits: Tensor,
     /// Valid frames per item, prompt frames included (`feats_len + 4`).
     pub lengths: Vec<usize>,
@@ -180,6 +186,27 @@ impl SenseVoiceSmall {
         self.dtype
     }
 
+    /// Greedy CTC frame ids `[B, 4 + T_max]` (u32, on the device) of a padded batch, without
+    /// keeping the whole batch's logits: the CTC head and argmax run a few items at a time, so
+    /// the vocabulary-wide logits never take more than [`IDS_CHUNK`] items' worth of memory.
+    /// Same arguments as [`Self::forward`]; returns the ids and the valid lengths.
+    pub fn forward_ids(
+        &self,
+        feats: &Tensor,
+        feat_lengths: &[usize],
+        prompts: &[Prompt],
+    ) -> Result<(Tensor, Vec<usize>)> {
+        let (enc, lengths) = self.encode(feats, feat_lengths, prompts, None)?;
+        let enc = enc.to_dtype(self.dtype)?;
+        let b = enc.dim(0)?;
+        let mut ids = Vec::with_capacity(b.div_ceil(IDS_CHUNK));
+        for start in (0..b).step_by(IDS_CHUNK) {
+            let chunk = enc.narrow(0, start, IDS_CHUNK.min(b - start))?;
+            ids.push(fused::linear(&self.ctc_lo, &chunk, false)?.argmax(candle_core::D::Minus1)?);
+        }
+        Ok((Tensor::cat(&ids, 0)?, lengths))
+    }
+
     /// Runs a padded batch. `feats` is f32 `[B, T_max, input_size]` (zero-padded after CMVN),
     /// `feat_lengths[b]` the valid LFR frames of item b and `prompts[b]` its prompt.
     pub fn forward(
@@ -189,6 +216,21 @@ impl SenseVoiceSmall {
         prompts: &[Prompt],
         capture: Option<Capture<'_>>,
     ) -> Result<ModelOutput> {
+        let (enc, lengths) = self.encode(feats, feat_lengths, prompts, capture)?;
+        // Kept in the compute dtype: in f32 the logits of a batch of 16 x 30 s segments alone
+        // take 815 MB; greedy decoding needs only their argmax.
+        let logits = fused::linear(&self.ctc_lo, &enc.to_dtype(self.dtype)?, false)?;
+        Ok(ModelOutput { logits, lengths })
+    }
+
+    /// Prompt frames + encoder: f32 `[B, 4 + T_max, D]` and the valid lengths.
+    fn encode(
+        &self,
+        feats: &Tensor,
+        feat_lengths: &[usize],
+        prompts: &[Prompt],
+        capture: Option<Capture<'_>>,
+    ) -> Result<(Tensor, Vec<usize>)> {
         let (b, _, _) = feats.dims3()?;
         if feat_lengths.len() != b || prompts.len() != b {
             candle_core::bail!(
@@ -206,10 +248,6 @@ impl SenseVoiceSmall {
         let xs = Tensor::cat(&[&prompt, &feats.to_dtype(DType::F32)?], 1)?;
         let lengths: Vec<usize> = feat_lengths.iter().map(|l| l + PROMPT_FRAMES).collect();
         let enc = self.encoder.forward(&xs, &lengths, capture)?;
-        let logits = self
-            .ctc_lo
-            .forward(&enc.to_dtype(self.dtype)?)?
-            .to_dtype(DType::F32)?;
-        Ok(ModelOutput { logits, lengths })
+        Ok((enc, lengths))
     }
 }

@@ -241,6 +241,14 @@ impl SenseVoice {
         prompts: &[Prompt],
         capture: Option<Capture<'_>>,
     ) -> Result<ModelOutput, ModelError> {
+        let (xs, lengths) = self.upload(feats)?;
+        self.model
+            .forward(&xs, &lengths, prompts, capture)
+            .map_err(compute("forward pass"))
+    }
+
+    /// Zero-pads per-clip features into one `[B, T_max, 560]` tensor on the model's device.
+    fn upload(&self, feats: &[(Vec<f32>, usize)]) -> Result<(Tensor, Vec<usize>), ModelError> {
         let dim = self.frontend.feature_dim();
         let t_max = feats.iter().map(|(_, t)| *t).max().unwrap_or(0);
         let mut padded = vec![0.0f32; feats.len() * t_max * dim];
@@ -250,9 +258,12 @@ impl SenseVoice {
         let lengths: Vec<usize> = feats.iter().map(|(_, t)| *t).collect();
         let xs = Tensor::from_vec(padded, (feats.len(), t_max, dim), &self.device)
             .map_err(compute("upload"))?;
-        self.model
-            .forward(&xs, &lengths, prompts, capture)
-            .map_err(compute("forward pass"))
+        Ok((xs, lengths))
+    }
+
+    /// Features of several clips, on every core.
+    pub fn features_batch(&self, clips: &[&[f32]]) -> Vec<(Vec<f32>, usize)> {
+        clips.par_iter().map(|c| self.features(c)).collect()
     }
 
     /// Transcribes 16 kHz mono clips in [-1, 1) as one padded batch.
@@ -261,28 +272,53 @@ impl SenseVoice {
         clips: &[&[f32]],
         opts: &DecodeOptions,
     ) -> Result<Vec<Transcript>, ModelError> {
+        let feats = self.features_batch(clips);
+        self.transcribe_features(clips, &feats, opts, || {})
+    }
+
+    /// [`Self::transcribe_batch`] on features already computed (`feats[i]` from `clips[i]`).
+    /// `meanwhile` runs on this thread after the device has been given the whole batch and
+    /// before its results are read back, so CPU work there (the next batch's features)
+    /// overlaps the GPU's.
+    pub fn transcribe_features(
+        &self,
+        clips: &[&[f32]],
+        feats: &[(Vec<f32>, usize)],
+        opts: &DecodeOptions,
+        meanwhile: impl FnOnce(),
+    ) -> Result<Vec<Transcript>, ModelError> {
         if clips.is_empty() {
+            meanwhile();
             return Ok(Vec::new());
         }
-        // The frontend runs on the CPU; clips of a batch are independent, so use every core.
-        let feats: Vec<(Vec<f32>, usize)> = clips.par_iter().map(|c| self.features(c)).collect();
         let prompt = Prompt {
             language: opts.language,
             use_itn: opts.use_itn,
         };
-        let out = self.forward_features(&feats, &vec![prompt; clips.len()], None)?;
-        let decode_logits = match (opts.ban_emo_unk, self.emo_unknown_id) {
-            (true, Some(id)) => ban_column(&out.logits, id).map_err(compute("ban_emo_unk"))?,
-            _ => out.logits.clone(),
+        let prompts = vec![prompt; clips.len()];
+        let ban = opts.ban_emo_unk.then_some(self.emo_unknown_id).flatten();
+        let (ids, lengths, logits) = if opts.timestamps || ban.is_some() {
+            let out = self.forward_features(feats, &prompts, None)?;
+            let decode_logits = match ban {
+                Some(id) => ban_column(&out.logits, id).map_err(compute("ban_emo_unk"))?,
+                None => out.logits.clone(),
+            };
+            // Argmax on the device: only B x T ids cross to the host.
+            let ids = decode_logits.argmax(D::Minus1).map_err(compute("argmax"))?;
+            (ids, out.lengths, Some(out.logits))
+        } else {
+            let (xs, feat_lengths) = self.upload(feats)?;
+            let (ids, lengths) = self
+                .model
+                .forward_ids(&xs, &feat_lengths, &prompts)
+                .map_err(compute("forward pass"))?;
+            (ids, lengths, None)
         };
-        // Argmax on the device: only B x T ids cross to the host.
-        let frame_ids = decode_logits
-            .argmax(D::Minus1)
-            .and_then(|t| t.to_vec2::<u32>())
-            .map_err(compute("argmax"))?;
+        meanwhile();
+        let frame_ids = ids.to_vec2::<u32>().map_err(compute("argmax"))?;
         let mut results = Vec::with_capacity(clips.len());
         for (b, clip) in clips.iter().enumerate() {
-            let len = out.lengths[b];
+            let len = lengths[b];
             let ids = ctc_greedy(&frame_ids[b][..len], BLANK_ID);
             let raw_text = self.tokenizer.decode(&ids)?;
             let (tags, _) = parse_leading_tags(&raw_text);
@@ -300,8 +336,8 @@ impl SenseVoice {
                 segments: Vec::new(),
                 duration_s: clip.len() as f64 / 16_000.0,
             };
-            if opts.timestamps {
-                self.add_timestamps(&out.logits, b, len, &mut transcript)?;
+            if let Some(logits) = logits.as_ref().filter(|_| opts.timestamps) {
+                self.add_timestamps(logits, b, len, &mut transcript)?;
             }
             results.push(transcript);
         }
@@ -329,6 +365,7 @@ impl SenseVoice {
         let lp = logits
             .get(b)
             .and_then(|t| t.narrow(0, PROMPT_FRAMES, len - PROMPT_FRAMES))
+            .and_then(|t| t.to_dtype(DType::F32))
             .and_then(|t| candle_nn::ops::log_softmax(&t, D::Minus1))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
@@ -353,5 +390,5 @@ fn ban_column(logits: &Tensor, id: u32) -> candle_core::Result<Tensor> {
     if let Some(b) = bias.get_mut(id as usize) {
         *b = f32::NEG_INFINITY;
     }
-    logits.broadcast_add(&Tensor::from_vec(bias, vocab, logits.device())?)
+    logits.broadcast_add(&Tensor::from_vec(bias, vocab, logits.device())?.to_dtype(logits.dtype())?)
 }

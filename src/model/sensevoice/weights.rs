@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use super::config::SenseVoiceConfig;
 use super::model::EMBED_ROWS;
@@ -302,9 +303,10 @@ impl HostWeights {
     /// copy. LayerNorm parameters and the prompt embedding stay f32: they are tiny and the model computes
     /// norms and the residual stream in f32.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self, WeightsError> {
+        // One tensor per task: converting 234 M parameters on one core takes most of a second.
         let tensors = self
             .tensors
-            .iter()
+            .par_iter()
             .map(|(k, t)| {
                 let keep_f32 = k.contains("norm") || k == "embed.weight";
                 let target = if keep_f32 { DType::F32 } else { dtype };
@@ -351,26 +353,74 @@ fn sniff_safetensors(path: &Path) -> bool {
 }
 
 /// Reads a zip-format PyTorch checkpoint, probing the wrappers FunASR accepts.
+///
+/// candle's `PthTensors::get` opens and indexes the whole archive again for every tensor
+/// (about a thousand here); this reads the tensor list once and the entries in parallel, one
+/// open archive per worker thread.
 fn read_pth(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
-    let mut key = None;
-    let top = candle_core::pickle::read_pth_tensor_info(path, false, None)?;
-    if top.is_empty() {
+    let mut infos = candle_core::pickle::read_pth_tensor_info(path, false, None)?;
+    if infos.is_empty() {
         for k in NESTED_KEYS {
             // A missing key is an error from candle; just try the next wrapper.
-            if let Ok(infos) = candle_core::pickle::read_pth_tensor_info(path, false, Some(k))
-                && !infos.is_empty()
+            if let Ok(nested) = candle_core::pickle::read_pth_tensor_info(path, false, Some(k))
+                && !nested.is_empty()
             {
-                key = Some(k);
+                infos = nested;
                 break;
             }
         }
     }
-    let pth = candle_core::pickle::PthTensors::new(path, key)?;
-    let mut out = HashMap::with_capacity(pth.tensor_infos().len());
-    for name in pth.tensor_infos().keys() {
-        if let Some(t) = pth.get(name)? {
-            out.insert(name.clone(), t);
-        }
+    infos
+        .par_iter()
+        .map_init(
+            || open_archive(path),
+            |archive, info| {
+                let archive = archive
+                    .as_mut()
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                Ok((info.name.clone(), read_pth_tensor(archive, info)?))
+            },
+        )
+        .collect()
+}
+
+type Archive = zip::ZipArchive<std::io::BufReader<std::fs::File>>;
+
+fn open_archive(path: &Path) -> Result<Archive, zip::result::ZipError> {
+    zip::ZipArchive::new(std::io::BufReader::new(std::fs::File::open(path)?))
+}
+
+/// One tensor's storage from the archive, with the layouts candle's reader accepts: contiguous
+/// from an offset, or Fortran-contiguous (read reversed, then permuted back).
+fn read_pth_tensor(
+    archive: &mut Archive,
+    info: &candle_core::pickle::TensorInfo,
+) -> candle_core::Result<Tensor> {
+    use std::io::Read;
+    let layout = &info.layout;
+    let fortran = layout.is_fortran_contiguous();
+    if !layout.is_contiguous() && !fortran {
+        candle_core::bail!(
+            "{}: cannot read a non-contiguous tensor {layout:?}",
+            info.name
+        );
     }
-    Ok(out)
+    let elem = info.dtype.size_in_bytes();
+    let count = layout.shape().elem_count();
+    let mut entry = archive.by_name(&info.path)?;
+    let skip = (layout.start_offset() * elem) as u64;
+    if skip > 0 && std::io::copy(&mut entry.by_ref().take(skip), &mut std::io::sink())? < skip {
+        candle_core::bail!("{}: storage ends before the tensor starts", info.name);
+    }
+    let mut bytes = vec![0u8; count * elem];
+    entry.read_exact(&mut bytes)?;
+    let dims = layout.dims();
+    let rank = dims.len();
+    if rank > 1 && fortran {
+        let reversed: Vec<usize> = dims.iter().rev().copied().collect();
+        let t = Tensor::from_raw_buffer(&bytes, info.dtype, &reversed, &Device::Cpu)?;
+        t.permute((0..rank).rev().collect::<Vec<_>>())?.contiguous()
+    } else {
+        Tensor::from_raw_buffer(&bytes, info.dtype, dims, &Device::Cpu)
+    }
 }

@@ -1,0 +1,378 @@
+//! candle custom ops that launch the fused encoder kernels of `kernels.cu` (CUDA builds only).
+//!
+//! Each op checks its inputs' layouts and dtypes, allocates the output on the input's device and
+//! launches one kernel on candle's stream, so it orders with every other candle op. The kernels
+//! are compiled to PTX by build.rs and loaded once per device (candle caches the module).
+//! [`super::fused`] picks these on CUDA devices and plain candle ops elsewhere.
+#![allow(unsafe_code)] // kernel launches and uninitialised output buffers; see each SAFETY note.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr, kernel_name};
+use candle_core::{CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sensevoice_kernels.ptx"));
+const MODULE: &str = "gpuscribe_sensevoice";
+/// Threads per block of the row-wise kernels (a multiple of 32, see `block_sum`).
+const ROW_THREADS: u32 = 256;
+
+fn cpu_unsupported<T>(name: &str) -> Result<T> {
+    candle_core::bail!("{name} is a CUDA kernel; the CPU path uses candle ops")
+}
+
+fn contiguous<'a, T: CudaDType>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(storage.as_cuda_slice::<T>()?.slice(start..end)),
+        None => candle_core::bail!("{what} must be contiguous, got {layout:?}"),
+    }
+}
+
+fn rows_config(rows: usize) -> Result<LaunchConfig> {
+    let rows = u32::try_from(rows)
+        .ok()
+        .filter(|&r| r < i32::MAX as u32)
+        .ok_or_else(|| {
+            candle_core::Error::Msg(format!("{rows} rows is too many for one launch"))
+        })?;
+    Ok(LaunchConfig {
+        grid_dim: (rows.max(1), 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+fn to_u32(value: usize, what: &str) -> Result<u32> {
+    u32::try_from(value)
+        .map_err(|_| candle_core::Error::Msg(format!("{what} {value} overflows u32")))
+}
+
+/// Allocates `len` elements the kernel will write in full.
+fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every kernel below writes each of the `len` elements before anything reads them.
+    unsafe { dev.alloc::<T>(len.max(1)) }
+}
+
+/// Runs `$body` with `$t` bound to the Rust element type of `$dtype` (f32, f16 or bf16).
+macro_rules! with_float_type {
+    ($dtype:expr, $name:expr, |$t:ident| $body:block) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F16 => {
+                type $t = half::f16;
+                $body
+            }
+            DType::BF16 => {
+                type $t = half::bf16;
+                $body
+            }
+            other => candle_core::bail!("{}: unsupported dtype {other:?}", $name),
+        }
+    };
+}
+
+/// FSMN memory block: `v` `[B, T, D]` (a strided view is fine as long as channels are
+/// contiguous), taps `[K, D]` of the same dtype, valid lengths `[B]` u32.
+pub struct Fsmn {
+    /// Zero padding before the first frame (`(K - 1) / 2` plus the shift).
+    pub left: usize,
+}
+
+impl candle_core::CustomOp3 for Fsmn {
+    fn name(&self) -> &'static str {
+        "sensevoice-fsmn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        v: &CudaStorage,
+        v_l: &Layout,
+        w: &CudaStorage,
+        w_l: &Layout,
+        lens: &CudaStorage,
+        lens_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, t, d) = v_l.shape().dims3()?;
+        let (k, wd) = w_l.shape().dims2()?;
+        let stride = v_l.stride();
+        if wd != d || stride[2] != 1 || lens_l.shape().elem_count() != b {
+            candle_core::bail!(
+                "fsmn: v {:?} (strides {stride:?}), taps {:?}, lengths {:?} do not match",
+                v_l.shape(),
+                w_l.shape(),
+                lens_l.shape()
+            );
+        }
+        if w.dtype() != v.dtype() || lens.dtype() != DType::U32 {
+            candle_core::bail!(
+                "fsmn: dtypes {:?}/{:?}/{:?}",
+                v.dtype(),
+                w.dtype(),
+                lens.dtype()
+            );
+        }
+        let dev = v.device();
+        let lens = contiguous::<u32>(lens, lens_l, "fsmn lengths")?;
+        let storage = with_float_type!(v.dtype(), self.name(), |T| {
+            let src = v.as_cuda_slice::<T>()?.slice(v_l.start_offset()..);
+            let taps = contiguous::<T>(w, w_l, "fsmn taps")?;
+            let out = output::<T>(dev, b * t * d)?;
+            let func = dev.get_or_load_custom_func(&kernel_name::<T>("fsmn"), MODULE, PTX)?;
+            let mut launch = func.builder();
+            launch.arg(&src).arg(&taps).arg(&lens).arg(&out);
+            let (frames, dim, taps_n, left) = (
+                to_u32(t, "frames")?,
+                to_u32(d, "width")?,
+                to_u32(k, "taps")?,
+                to_u32(self.left, "left padding")?,
+            );
+            let (stride_b, stride_t) = (stride[0] as u64, stride[1] as u64);
+            launch.arg(&frames).arg(&dim).arg(&taps_n).arg(&left);
+            launch.arg(&stride_b).arg(&stride_t);
+            // SAFETY: argument types and order match `fsmn_*` in kernels.cu; the kernel reads
+            // only inside `src` (frames < T, channels < D) and writes B*T*D elements of `out`.
+            unsafe { launch.launch(rows_config(b * t)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, Shape::from((b, t, d))))
+    }
+}
+
+/// `x + bias` over the last axis, then ReLU if `relu`; `x` contiguous, `bias` `[D]`.
+pub struct BiasAct {
+    /// Apply ReLU after the bias.
+    pub relu: bool,
+}
+
+impl candle_core::CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "sensevoice-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_l: &Layout,
+        bias: &CudaStorage,
+        bias_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = x_l.shape().dims().last().copied().unwrap_or(0);
+        if bias_l.shape().elem_count() != d || bias.dtype() != x.dtype() || d == 0 {
+            candle_core::bail!("bias {:?} does not fit {:?}", bias_l.shape(), x_l.shape());
+        }
+        let n = x_l.shape().elem_count();
+        let dev = x.device();
+        let storage = with_float_type!(x.dtype(), self.name(), |T| {
+            let src = contiguous::<T>(x, x_l, "bias input")?;
+            let b = contiguous::<T>(bias, bias_l, "bias")?;
+            let out = output::<T>(dev, n)?;
+            let func = dev.get_or_load_custom_func(&kernel_name::<T>("bias_act"), MODULE, PTX)?;
+            let mut launch = func.builder();
+            let (dim, relu) = (to_u32(d, "width")?, u32::from(self.relu));
+            launch.arg(&src).arg(&b).arg(&out).arg(&dim).arg(&relu);
+            // SAFETY: matches `bias_act_*`; one block per row of `d` elements, n / d rows.
+            unsafe { launch.launch(rows_config(n / d)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, x_l.shape().clone()))
+    }
+}
+
+/// LayerNorm of an f32 tensor over its last axis (f32 gamma and beta), written in `out_dtype`.
+pub struct LayerNormTo {
+    /// The variance epsilon.
+    pub eps: f32,
+    /// The output dtype.
+    pub out_dtype: DType,
+}
+
+impl candle_core::CustomOp3 for LayerNormTo {
+    fn name(&self) -> &'static str {
+        "sensevoice-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_l: &Layout,
+        gamma: &CudaStorage,
+        g_l: &Layout,
+        beta: &CudaStorage,
+        b_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = x_l.shape().dims().last().copied().unwrap_or(0);
+        let f32s = [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
+        if !f32s || g_l.shape().elem_count() != d || b_l.shape().elem_count() != d || d == 0 {
+            candle_core::bail!("layer norm: x {:?}, gamma {:?}, beta {:?}", x_l, g_l, b_l);
+        }
+        let n = x_l.shape().elem_count();
+        let dev = x.device();
+        let src = contiguous::<f32>(x, x_l, "layer norm input")?;
+        let g = contiguous::<f32>(gamma, g_l, "layer norm weight")?;
+        let b = contiguous::<f32>(beta, b_l, "layer norm bias")?;
+        let storage = with_float_type!(self.out_dtype, self.name(), |T| {
+            let out = output::<T>(dev, n)?;
+            let func = dev.get_or_load_custom_func(&kernel_name::<T>("layer_norm"), MODULE, PTX)?;
+            let mut launch = func.builder();
+            let dim = to_u32(d, "width")?;
+            launch
+                .arg(&src)
+                .arg(&g)
+                .arg(&b)
+                .arg(&out)
+                .arg(&dim)
+                .arg(&self.eps);
+            // SAFETY: matches `layer_norm_*`; one block per row of `d` elements.
+            unsafe { launch.launch(rows_config(n / d)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, x_l.shape().clone()))
+    }
+}
+
+/// Softmax of attention scores `[B, H, Tq, Tk]` over keys in f32, keys at or beyond the
+/// item's length (u32 `[B]`) masked out; the output keeps the scores' dtype.
+pub struct MaskedSoftmax;
+
+impl candle_core::CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "sensevoice-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        scores: &CudaStorage,
+        s_l: &Layout,
+        lens: &CudaStorage,
+        lens_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, h, tq, tk) = s_l.shape().dims4()?;
+        if lens_l.shape().elem_count() != b || lens.dtype() != DType::U32 {
+            candle_core::bail!("softmax: lengths {:?} for scores {:?}", lens_l, s_l);
+        }
+        let dev = scores.device();
+        let lens = contiguous::<u32>(lens, lens_l, "softmax lengths")?;
+        let storage = with_float_type!(scores.dtype(), self.name(), |T| {
+            let src = contiguous::<T>(scores, s_l, "attention scores")?;
+            let out = output::<T>(dev, b * h * tq * tk)?;
+            let func =
+                dev.get_or_load_custom_func(&kernel_name::<T>("masked_softmax"), MODULE, PTX)?;
+            let mut launch = func.builder();
+            let (keys, rows_per_item) = (to_u32(tk, "keys")?, to_u32(h * tq, "rows")?);
+            launch
+                .arg(&src)
+                .arg(&lens)
+                .arg(&out)
+                .arg(&keys)
+                .arg(&rows_per_item);
+            // SAFETY: matches `masked_softmax_*`; one block per row of `tk` keys.
+            unsafe { launch.launch(rows_config(b * h * tq)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, s_l.shape().clone()))
+    }
+}
+
+/// `a + b` with `a` f32 and `b` any float dtype of the same shape, in f32.
+pub struct AddToF32;
+
+impl candle_core::CustomOp2 for AddToF32 {
+    fn name(&self) -> &'static str {
+        "sensevoice-add-to-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        a: &CudaStorage,
+        a_l: &Layout,
+        b: &CudaStorage,
+        b_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if a_l.shape() != b_l.shape() || a.dtype() != DType::F32 {
+            candle_core::bail!("add: {:?} ({:?}) + {:?}", a_l, a.dtype(), b_l);
+        }
+        let n = a_l.shape().elem_count();
+        let dev = a.device();
+        let lhs = contiguous::<f32>(a, a_l, "residual")?;
+        let storage = with_float_type!(b.dtype(), self.name(), |T| {
+            let rhs = contiguous::<T>(b, b_l, "update")?;
+            let out = output::<f32>(dev, n)?;
+            let func = dev.get_or_load_custom_func(&kernel_name::<T>("add_to_f32"), MODULE, PTX)?;
+            let mut launch = func.builder();
+            let count = n as u64;
+            launch.arg(&lhs).arg(&rhs).arg(&out).arg(&count);
+            let blocks = n.div_ceil(ROW_THREADS as usize).clamp(1, 65_535) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (ROW_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches `add_to_f32_*`; grid-stride loop over the n elements.
+            unsafe { launch.launch(cfg) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, a_l.shape().clone()))
+    }
+}
