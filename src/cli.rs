@@ -347,7 +347,8 @@ mod tests {
         assert_eq!(report.selected_device, DeviceReport::All { gpu_count: 2 });
         let json = serde_json::to_value(&report.selected_device).expect("serialise");
         assert_eq!(json, serde_json::json!({ "kind": "all", "gpu_count": 2 }));
-        let report = gpus_report(&sample(Vec::new()), &DeviceChoice::All, None);
+        let no_gpu = sample(Vec::new());
+        let report = gpus_report(&no_gpu, &DeviceChoice::All, None);
         assert_eq!(report.selected_device, DeviceReport::Cpu);
     }
 

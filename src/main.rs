@@ -47,8 +47,11 @@ fn main() -> anyhow::Result<ExitCode> {
         .context("starting the gpu-monitor thread")?;
     let first = cli::first_status(&mut feed)?;
     let cuda_visible_devices = gpu::cuda_visible_devices_from_env();
-    let device =
-        cli::validate_device(cli.device.as_deref(), &first, cuda_visible_devices.as_deref())?;
+    let device = cli::validate_device(
+        cli.device.as_deref(),
+        &first,
+        cuda_visible_devices.as_deref(),
+    )?;
 
     match cli.command {
         Some(Command::Gpus { json }) => {

@@ -155,7 +155,10 @@ fn choosing_all_gpus_targets_every_gpu_and_persists() {
     );
     // Both panels say transcription runs there; the closed picker names the choice.
     assert_eq!(f.harness.query_all_by_label(TARGET_BADGE).count(), 2);
-    assert!(f.harness.query_by_label(AUTO_LABEL).is_none(), "popup closed");
+    assert!(
+        f.harness.query_by_label(AUTO_LABEL).is_none(),
+        "popup closed"
+    );
     assert_eq!(f.picker_text(), Some(all_gpus_label(2)));
     f.harness
         .get_by_label("Runs on all GPUs (2), one worker each");
