@@ -149,3 +149,18 @@ pub fn run(
     }
     Ok(failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_all_runs_one_worker_per_gpu() {
+        // `--device all` goes through the same choice as the window's "All GPUs" entry.
+        let choice = DeviceChoice::parse("ALL", &[crate::gpu::fake_gpu(0)], None);
+        assert_eq!(choice, Ok(DeviceChoice::All));
+        assert_eq!(target(choice.as_ref().ok()), DeviceTarget::All);
+        assert_eq!(target(None), DeviceTarget::Auto);
+        assert_eq!(target(Some(&DeviceChoice::Cpu)), DeviceTarget::Cpu);
+    }
+}
