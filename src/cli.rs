@@ -17,7 +17,8 @@
 //!   "sample_cost_us": 812,
 //!   "auto_device": { "kind": "gpu", "uuid": "GPU-…", "nvml_index": 0, "cuda_ordinal": 0,
 //!                    "name": "NVIDIA H100 80GB HBM3" },   // or { "kind": "cpu" }
-//!   "selected_device": { … same shape: where --device / SENSEVOICE_DEVICE lands … },
+//!   "selected_device": { … same shape: where --device / SENSEVOICE_DEVICE lands; for `all`:
+//!                        { "kind": "all", "gpu_count": 2 } },
 //!   "gpus": [ { "nvml_index": 0, "cuda_ordinal": 0, "uuid": "GPU-…", "name": "…",
 //!               "pci_bus_id": "00000000:18:00.0",
 //!               "memory": { "total_bytes": …, "used_bytes": …, "free_bytes": …,
@@ -48,7 +49,8 @@ use crate::gpu::{
 #[derive(Debug, Parser)]
 #[command(name = "gpuscribe", version, about)]
 pub struct Cli {
-    /// Where transcription runs: auto, cpu, cuda:N, or a GPU UUID.
+    /// Where transcription runs: auto, cpu, all (every GPU, one worker each), cuda:N, or a
+    /// GPU UUID.
     #[arg(long, global = true, env = "SENSEVOICE_DEVICE")]
     pub device: Option<String>,
 
@@ -126,6 +128,11 @@ pub enum DeviceReport {
         /// Marketing name.
         name: String,
     },
+    /// Every usable GPU, one worker each (`--device all` with at least one GPU).
+    All {
+        /// How many GPUs.
+        gpu_count: usize,
+    },
 }
 
 /// One GPU in the JSON report: the snapshot plus its CUDA ordinal.
@@ -181,6 +188,7 @@ pub fn gpus_report<'a>(
             cuda_ordinal: cuda_ordinal(&gpu.uuid, gpus, cuda_visible_devices),
             name: gpu.name.clone(),
         },
+        ResolvedDevice::AllGpus { count } => DeviceReport::All { gpu_count: count },
     };
     let (status_code, message, sample): (_, _, Option<&GpuSample>) = match status {
         GpuStatus::Unavailable(err) => (err.code(), Some(err.to_string()), None),
@@ -278,6 +286,8 @@ pub fn write_gpus_table(out: &mut dyn Write, report: &GpusReport<'_>) -> std::io
     }
     match &report.auto_device {
         DeviceReport::Cpu => writeln!(out, "Auto would pick: CPU")?,
+        // Not reached today (Auto picks one device), but the table should not lie if it is.
+        DeviceReport::All { gpu_count } => writeln!(out, "Auto would pick: all {gpu_count} GPUs")?,
         DeviceReport::Gpu {
             uuid,
             nvml_index,
@@ -323,7 +333,23 @@ mod tests {
         );
         let no_driver = GpuStatus::Unavailable(GpuInitError::DriverNotLoaded);
         let err = validate_device(Some("cuda:0"), &no_driver, None).expect_err("no GPUs");
-        assert_eq!(err.valid_choices, "auto, cpu (no NVIDIA GPU found)");
+        assert_eq!(err.valid_choices, "auto, cpu, all (no NVIDIA GPU found)");
+        assert_eq!(
+            validate_device(Some("ALL"), &no_driver, None),
+            Ok(Some(DeviceChoice::All))
+        );
+    }
+
+    #[test]
+    fn report_of_all_counts_the_gpus() {
+        let status = sample(vec![fake_gpu(0), fake_gpu(1)]);
+        let report = gpus_report(&status, &DeviceChoice::All, None);
+        assert_eq!(report.selected_device, DeviceReport::All { gpu_count: 2 });
+        let json = serde_json::to_value(&report.selected_device).expect("serialise");
+        assert_eq!(json, serde_json::json!({ "kind": "all", "gpu_count": 2 }));
+        let no_gpu = sample(Vec::new());
+        let report = gpus_report(&no_gpu, &DeviceChoice::All, None);
+        assert_eq!(report.selected_device, DeviceReport::Cpu);
     }
 
     #[test]

@@ -70,16 +70,10 @@ pub fn gpus_for_engine(status: &GpuStatus, cuda_visible_devices: Option<&str>) -
         .collect()
 }
 
-/// Where jobs run: `all` is for this command only; everything else was validated at start-up.
-pub fn target(device_arg: Option<&str>, choice: Option<&DeviceChoice>) -> DeviceTarget {
-    if device_arg.is_some_and(|d| d.trim().eq_ignore_ascii_case("all")) {
-        return DeviceTarget::All;
-    }
-    match choice {
-        None | Some(DeviceChoice::Auto) => DeviceTarget::Auto,
-        Some(DeviceChoice::Cpu) => DeviceTarget::Cpu,
-        Some(DeviceChoice::Gpu { uuid }) => DeviceTarget::Gpu { uuid: uuid.clone() },
-    }
+/// Where jobs run: the `--device` choice validated at start-up (`all`: one worker per GPU), or
+/// Auto without one.
+pub fn target(choice: Option<&DeviceChoice>) -> DeviceTarget {
+    choice.map_or(DeviceTarget::Auto, crate::app::target_for)
 }
 
 fn output_path(dir: &Path, input: &Path, format: ExportFormat) -> PathBuf {
@@ -154,4 +148,19 @@ pub fn run(
         }
     }
     Ok(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_all_runs_one_worker_per_gpu() {
+        // `--device all` goes through the same choice as the window's "All GPUs" entry.
+        let choice = DeviceChoice::parse("ALL", &[crate::gpu::fake_gpu(0)], None);
+        assert_eq!(choice, Ok(DeviceChoice::All));
+        assert_eq!(target(choice.as_ref().ok()), DeviceTarget::All);
+        assert_eq!(target(None), DeviceTarget::Auto);
+        assert_eq!(target(Some(&DeviceChoice::Cpu)), DeviceTarget::Cpu);
+    }
 }

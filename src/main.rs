@@ -47,14 +47,8 @@ fn main() -> anyhow::Result<ExitCode> {
         .context("starting the gpu-monitor thread")?;
     let first = cli::first_status(&mut feed)?;
     let cuda_visible_devices = gpu::cuda_visible_devices_from_env();
-    // `all` (every GPU, one worker each) only makes sense for `transcribe`.
-    let all_gpus = matches!(cli.command, Some(Command::Transcribe(_)))
-        && cli
-            .device
-            .as_deref()
-            .is_some_and(|d| d.trim().eq_ignore_ascii_case("all"));
     let device = cli::validate_device(
-        cli.device.as_deref().filter(|_| !all_gpus),
+        cli.device.as_deref(),
         &first,
         cuda_visible_devices.as_deref(),
     )?;
@@ -79,7 +73,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let gpus =
                 gpuscribe::cli_transcribe::gpus_for_engine(&first, cuda_visible_devices.as_deref());
             drop(feed);
-            let target = gpuscribe::cli_transcribe::target(cli.device.as_deref(), device.as_ref());
+            let target = gpuscribe::cli_transcribe::target(device.as_ref());
             let failed = gpuscribe::cli_transcribe::run(&args, target, gpus)?;
             if failed > 0 {
                 eprintln!("{failed} of {} file(s) failed", args.files.len());

@@ -38,6 +38,7 @@ fn real_nvml_reports_gpus_and_sample_cost() {
     match DeviceChoice::Auto.resolve(&gpus, visible.as_deref()) {
         ResolvedDevice::Gpu(gpu) => println!("auto picks GPU {} {}", gpu.nvml_index, gpu.uuid),
         ResolvedDevice::Cpu(reason) => println!("auto picks the CPU: {reason:?}"),
+        ResolvedDevice::AllGpus { count } => panic!("auto picks one device, not all {count}"),
     }
 
     // Sample cost through the monitor thread, as the app runs it (100 ms for speed).

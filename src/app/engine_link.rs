@@ -32,6 +32,7 @@ pub fn target_for(choice: &DeviceChoice) -> DeviceTarget {
         DeviceChoice::Auto => DeviceTarget::Auto,
         DeviceChoice::Cpu => DeviceTarget::Cpu,
         DeviceChoice::Gpu { uuid } => DeviceTarget::Gpu { uuid: uuid.clone() },
+        DeviceChoice::All => DeviceTarget::All,
     }
 }
 

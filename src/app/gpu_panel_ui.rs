@@ -27,8 +27,8 @@ pub struct PanelsInput<'a> {
     pub view: &'a GpuView,
     /// The plot span.
     pub window: Duration,
-    /// The GPU transcription runs on, if any.
-    pub target_uuid: Option<&'a str>,
+    /// The GPUs transcription runs on (none, one, or all of them).
+    pub target_uuids: &'a [String],
     /// `CUDA_VISIBLE_DEVICES`, to show each GPU's CUDA ordinal.
     pub cuda_visible_devices: Option<&'a str>,
     /// Pids of our worker processes (marked as ours in the process tables).
@@ -105,7 +105,7 @@ fn gpu_panel_ui(
     now: Instant,
     input: &PanelsInput<'_>,
 ) {
-    let is_target = input.target_uuid == Some(gpu.uuid.as_str());
+    let is_target = input.target_uuids.contains(&gpu.uuid);
     let mut frame = egui::Frame::group(ui.style()).inner_margin(8.0);
     if is_target {
         frame = frame.stroke(egui::Stroke::new(1.5, TARGET_COLOR));

@@ -44,7 +44,7 @@ pub use inputs::{AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audi
 pub use jobs::{JobList, JobRow, JobStatus, Overall};
 pub use queue_ui::DROP_HINT;
 pub use settings::{PlotWindow, Settings};
-pub use toolbar_ui::{AUTO_LABEL, CPU_LABEL, gpu_entry_label};
+pub use toolbar_ui::{AUTO_LABEL, CPU_LABEL, all_gpus_label, gpu_entry_label};
 
 use crate::engine::{DeviceTarget, EngineConfig, EngineHandle, GpuFree};
 use crate::gpu::{DeviceChoice, GpuFeed, GpuSnapshot, ResolvedDevice, cuda_visible_gpus};
@@ -273,6 +273,9 @@ impl GpuScribeApp {
         ui.heading("Transcription");
         let target = match self.resolved_device() {
             ResolvedDevice::Gpu(gpu) => format!("Runs on GPU {} · {}", gpu.nvml_index, gpu.name),
+            ResolvedDevice::AllGpus { count } => {
+                format!("Runs on all GPUs ({count}), one worker each")
+            }
             ResolvedDevice::Cpu(_) => "Runs on the CPU".to_owned(),
         };
         ui.label(RichText::new(target).weak());
@@ -335,10 +338,13 @@ impl eframe::App for GpuScribeApp {
         let mut selectable = visible.clone();
         selectable.sort_by_key(|g| g.nvml_index);
         let resolved = self.resolved_device();
-        let target_uuid = match resolved {
-            ResolvedDevice::Gpu(gpu) => Some(gpu.uuid.clone()),
-            ResolvedDevice::Cpu(_) => None,
-        };
+        // Owned: the transcription panel below borrows `self` mutably.
+        let target_uuids: Vec<String> = self
+            .device_choice()
+            .target_gpus(self.gpus.gpus(), self.cuda_visible_devices.as_deref())
+            .into_iter()
+            .map(|g| g.uuid.clone())
+            .collect();
 
         egui::Panel::top("toolbar").show(ui, |ui| {
             commands.extend(toolbar_ui::toolbar_ui(
@@ -380,7 +386,7 @@ impl eframe::App for GpuScribeApp {
                 &gpu_panel_ui::PanelsInput {
                     view: &self.gpus,
                     window: self.settings.plot_window.duration(),
-                    target_uuid: target_uuid.as_deref(),
+                    target_uuids: &target_uuids,
                     cuda_visible_devices: self.cuda_visible_devices.as_deref(),
                     worker_pids: &worker_pids,
                     markers: &self.engine_view.markers,

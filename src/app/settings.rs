@@ -99,6 +99,16 @@ mod tests {
     }
 
     #[test]
+    fn all_gpus_choice_loads() {
+        let settings: Settings =
+            serde_json::from_str(r#"{"device":{"kind":"all"}}"#).expect("settings load");
+        assert_eq!(settings.device, DeviceChoice::All);
+        let saved = serde_json::to_string(&settings).expect("serialise");
+        let back: Settings = serde_json::from_str(&saved).expect("deserialise");
+        assert_eq!(back, settings);
+    }
+
+    #[test]
     fn interval_is_clamped_on_use() {
         let settings = Settings {
             sample_interval_ms: 1,

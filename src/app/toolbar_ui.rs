@@ -34,6 +34,11 @@ pub const AUTO_LABEL: &str = "Auto (most free VRAM)";
 /// The picker text of the CPU entry.
 pub const CPU_LABEL: &str = "CPU";
 
+/// The picker text of the All entry (and of the closed picker when All is chosen).
+pub fn all_gpus_label(count: usize) -> String {
+    format!("All GPUs ({count})")
+}
+
 /// The picker text of a GPU entry: index, name and free VRAM.
 pub fn gpu_entry_label(gpu: &GpuSnapshot) -> String {
     let free = gpu.free_bytes().map_or_else(
@@ -78,6 +83,8 @@ fn device_picker_ui(ui: &mut egui::Ui, input: &ToolbarInput<'_>, commands: &mut 
         (DeviceChoice::Gpu { uuid }, ResolvedDevice::Cpu(_)) => {
             format!("{} (not present)", short_uuid(uuid))
         }
+        (_, ResolvedDevice::AllGpus { count }) => all_gpus_label(count),
+        (DeviceChoice::All, _) => "All GPUs → CPU".to_owned(),
     };
     let mut chosen = input.device.clone();
     // The label doubles as the picker's accessible name.
@@ -90,6 +97,11 @@ fn device_picker_ui(ui: &mut egui::Ui, input: &ToolbarInput<'_>, commands: &mut 
                     uuid: gpu.uuid.clone(),
                 };
                 ui.selectable_value(&mut chosen, choice, gpu_entry_label(gpu));
+            }
+            // Spreading files only means something with a second GPU.
+            if input.selectable_gpus.len() >= 2 {
+                let label = all_gpus_label(input.selectable_gpus.len());
+                ui.selectable_value(&mut chosen, DeviceChoice::All, label);
             }
             ui.selectable_value(&mut chosen, DeviceChoice::Cpu, CPU_LABEL);
         });
@@ -106,7 +118,7 @@ fn device_picker_ui(ui: &mut egui::Ui, input: &ToolbarInput<'_>, commands: &mut 
         ResolvedDevice::Cpu(_) => {
             ui.label(RichText::new("runs on the CPU").weak());
         }
-        ResolvedDevice::Gpu(_) => {
+        ResolvedDevice::Gpu(_) | ResolvedDevice::AllGpus { .. } => {
             ui.label(RichText::new("●").color(TARGET_COLOR));
         }
     }

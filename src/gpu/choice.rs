@@ -30,15 +30,18 @@ pub enum DeviceChoice {
         /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
         uuid: String,
     },
+    /// Every visible GPU, one worker each, files spread over them; the CPU when there is none.
+    All,
 }
 
 impl fmt::Display for DeviceChoice {
-    /// The form `--device` accepts back: `auto`, `cpu` or the UUID.
+    /// The form `--device` accepts back: `auto`, `cpu`, `all` or the UUID.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Auto => f.write_str("auto"),
             Self::Cpu => f.write_str("cpu"),
             Self::Gpu { uuid } => f.write_str(uuid),
+            Self::All => f.write_str("all"),
         }
     }
 }
@@ -60,6 +63,12 @@ pub struct DeviceChoiceError {
 pub enum ResolvedDevice<'a> {
     /// Transcription runs on this GPU.
     Gpu(&'a GpuSnapshot),
+    /// Transcription runs on every usable visible GPU, one worker each
+    /// ([`DeviceChoice::target_gpus`] lists them).
+    AllGpus {
+        /// How many GPUs (at least 1).
+        count: usize,
+    },
     /// Transcription runs on the CPU, for this reason.
     Cpu(CpuReason),
 }
@@ -69,15 +78,16 @@ pub enum ResolvedDevice<'a> {
 pub enum CpuReason {
     /// The user chose the CPU.
     Chosen,
-    /// Auto found no usable GPU.
+    /// Auto or All found no usable GPU.
     NoGpu,
     /// The chosen GPU is not present (or is hidden by `CUDA_VISIBLE_DEVICES`).
     ChosenGpuMissing,
 }
 
 impl DeviceChoice {
-    /// Parses `auto`, `cpu`, `cuda` (= `cuda:0`), `cuda:N` or a GPU UUID (or a unique prefix of
-    /// at least `GPU-` plus 8 hex digits), case-insensitively, against the GPUs present.
+    /// Parses `auto`, `cpu`, `all`, `cuda` (= `cuda:0`), `cuda:N` or a GPU UUID (or a unique
+    /// prefix of at least `GPU-` plus 8 hex digits), case-insensitively, against the GPUs present.
+    /// `all`, like `auto`, is valid without any GPU (it then runs on the CPU).
     ///
     /// `cuda:N` is the CUDA ordinal the engine will see (see [`cuda_ordinal`]); it is stored as
     /// the GPU's UUID so that it keeps meaning the same GPU.
@@ -96,6 +106,7 @@ impl DeviceChoice {
         match lower.as_str() {
             "auto" => return Ok(Self::Auto),
             "cpu" => return Ok(Self::Cpu),
+            "all" => return Ok(Self::All),
             _ => {}
         }
         if let Some(rest) = lower.strip_prefix("cuda") {
@@ -157,8 +168,34 @@ impl DeviceChoice {
                 ResolvedDevice::Cpu(CpuReason::ChosenGpuMissing),
                 ResolvedDevice::Gpu,
             ),
+            Self::All => match usable(&visible).count() {
+                0 => ResolvedDevice::Cpu(CpuReason::NoGpu),
+                count => ResolvedDevice::AllGpus { count },
+            },
         }
     }
+
+    /// The GPUs transcription runs on, for marking their panels: none for the CPU, the one
+    /// [`resolve`](Self::resolve) picks, or for [`All`](Self::All) every visible GPU whose memory
+    /// can be read (the engine is only told about those).
+    pub fn target_gpus<'a>(
+        &self,
+        gpus: &'a [GpuSnapshot],
+        cuda_visible_devices: Option<&str>,
+    ) -> Vec<&'a GpuSnapshot> {
+        match self.resolve(gpus, cuda_visible_devices) {
+            ResolvedDevice::Gpu(gpu) => vec![gpu],
+            ResolvedDevice::Cpu(_) => Vec::new(),
+            ResolvedDevice::AllGpus { .. } => {
+                usable(&cuda_visible_gpus(gpus, cuda_visible_devices)).collect()
+            }
+        }
+    }
+}
+
+/// The GPUs whose memory can be read: the ones Auto considers and the engine is given.
+fn usable<'a, 'b>(gpus: &'b [&'a GpuSnapshot]) -> impl Iterator<Item = &'a GpuSnapshot> + 'b {
+    gpus.iter().copied().filter(|g| g.free_bytes().is_some())
 }
 
 /// Auto's rule: the GPU with the most free VRAM; ties go to the lowest NVML index. GPUs whose
@@ -279,9 +316,13 @@ fn find_by_uuid_prefix<'a>(gpus: &'a [GpuSnapshot], lower: &str) -> UuidMatch<'a
 
 fn valid_choices(visible: &[&GpuSnapshot]) -> String {
     if visible.is_empty() {
-        return "auto, cpu (no NVIDIA GPU found)".to_owned();
+        return "auto, cpu, all (no NVIDIA GPU found)".to_owned();
     }
-    let mut choices = vec!["auto".to_owned(), "cpu".to_owned()];
+    let mut choices = vec![
+        "auto".to_owned(),
+        "cpu".to_owned(),
+        "all (every GPU, one worker each)".to_owned(),
+    ];
     for (ordinal, gpu) in visible.iter().enumerate() {
         choices.push(format!("cuda:{ordinal} or {} ({})", gpu.uuid, gpu.name));
     }

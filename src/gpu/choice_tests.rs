@@ -79,6 +79,7 @@ fn out_of_range_ordinal_lists_the_valid_choices() {
     for expected in [
         "auto",
         "cpu",
+        "all (every GPU, one worker each)",
         "cuda:0",
         "cuda:1",
         &gpus[0].uuid,
@@ -95,7 +96,7 @@ fn out_of_range_ordinal_lists_the_valid_choices() {
 fn gpu_choices_without_gpus_say_so() {
     let err = DeviceChoice::parse("cuda:0", &[], None).expect_err("no GPUs");
     assert_eq!(err.reason, "no NVIDIA GPU found");
-    assert_eq!(err.valid_choices, "auto, cpu (no NVIDIA GPU found)");
+    assert_eq!(err.valid_choices, "auto, cpu, all (no NVIDIA GPU found)");
     let err = DeviceChoice::parse(&fake_gpu(0).uuid, &[], None).expect_err("no GPUs");
     assert_eq!(err.reason, "no GPU has that UUID");
 }
@@ -259,6 +260,7 @@ fn choice_round_trips_through_settings_json() {
         DeviceChoice::Gpu {
             uuid: fake_gpu(3).uuid,
         },
+        DeviceChoice::All,
     ] {
         let json = serde_json::to_string(&choice).expect("serialise");
         let back: DeviceChoice = serde_json::from_str(&json).expect("deserialise");
@@ -267,6 +269,10 @@ fn choice_round_trips_through_settings_json() {
     assert_eq!(
         serde_json::to_string(&DeviceChoice::Cpu).expect("serialise"),
         r#"{"kind":"cpu"}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&DeviceChoice::All).expect("serialise"),
+        r#"{"kind":"all"}"#
     );
 }
 
@@ -279,10 +285,79 @@ fn display_is_accepted_back() {
         DeviceChoice::Gpu {
             uuid: gpus[1].uuid.clone(),
         },
+        DeviceChoice::All,
     ] {
         assert_eq!(
             DeviceChoice::parse(&choice.to_string(), &gpus, None),
             Ok(choice)
         );
     }
+}
+
+#[test]
+fn all_parses_case_insensitively_with_or_without_gpus() {
+    let gpus = reversed_pair();
+    for value in ["all", " ALL ", "All"] {
+        assert_eq!(
+            DeviceChoice::parse(value, &gpus, None),
+            Ok(DeviceChoice::All)
+        );
+    }
+    assert_eq!(DeviceChoice::parse("all", &[], None), Ok(DeviceChoice::All));
+    assert_eq!(DeviceChoice::All.to_string(), "all");
+    let err = DeviceChoice::parse("alll", &gpus, None).expect_err("typo");
+    assert_eq!(err.reason, "not a known device");
+}
+
+#[test]
+fn all_resolves_to_every_usable_visible_gpu() {
+    let mut unreadable = with_used(2, 0);
+    unreadable.memory = None;
+    let gpus = vec![with_used(0, 10), with_used(1, 70), unreadable];
+    let indices = |list: Option<&str>| -> Vec<u32> {
+        DeviceChoice::All
+            .target_gpus(&gpus, list)
+            .iter()
+            .map(|g| g.nvml_index)
+            .collect()
+    };
+    // The GPU without a memory reading is skipped, as the engine never hears of it.
+    assert_eq!(
+        DeviceChoice::All.resolve(&gpus, None),
+        ResolvedDevice::AllGpus { count: 2 }
+    );
+    assert_eq!(indices(None), [0, 1]);
+    assert_eq!(
+        DeviceChoice::All.resolve(&gpus, Some("1")),
+        ResolvedDevice::AllGpus { count: 1 }
+    );
+    assert_eq!(indices(Some("1")), [1]);
+    // No usable GPU: the CPU, for the same reason as Auto.
+    assert_eq!(
+        DeviceChoice::All.resolve(&gpus[2..], None),
+        ResolvedDevice::Cpu(CpuReason::NoGpu)
+    );
+    assert_eq!(
+        DeviceChoice::All.resolve(&gpus, Some("")),
+        ResolvedDevice::Cpu(CpuReason::NoGpu)
+    );
+    assert_eq!(indices(Some("")), Vec::<u32>::new());
+}
+
+#[test]
+fn target_gpus_of_single_device_choices() {
+    let gpus = vec![with_used(0, 10), with_used(1, 70)];
+    let uuids = |choice: &DeviceChoice| -> Vec<String> {
+        choice
+            .target_gpus(&gpus, None)
+            .iter()
+            .map(|g| g.uuid.clone())
+            .collect()
+    };
+    assert_eq!(uuids(&DeviceChoice::Auto), [gpus[0].uuid.clone()]);
+    assert_eq!(uuids(&DeviceChoice::Cpu), Vec::<String>::new());
+    let second = DeviceChoice::Gpu {
+        uuid: gpus[1].uuid.clone(),
+    };
+    assert_eq!(uuids(&second), [gpus[1].uuid.clone()]);
 }
