@@ -23,8 +23,11 @@ struct SenseVoiceModel {
     dtype: DType,
     /// Features of the batch announced as `next`, computed while the device ran the previous
     /// one, keyed by the clips' addresses and lengths.
-    prefetched: Option<(Vec<(usize, usize)>, Vec<(Vec<f32>, usize)>)>,
+    prefetched: Option<Prefetched>,
 }
+
+/// Features computed ahead: the clips' `(address, length)` keys and their features.
+type Prefetched = (Vec<(usize, usize)>, Vec<(Vec<f32>, usize)>);
 
 fn clip_keys(clips: &[&[f32]]) -> Vec<(usize, usize)> {
     clips
