@@ -176,7 +176,7 @@ fn gpu_device_without_gpus_is_a_startup_error() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("auto, cpu (no NVIDIA GPU found)"),
+        stderr.contains("auto, cpu, all (no NVIDIA GPU found)"),
         "{stderr}"
     );
     gpuscribe()
