@@ -3,9 +3,11 @@
 //! with two or more visible GPUs, choosing it sends `DeviceTarget::All` and marks every GPU's
 //! panel, the choice persists, and without a GPU it runs on the CPU.
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
+use common::{FakeEngine, MemoryStorage, fake_engine};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
@@ -13,7 +15,7 @@ use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use gpuscribe::app::{
     AUTO_LABEL, AppDeps, CPU_LABEL, GpuScribeApp, Settings, all_gpus_label, gpu_entry_label,
 };
-use gpuscribe::engine::{DeviceTarget, EngineConfig, EngineHandle, Event, Request};
+use gpuscribe::engine::{DeviceTarget, EngineConfig, Event, Request};
 use gpuscribe::gpu::{
     CpuReason, DeviceChoice, DriverInfo, GpuFeed, GpuSample, GpuSnapshot, GpuStatus,
     ResolvedDevice, fake_gpu,
@@ -47,20 +49,13 @@ impl Fixture {
     ) -> Self {
         let (gpu_tx, gpu_rx) = bounded(64);
         gpu_tx.try_send(sample(gpus)).expect("room for a sample");
-        let (request_tx, requests) = bounded(4096);
-        let (events, event_rx) = bounded(16);
-        let configs = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&configs);
-        let mut deps = AppDeps::new(
-            GpuFeed::from_receiver(gpu_rx),
-            Box::new(move |config| {
-                seen.lock().expect("lock").push(config);
-                Ok(EngineHandle::from_channels(
-                    request_tx.clone(),
-                    event_rx.clone(),
-                ))
-            }),
-        );
+        let (factory, engine) = fake_engine();
+        let FakeEngine {
+            requests,
+            events,
+            configs,
+        } = engine;
+        let mut deps = AppDeps::new(GpuFeed::from_receiver(gpu_rx), factory);
         edit(&mut deps);
         let mut harness = Harness::builder()
             .with_size([1400.0, 900.0])
@@ -107,23 +102,6 @@ impl Fixture {
             })
             .collect()
     }
-}
-
-/// eframe storage in memory.
-#[derive(Default)]
-struct MemoryStorage(HashMap<String, String>);
-
-impl eframe::Storage for MemoryStorage {
-    fn get_string(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-    fn set_string(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-    fn remove_string(&mut self, key: &str) {
-        self.0.remove(key);
-    }
-    fn flush(&mut self) {}
 }
 
 #[test]

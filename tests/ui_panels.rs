@@ -1,9 +1,11 @@
 //! The real `eframe::App` driven by egui_kittest with fake GPU data: one GPU, eight GPUs, no
 //! driver, an NVML error, a vanished GPU, CJK process names, the device picker and persistence.
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::MemoryStorage;
 use crossbeam_channel::{Sender, bounded};
 use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
@@ -281,23 +283,6 @@ fn history_fills_from_the_feed() {
         f.harness.state().gpu_view().history.points(&uuid).count(),
         20
     );
-}
-
-/// eframe storage in memory.
-#[derive(Default)]
-struct MemoryStorage(HashMap<String, String>);
-
-impl eframe::Storage for MemoryStorage {
-    fn get_string(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-    fn set_string(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-    fn remove_string(&mut self, key: &str) {
-        self.0.remove(key);
-    }
-    fn flush(&mut self) {}
 }
 
 #[test]

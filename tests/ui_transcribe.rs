@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+mod common;
+
+use common::{FakeEngine, fake_engine};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use eframe::egui;
 use egui_kittest::Harness;
@@ -16,8 +19,8 @@ use gpuscribe::app::{
 };
 use gpuscribe::engine::transcript::render;
 use gpuscribe::engine::{
-    Action, DeviceTarget, EngineConfig, EngineHandle, Event, ExportFormat, FileTranscript,
-    MarkerKind, Request, Residency, SlotStatus,
+    Action, DeviceTarget, EngineConfig, Event, ExportFormat, FileTranscript, MarkerKind, Request,
+    Residency, SlotStatus,
 };
 use gpuscribe::gpu::{DriverInfo, GpuFeed, GpuSample, GpuStatus, fake_gpu, fake_process};
 
@@ -54,21 +57,14 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let (gpu_tx, gpu_rx) = bounded(64);
-        let (request_tx, requests) = bounded(4096);
-        let (events, event_rx) = bounded(4096);
-        let configs = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&configs);
+        let (factory, engine) = fake_engine();
+        let FakeEngine {
+            requests,
+            events,
+            configs,
+        } = engine;
         let recordings = tempfile::tempdir().expect("tempdir");
-        let mut deps = AppDeps::new(
-            GpuFeed::from_receiver(gpu_rx),
-            Box::new(move |config| {
-                seen.lock().expect("lock").push(config);
-                Ok(EngineHandle::from_channels(
-                    request_tx.clone(),
-                    event_rx.clone(),
-                ))
-            }),
-        );
+        let mut deps = AppDeps::new(GpuFeed::from_receiver(gpu_rx), factory);
         deps.recordings_dir = recordings.path().to_path_buf();
         let mut harness = Harness::builder()
             .with_size([1400.0, 900.0])
