@@ -56,7 +56,8 @@ impl BatchMask {
 /// Per-forward-pass state shared by every layer.
 #[derive(Debug, Clone)]
 pub struct FrameContext {
-    /// Key-padding masks; `None` when no item is padded.
+    /// Key-padding masks for the candle-ops path; `None` when no item is padded or when the
+    /// fused kernels run (they mask with `lengths`).
     pub mask: Option<BatchMask>,
     /// `[T * K]` gather index into the zero-padded sequence for the unfolded FSMN (GPU path
     /// without fused kernels); `None` selects shift-and-add.
@@ -76,10 +77,17 @@ impl FrameContext {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let mask = BatchMask::new(lengths, max_len, dtype, device)?;
+        // The fused kernels mask with `lengths` alone: the masks and the gather index would be
+        // uploaded for nothing.
+        let fused = fused::enabled_on(device);
+        let mask = if fused {
+            None
+        } else {
+            BatchMask::new(lengths, max_len, dtype, device)?
+        };
         let lengths_u32 = lengths.iter().map(|&l| l as u32).collect::<Vec<_>>();
         let lengths = Tensor::from_vec(lengths_u32, lengths.len(), device)?;
-        let fsmn_unfold = if unfold {
+        let fsmn_unfold = if unfold && !fused {
             let index: Vec<u32> = (0..max_len)
                 .flat_map(|t| (0..kernel_size).map(move |j| (t + j) as u32))
                 .collect();

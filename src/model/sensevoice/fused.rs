@@ -4,12 +4,17 @@
 //!
 //! `GPUSCRIBE_NO_FUSED_KERNELS=1` turns the fused kernels off, for comparing the two paths.
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::Linear;
 
 /// Whether `t`'s device runs the fused kernels.
 pub fn enabled_for(t: &Tensor) -> bool {
-    cfg!(feature = "cuda") && t.device().is_cuda() && !disabled_by_env()
+    enabled_on(t.device())
+}
+
+/// Whether `device` runs the fused kernels.
+pub fn enabled_on(device: &Device) -> bool {
+    cfg!(feature = "cuda") && device.is_cuda() && !disabled_by_env()
 }
 
 fn disabled_by_env() -> bool {
