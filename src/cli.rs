@@ -80,6 +80,25 @@ pub enum Command {
 /// machines with many GPUs and persistence mode off).
 pub const FIRST_SAMPLE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long `transcribe` with Auto waits for the GPU list before it runs without GPUs.
+pub const AUTO_GPU_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a `--device` value is the CPU (no GPU list needed at all).
+pub fn is_cpu_device(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.trim().eq_ignore_ascii_case("cpu"))
+}
+
+/// Whether a `--device` value names particular GPUs (`cuda:N`, a UUID): validating it needs the
+/// monitor's GPU list. `auto`, `cpu`, `all` and no value do not.
+pub fn device_names_gpus(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.trim();
+        !(v.eq_ignore_ascii_case("cpu")
+            || v.eq_ignore_ascii_case("auto")
+            || v.eq_ignore_ascii_case("all"))
+    })
+}
+
 /// The monitor's first word, or an error if it stays silent.
 pub fn first_status(feed: &mut GpuFeed) -> anyhow::Result<GpuStatus> {
     feed.wait_first(FIRST_SAMPLE_TIMEOUT)

@@ -73,7 +73,7 @@ pub fn gpus_for_engine(status: &GpuStatus, cuda_visible_devices: Option<&str>) -
 /// Where jobs run: the `--device` choice validated at start-up (`all`: one worker per GPU), or
 /// Auto without one.
 pub fn target(choice: Option<&DeviceChoice>) -> DeviceTarget {
-    choice.map_or(DeviceTarget::Auto, crate::app::target_for)
+    choice.map_or(DeviceTarget::Auto, DeviceTarget::from_choice)
 }
 
 fn output_path(dir: &Path, input: &Path, format: ExportFormat) -> PathBuf {

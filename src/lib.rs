@@ -17,15 +17,18 @@
 //! ```
 //!
 //! Modules name roles, and dependencies point one way: `app` → (`engine`, `gpu`, `audio`) through
-//! channels and handles only; `engine` → (`model`, `audio`); `model` depends on candle alone.
+//! channels and handles only; `engine` → `audio`; `worker` (the model process) → (`engine`'s
+//! protocol, `model`, `audio`); `model` depends on candle alone.
 
 pub mod app;
 pub mod audio;
 pub mod cli;
 pub mod cli_transcribe;
 pub mod engine;
+pub mod faults;
 pub mod gpu;
 pub mod model;
+pub mod worker;
 
 /// The application id shared by the window (`with_app_id`), the `.desktop` file and AppStream.
 pub const APP_ID: &str = "io.github.gpuscribe.GpuScribe";

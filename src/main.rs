@@ -28,8 +28,18 @@ fn main() -> anyhow::Result<ExitCode> {
     // The model worker (CPU builds carry it in this binary; see engine::process::worker_command).
     #[cfg(not(feature = "cuda"))]
     if matches!(cli.command, Some(Command::Worker)) {
-        gpuscribe::engine::sensevoice_worker::worker_main();
-        return Ok(ExitCode::SUCCESS);
+        return Ok(gpuscribe::worker::sensevoice::worker_main());
+    }
+
+    gpuscribe::faults::install_panic_hook();
+    let cuda_visible_devices = gpu::cuda_visible_devices_from_env();
+    // `transcribe --device cpu` needs no GPU monitor at all: it starts at once.
+    if let Some(Command::Transcribe(args)) = &cli.command
+        && cli::is_cpu_device(cli.device.as_deref())
+    {
+        let failed =
+            gpuscribe::cli_transcribe::run(args, gpuscribe::engine::DeviceTarget::Cpu, Vec::new())?;
+        return Ok(transcribe_status(failed, args.files.len()));
     }
 
     // The egui context exists only once the window does; until then repaints are no-ops and
@@ -45,18 +55,31 @@ fn main() -> anyhow::Result<ExitCode> {
     };
     let mut feed = gpu::spawn_default_monitor(gpu::DEFAULT_SAMPLE_INTERVAL, repaint)
         .context("starting the gpu-monitor thread")?;
-    let first = cli::first_status(&mut feed)?;
-    let cuda_visible_devices = gpu::cuda_visible_devices_from_env();
+    // Only what needs the GPU list waits for the monitor: `gpus`, and a `--device` naming GPUs.
+    // The window and Auto start without it (NVML may take long, or never answer).
+    let needs_gpus = matches!(cli.command, Some(Command::Gpus { .. }))
+        || cli::device_names_gpus(cli.device.as_deref());
+    let first = if needs_gpus {
+        Some(cli::first_status(&mut feed)?)
+    } else {
+        None
+    };
+    let no_gpus = gpu::GpuStatus::Sample(gpu::GpuSample::now(
+        Vec::new(),
+        0,
+        gpu::DriverInfo::default(),
+    ));
     let device = cli::validate_device(
         cli.device.as_deref(),
-        &first,
+        first.as_ref().unwrap_or(&no_gpus),
         cuda_visible_devices.as_deref(),
     )?;
 
     match cli.command {
         Some(Command::Gpus { json }) => {
+            let first = first.as_ref().unwrap_or(&no_gpus);
             let report = cli::gpus_report(
-                &first,
+                first,
                 device.as_ref().unwrap_or(&DeviceChoice::Auto),
                 cuda_visible_devices.as_deref(),
             );
@@ -70,21 +93,42 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Transcribe(args)) => {
-            let gpus =
-                gpuscribe::cli_transcribe::gpus_for_engine(&first, cuda_visible_devices.as_deref());
+            // Auto waits a little for the GPU list, then runs on what it has.
+            let status = match first {
+                Some(status) => Some(status),
+                None => feed.wait_first(cli::AUTO_GPU_WAIT).cloned(),
+            };
+            let gpus = match &status {
+                Some(status) => gpuscribe::cli_transcribe::gpus_for_engine(
+                    status,
+                    cuda_visible_devices.as_deref(),
+                ),
+                None => {
+                    eprintln!(
+                        "note: GPU monitor not answering after {} s; running without GPUs",
+                        cli::AUTO_GPU_WAIT.as_secs()
+                    );
+                    Vec::new()
+                }
+            };
             drop(feed);
             let target = gpuscribe::cli_transcribe::target(device.as_ref());
             let failed = gpuscribe::cli_transcribe::run(&args, target, gpus)?;
-            if failed > 0 {
-                eprintln!("{failed} of {} file(s) failed", args.files.len());
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(transcribe_status(failed, args.files.len()))
         }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
         None => run_window(feed, device, cuda_visible_devices, &repaint_target)
             .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn transcribe_status(failed: usize, files: usize) -> ExitCode {
+    if failed > 0 {
+        eprintln!("{failed} of {files} file(s) failed");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -115,6 +159,8 @@ fn run_window(
             // The first repaint after this picks up whatever the monitor queued meanwhile.
             let _ = repaint_target.set(cc.egui_ctx.clone());
             let ctx = cc.egui_ctx.clone();
+            let faults_ctx = cc.egui_ctx.clone();
+            gpuscribe::faults::set_waker(Box::new(move || faults_ctx.request_repaint()));
             let waker: Waker = Arc::new(move || ctx.request_repaint());
             let engine: EngineFactory =
                 Box::new(move |config| EngineHandle::spawn(config, Arc::clone(&waker)));

@@ -148,3 +148,194 @@ fn offload_release_and_reload_give_the_same_text_and_cancel_works() {
         .any(is_fourth_cancelled);
     assert!(cancelled);
 }
+
+/// A copy of `src` (a file) at `dest`, for names the repository cannot hold.
+#[cfg(unix)]
+fn os_name(bytes: &[u8]) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::OsStr::from_bytes(bytes).to_os_string()
+}
+
+#[cfg(unix)]
+#[test]
+fn files_and_a_model_folder_whose_names_are_not_utf8_transcribe_beside_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // A Latin-1 "modèle" folder with the tiny model, a Latin-1 "café.wav" and a name of bytes
+    // that are no encoding at all.
+    let model = dir.path().join(os_name(b"mod\xe8le"));
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(data().join("tiny")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let latin1 = dir.path().join(os_name(b"caf\xe9.wav"));
+    let invalid = dir.path().join(os_name(b"\xff\xfe\x80.wav"));
+    std::fs::copy(clip("zh_mid"), &latin1).unwrap();
+    std::fs::copy(clip("zh_mid"), &invalid).unwrap();
+    let mut config = config(IdlePolicy::Never);
+    config.model_dir = Some(model);
+    let paths = vec![latin1.clone(), clip("zh_mid"), invalid.clone()];
+    let results = transcribe_files(
+        &paths,
+        config,
+        Vec::new(),
+        &DecodeSettings::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let expected = reference()["clips"]["zh_mid"]["generate"]["auto"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (path, result) in paths.iter().zip(&results) {
+        let transcript = result.as_ref().unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert_eq!(transcript.raw_text, expected, "{path:?}");
+        assert_eq!(&transcript.path, path, "the exact bytes come back");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_cli_on_the_cpu_transcribes_a_latin1_name_beside_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let latin1 = dir.path().join(os_name(b"caf\xe9.wav"));
+    std::fs::copy(clip("en_short"), &latin1).unwrap();
+    let hello = dir.path().join("hello.wav");
+    std::fs::copy(clip("en_short"), &hello).unwrap();
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gpuscribe"))
+        .arg("transcribe")
+        .arg("--device")
+        .arg("cpu")
+        .arg("--model-dir")
+        .arg(data().join("tiny"))
+        .arg(&latin1)
+        .arg(&hello)
+        .env("GPUSCRIBE_WORKER", env!("CARGO_BIN_EXE_gpuscribe-worker"))
+        // A GPU monitor that would never answer must not matter to `--device cpu`.
+        .env("GPUSCRIBE_FAKE_GPUS", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // "==> NAME <==" then the text, for each file; the same clip gives the same text.
+    let sections: Vec<(&str, &str)> = stdout
+        .split("==> ")
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.split_once(" <==\n"))
+        .collect();
+    assert_eq!(sections.len(), 2, "{stdout}");
+    assert!(sections[0].0.ends_with("caf\u{fffd}.wav"), "{stdout}");
+    assert!(sections[1].0.ends_with("hello.wav"), "{stdout}");
+    assert_eq!(sections[0].1, sections[1].1);
+    assert!(!sections[0].1.trim().is_empty(), "{stdout}");
+}
+
+/// A WAV of `minutes` of speech (the Japanese clip over and over), so a job runs many passes.
+fn long_clip(dir: &Path, minutes: u32) -> PathBuf {
+    let mut reader = hound::WavReader::open(clip("ja_long")).unwrap();
+    let spec = reader.spec();
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let path = dir.join("long.wav");
+    let mut writer = hound::WavWriter::create(&path, spec).unwrap();
+    let wanted = u64::from(minutes) * 60 * u64::from(spec.sample_rate);
+    let mut written = 0;
+    while written < wanted {
+        for s in &samples {
+            writer.write_sample(*s).unwrap();
+        }
+        written += samples.len() as u64;
+    }
+    writer.finalize().unwrap();
+    path
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Starts a long job on a real worker, sends it `sig` after its first batch, and returns the
+/// notices and whether the job finished, with the signalled pid.
+fn signal_mid_job(sig: &str) -> (Vec<String>, String, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let long = long_clip(dir.path(), 20);
+    let mut config = config(IdlePolicy::Never);
+    config.watchdog.min_silence = Duration::from_millis(1500);
+    config.watchdog.first_pass = Duration::from_secs(5);
+    let engine = EngineHandle::spawn(config, Arc::new(|| {})).unwrap();
+    let job = engine.transcribe(long, DecodeSettings::default());
+    let mut pid = None;
+    let mut signalled = None;
+    let mut notices = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = engine.recv_timeout(left).expect("the job ends");
+        match event {
+            Event::Status(slots) => pid = slots.iter().find_map(|s| s.pid).or(pid),
+            Event::JobProgress { job_id, .. } if job_id == job && signalled.is_none() => {
+                let pid = pid.expect("a worker pid before any progress");
+                signal(pid, sig);
+                signalled = Some(pid);
+            }
+            Event::Notice(text) => notices.push(text),
+            Event::JobDone {
+                job_id, transcript, ..
+            } if job_id == job => {
+                return (notices, transcript.raw_text, signalled.expect("signalled"));
+            }
+            Event::JobFailed {
+                job_id, message, ..
+            } if job_id == job => panic!("{message}; notices {notices:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Whether `pid` is gone for good (not even a zombie waiting to be reaped).
+fn reaped(pid: u32) -> bool {
+    let stat = Path::new("/proc").join(pid.to_string()).join("stat");
+    (0..200).any(|_| {
+        let gone = !stat.exists();
+        if !gone {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        gone
+    })
+}
+
+#[cfg(unix)]
+#[test]
+fn a_worker_stopped_with_sigstop_mid_job_is_killed_reaped_and_its_job_retried() {
+    let (notices, text, pid) = signal_mid_job("STOP");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("the worker on CPU sent nothing for")
+                && n.contains("killed; trying again")),
+        "{notices:?}"
+    );
+    assert!(!text.is_empty());
+    assert!(reaped(pid), "worker {pid} is still there");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_worker_killed_with_sigkill_mid_job_is_named_and_its_job_retried() {
+    let (notices, text, pid) = signal_mid_job("KILL");
+    assert!(
+        notices.iter().any(|n| n
+            .contains("the worker on CPU killed by signal 9 (SIGKILL) — out of host memory?")
+            && n.contains("trying again")),
+        "{notices:?}"
+    );
+    assert!(!text.is_empty());
+    assert!(reaped(pid), "worker {pid} is still there");
+}

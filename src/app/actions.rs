@@ -289,7 +289,43 @@ impl GpuScribeApp {
                 }
             }
             TaskResult::InputDevices(devices) => self.recording.devices = Some(devices),
+            TaskResult::Panicked { task, message } => {
+                match task.as_str() {
+                    "file-dialog" | "export" => self.dialog_open = false,
+                    "record-start" | "record-stop" => {
+                        self.recording.state = RecordState::Idle;
+                        self.send(Request::Recording(false));
+                    }
+                    "audio-devices" => self.recording.devices = Some(DeviceList::default()),
+                    _ => {}
+                }
+                self.log_line(format!("the {task} task failed: {message}"), true);
+            }
         }
+    }
+
+    /// Notices an engine thread that is gone (it restarts itself after a panic, so this is the
+    /// last resort): says so and starts a new one; unfinished jobs are marked failed.
+    pub(super) fn check_engine(&mut self) {
+        if self.engine.as_ref().is_none_or(|e| e.is_running()) {
+            return;
+        }
+        self.log_line(
+            "the transcription engine stopped unexpectedly; starting it again".to_owned(),
+            true,
+        );
+        if let Some(old) = self.engine.take() {
+            let stopped = std::thread::Builder::new()
+                .name("engine-stop".to_owned())
+                .spawn(move || drop(old));
+            if let Err(err) = stopped {
+                tracing::warn!("cannot stop the old engine in the background: {err}");
+            }
+        }
+        self.jobs
+            .fail_unfinished("stopped: the transcription engine stopped unexpectedly");
+        self.engine_view.slots.clear();
+        self.start_engine();
     }
 
     fn record_error(&mut self, err: &RecordError) {

@@ -28,12 +28,7 @@ pub fn gpu_free_list(sample: &GpuSample, cuda_visible_devices: Option<&str>) -> 
 
 /// The engine target for the device picker's choice.
 pub fn target_for(choice: &DeviceChoice) -> DeviceTarget {
-    match choice {
-        DeviceChoice::Auto => DeviceTarget::Auto,
-        DeviceChoice::Cpu => DeviceTarget::Cpu,
-        DeviceChoice::Gpu { uuid } => DeviceTarget::Gpu { uuid: uuid.clone() },
-        DeviceChoice::All => DeviceTarget::All,
-    }
+    DeviceTarget::from_choice(choice)
 }
 
 /// VRAM our worker `pid` uses on `gpu`, as NVML lists it (`None` if NVML does not list it).

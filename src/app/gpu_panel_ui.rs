@@ -45,6 +45,14 @@ pub fn gpus_ui(ui: &mut egui::Ui, input: &PanelsInput<'_>) {
             notice_ui(ui, "Looking for NVIDIA GPUs…", None);
             return;
         }
+        MonitorState::NotAnswering => {
+            notice_ui(
+                ui,
+                "GPU monitor not answering — the NVIDIA driver has not replied yet; transcription works meanwhile",
+                None,
+            );
+            return;
+        }
         MonitorState::Unavailable(err) => {
             notice_ui(ui, &err.to_string(), err.detail());
             return;

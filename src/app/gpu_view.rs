@@ -15,7 +15,13 @@ pub enum MonitorState {
     Unavailable(GpuInitError),
     /// Samples are arriving.
     Running,
+    /// No word from the monitor for longer than start-up may take (NVML hangs); samples may
+    /// still come.
+    NotAnswering,
 }
+
+/// How long the window waits for the monitor's first word before it says it is not answering.
+pub const MONITOR_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A GPU that was in an earlier sample but not in the latest one.
 #[derive(Clone, Debug)]
@@ -37,6 +43,8 @@ pub struct GpuView {
     pub history: GpuHistory,
     /// GPUs the driver stopped reporting, kept on screen until their history runs out.
     pub vanished: Vec<VanishedGpu>,
+    /// When the view started waiting for the monitor.
+    waiting_since: Option<Instant>,
 }
 
 impl GpuView {
@@ -58,6 +66,20 @@ impl GpuView {
                 self.latest = Some(sample);
             }
         }
+    }
+
+    /// Marks the monitor as not answering once it has been silent since start-up for longer
+    /// than `patience`.
+    pub fn check_silence(&mut self, now: Instant, patience: std::time::Duration) {
+        let since = *self.waiting_since.get_or_insert(now);
+        if self.state == MonitorState::Starting && now.saturating_duration_since(since) > patience {
+            self.state = MonitorState::NotAnswering;
+        }
+    }
+
+    /// How long ago the latest sample was taken, if there is one.
+    pub fn sample_age(&self, now: Instant) -> Option<std::time::Duration> {
+        self.now().map(|at| now.saturating_duration_since(at))
     }
 
     fn note_vanished(&mut self, sample: &GpuSample) {
@@ -106,6 +128,20 @@ mod tests {
         let mut sample = GpuSample::now(gpus, 10, DriverInfo::default());
         sample.taken_at = at;
         GpuStatus::Sample(sample)
+    }
+
+    #[test]
+    fn a_silent_monitor_is_not_answering_until_its_first_sample() {
+        let start = Instant::now();
+        let mut view = GpuView::default();
+        view.check_silence(start, MONITOR_PATIENCE);
+        assert_eq!(view.state, MonitorState::Starting);
+        view.check_silence(start + Duration::from_secs(4), MONITOR_PATIENCE);
+        assert_eq!(view.state, MonitorState::NotAnswering);
+        view.apply(sample(start + Duration::from_secs(5), vec![fake_gpu(0)]));
+        assert_eq!(view.state, MonitorState::Running);
+        view.check_silence(start + Duration::from_secs(50), MONITOR_PATIENCE);
+        assert_eq!(view.state, MonitorState::Running);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use command::Command;
 pub use engine_link::{EngineView, Marker, MarkerLog, gpu_free_list, marker_label, target_for};
 pub use export::{ExportError, default_export_name, export_transcript};
 pub use fonts::{CJK_FONT_BYTES, CJK_FONT_NAME, install_cjk_font};
-pub use gpu_view::{GpuView, MonitorState, VanishedGpu};
+pub use gpu_view::{GpuView, MONITOR_PATIENCE, MonitorState, VanishedGpu};
 pub use inputs::{AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file};
 pub use jobs::{JobList, JobRow, JobStatus, Overall};
 pub use queue_ui::DROP_HINT;
@@ -247,11 +247,31 @@ impl GpuScribeApp {
     fn status_bar_ui(&self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             let Some(sample) = &self.gpus.latest else {
-                if let MonitorState::Unavailable(err) = &self.gpus.state {
-                    ui.label(RichText::new(err.to_string()).weak());
+                match &self.gpus.state {
+                    MonitorState::Unavailable(err) => {
+                        ui.label(RichText::new(err.to_string()).weak());
+                    }
+                    MonitorState::NotAnswering => {
+                        ui.label(RichText::new("GPU monitor not answering").weak());
+                    }
+                    MonitorState::Starting | MonitorState::Running => {}
                 }
                 return;
             };
+            // A monitor that stopped (stuck in the driver, or its thread died) leaves old numbers.
+            let stale_after = (self.settings.sample_interval() * 4).max(Duration::from_secs(10));
+            if let Some(age) = self.gpus.sample_age(std::time::Instant::now())
+                && age > stale_after
+            {
+                ui.label(
+                    RichText::new(format!(
+                        "GPU monitor not answering (last sample {} s ago)",
+                        age.as_secs()
+                    ))
+                    .color(ui.visuals().warn_fg_color)
+                    .small(),
+                );
+            }
             let mut parts = Vec::new();
             if let Some(version) = &sample.driver.driver_version {
                 parts.push(format!("NVIDIA driver {version}"));
@@ -308,6 +328,16 @@ impl GpuScribeApp {
 impl eframe::App for GpuScribeApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.drain_gpu_feed();
+        self.gpus
+            .check_silence(std::time::Instant::now(), MONITOR_PATIENCE);
+        if self.gpus.state == MonitorState::Starting {
+            // Nothing else wakes the window if the monitor never answers.
+            ctx.request_repaint_after(Duration::from_millis(500));
+        }
+        for report in crate::faults::take_reports() {
+            self.log_line(report, true);
+        }
+        self.check_engine();
         self.sync_sample_interval();
         self.sync_target();
         self.drain_engine();

@@ -51,6 +51,13 @@ pub enum TaskResult {
     RecordingStopped(Result<PathBuf, RecordError>),
     /// The input devices were listed.
     InputDevices(DeviceList),
+    /// The task's thread panicked (the panic hook has the details).
+    Panicked {
+        /// The thread's name ("file-dialog", "record-start", …).
+        task: String,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 /// Starts background tasks and collects their results.
@@ -75,10 +82,18 @@ impl Tasks {
     ) -> std::io::Result<()> {
         let tx = self.tx.clone();
         let ctx = self.ctx.clone();
+        let task = name.to_owned();
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                if tx.send(work()).is_ok() {
+                // A panicking task still answers, so what waits for it (an open dialog, a
+                // recording starting) is not stuck.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                    .unwrap_or_else(|panic| TaskResult::Panicked {
+                        task,
+                        message: crate::engine::panic_message(&*panic),
+                    });
+                if tx.send(result).is_ok() {
                     ctx.request_repaint();
                 }
             })

@@ -1,10 +1,10 @@
 //! `gpuscribe-worker`: the process that owns a candle device and SenseVoice's weights.
 //!
 //! Started by the app's engine, one per device; reads JSON-line requests on stdin and writes
-//! events on stdout (see `gpuscribe::engine::protocol`). It is the only executable that links the
+//! events on stdout (see `gpuscribe::engine::protocol` and `gpuscribe::worker`). It is the only executable that links the
 //! CUDA libraries in a `cuda` build.
 
-fn main() {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -12,5 +12,5 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    gpuscribe::engine::sensevoice_worker::worker_main();
+    gpuscribe::worker::sensevoice::worker_main()
 }

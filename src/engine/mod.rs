@@ -10,32 +10,44 @@
 //! - "all GPUs" is one worker per GPU.
 //!
 //! The UI talks to the engine through [`EngineHandle`]: [`Request`]s in, [`Event`]s out, over
-//! bounded channels; the engine calls the waker after every event.
+//! bounded channels; the engine calls the waker after every event. No call on the handle
+//! blocks: requests the channel cannot take wait in the handle and go with the next call, GPU
+//! samples replace each other in a latest-value slot, and dropping the handle returns within
+//! about a second whatever the workers do.
+//!
+//! The engine thread runs [`scheduler`] (the I/O shell) over [`policy`] and [`residency`] (pure
+//! decisions), and starts workers through a [`process::WorkerPort`] ([`process::ProcessPort`]
+//! in the app; scripted fakes from [`fake_worker`] in tests). A panic in it is caught: the
+//! engine starts afresh with its queue kept and says so.
 
 pub mod batch;
 pub mod cuda_stubs;
+pub mod fake_worker;
 pub mod fit;
 mod model_dir;
+pub mod policy;
 pub mod process;
 pub mod protocol;
 pub mod residency;
 mod scheduler;
 pub mod segment;
-pub mod sensevoice_worker;
 pub mod transcript;
-pub mod worker;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::{Deserialize, Serialize};
 
+pub use policy::{DeviceKey, PinnedFallback, WatchdogConfig};
 pub use protocol::{DecodeSettings, JobId, Precision};
 pub use residency::{Action, IdlePolicy, Residency, ResidencyConfig};
 pub use transcript::{ExportFormat, FileTranscript, Segment};
+
+use crate::gpu::DeviceChoice;
 
 /// Where jobs run, as the user chose it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +64,18 @@ pub enum DeviceTarget {
     },
     /// Every GPU, one worker each, jobs spread over them.
     All,
+}
+
+impl DeviceTarget {
+    /// The target for a device choice (the window's picker, `--device`).
+    pub fn from_choice(choice: &DeviceChoice) -> Self {
+        match choice {
+            DeviceChoice::Auto => Self::Auto,
+            DeviceChoice::Cpu => Self::Cpu,
+            DeviceChoice::Gpu { uuid } => Self::Gpu { uuid: uuid.clone() },
+            DeviceChoice::All => Self::All,
+        }
+    }
 }
 
 /// What the engine needs to know about a GPU (from the GPU monitor).
@@ -83,6 +107,10 @@ pub struct EngineConfig {
     pub vram_margin: f64,
     /// Where jobs run.
     pub target: DeviceTarget,
+    /// What jobs pinned to a GPU that is no longer listed do.
+    pub pinned_fallback: PinnedFallback,
+    /// The watchdog's bounds (short ones in tests).
+    pub watchdog: WatchdogConfig,
     /// Largest batch of segments on a GPU.
     pub max_batch: u64,
     /// The worker executable; `None` looks next to the running executable (see
@@ -99,6 +127,8 @@ impl Default for EngineConfig {
             residency: ResidencyConfig::default(),
             vram_margin: 0.1,
             target: DeviceTarget::Auto,
+            pinned_fallback: PinnedFallback::Auto,
+            watchdog: WatchdogConfig::default(),
             max_batch: 16,
             worker_exe: None,
         }
@@ -245,26 +275,65 @@ pub enum Event {
 /// Wakes the UI after an event (e.g. `egui::Context::request_repaint`).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
+/// How long dropping an [`EngineHandle`] waits for the engine thread (which gives its workers
+/// [`WatchdogConfig::shutdown_grace`], then kills them).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// The UI's side of the engine.
 pub struct EngineHandle {
     requests: Sender<Request>,
     events: Receiver<Event>,
     next_job_id: AtomicU64,
+    /// Requests the channel could not take yet, oldest first.
+    pending: Mutex<VecDeque<Request>>,
+    /// Where GPU lists go (`None` for a handle over test channels: they go as requests).
+    latest_gpus: Option<Arc<scheduler::LatestGpus>>,
+    /// Ends when the engine thread does.
+    stopped: Option<Receiver<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EngineHandle {
-    /// Starts the engine thread. Nothing is loaded and no worker starts before the first job.
+    /// Starts the engine thread with real worker processes. Nothing is loaded and no worker
+    /// starts before the first job.
     pub fn spawn(config: EngineConfig, waker: Waker) -> std::io::Result<Self> {
+        let port = process::ProcessPort::new(config.worker_exe.as_deref());
+        Self::spawn_with_port(config, waker, Box::new(port))
+    }
+
+    /// Starts the engine thread with workers from `port` (tests: [`fake_worker::FakePort`]).
+    pub fn spawn_with_port(
+        config: EngineConfig,
+        waker: Waker,
+        port: Box<dyn process::WorkerPort>,
+    ) -> std::io::Result<Self> {
         let (requests, request_rx) = bounded(256);
         let (event_tx, events) = bounded(4096);
+        let (stopped_tx, stopped) = bounded::<()>(1);
+        let latest_gpus = Arc::new(scheduler::LatestGpus::default());
+        let gpus = Arc::clone(&latest_gpus);
         let thread = std::thread::Builder::new()
             .name("engine".to_owned())
-            .spawn(move || scheduler::Scheduler::new(config, event_tx, waker).run(&request_rx))?;
+            .spawn(move || {
+                let mut engine = scheduler::Scheduler::new(config, port, event_tx, waker, gpus);
+                loop {
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        engine.run(&request_rx);
+                    }));
+                    match run {
+                        Ok(()) => break,
+                        Err(panic) => engine.restart_after_panic(&panic_message(&*panic)),
+                    }
+                }
+                drop(stopped_tx);
+            })?;
         Ok(Self {
             requests,
             events,
             next_job_id: AtomicU64::new(1),
+            pending: Mutex::new(VecDeque::new()),
+            latest_gpus: Some(latest_gpus),
+            stopped: Some(stopped),
             thread: Some(thread),
         })
     }
@@ -276,6 +345,9 @@ impl EngineHandle {
             requests,
             events,
             next_job_id: AtomicU64::new(1),
+            pending: Mutex::new(VecDeque::new()),
+            latest_gpus: None,
+            stopped: None,
             thread: None,
         }
     }
@@ -291,29 +363,117 @@ impl EngineHandle {
         job_id
     }
 
-    /// Sends a request (dropped with a log line if the engine is gone).
+    /// Sends a request without blocking: what the engine cannot take yet waits here, in order,
+    /// and goes with the next call. A GPU list replaces the previous one instead of queueing.
     pub fn send(&self, request: Request) {
-        if self.requests.send(request).is_err() {
-            tracing::error!("the engine thread has stopped");
+        if let (Request::Gpus(gpus), Some(latest)) = (&request, &self.latest_gpus) {
+            latest.put(gpus.clone());
+            return;
+        }
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        pending.push_back(request);
+        self.flush(&mut pending);
+    }
+
+    fn flush(&self, pending: &mut VecDeque<Request>) {
+        while let Some(request) = pending.pop_front() {
+            match self.requests.try_send(request) {
+                Ok(()) => {}
+                Err(TrySendError::Full(request)) => {
+                    pending.push_front(request);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    tracing::error!("the engine thread has stopped");
+                    pending.clear();
+                    return;
+                }
+            }
         }
     }
 
-    /// Events received so far, without blocking.
+    /// Requests still waiting for room in the engine's channel.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.lock().map_or(0, |p| p.len())
+    }
+
+    /// Events received so far, without blocking (and hands on waiting requests).
     pub fn try_events(&self) -> impl Iterator<Item = Event> + '_ {
+        if let Ok(mut pending) = self.pending.lock() {
+            self.flush(&mut pending);
+        }
         self.events.try_iter()
     }
 
     /// Waits up to `timeout` for the next event.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        self.events.recv_timeout(timeout).ok()
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let waiting = self.pending.lock().map_or(0, |mut pending| {
+                self.flush(&mut pending);
+                pending.len()
+            });
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // With requests still waiting, look again soon to hand them on.
+            let wait = if waiting > 0 {
+                left.min(Duration::from_millis(20))
+            } else {
+                left
+            };
+            match self.events.recv_timeout(wait) {
+                Ok(event) => return Some(event),
+                Err(_) if left.is_zero() => return None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) if waiting == 0 => {
+                    return None;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Whether the engine thread is still running (always true for a handle over channels).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| !t.is_finished())
     }
 }
 
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        self.requests.send(Request::Shutdown).ok();
-        if let Some(thread) = self.thread.take() {
+        // Room for the shutdown is made by dropping what still waits: nothing more will run.
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.clear();
+        }
+        let told = match self.requests.try_send(Request::Shutdown) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            Err(TrySendError::Disconnected(_)) => true,
+        };
+        if !told {
+            tracing::warn!("the engine's request queue is full; it stops when it is drained");
+        }
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let ended = self.stopped.as_ref().is_none_or(|stopped| {
+            stopped
+                .recv_timeout(CLOSE_WAIT)
+                .is_err_and(|e| e.is_disconnected())
+        });
+        if ended {
             thread.join().ok();
+        } else {
+            tracing::warn!("the engine thread did not stop within {CLOSE_WAIT:?}; leaving it");
         }
     }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

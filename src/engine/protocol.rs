@@ -1,5 +1,9 @@
 //! The messages between the engine and a worker process: one JSON object per line, requests on the
 //! worker's stdin, events on its stdout. Logs go to stderr.
+//!
+//! Paths cross the pipe losslessly ([`wire_path`]): a file name that is not UTF-8 (a Latin-1 name
+//! from an old zip file or a Windows share) arrives as the same bytes. Failures carry a typed
+//! [`JobErrorKind`] or [`LoadErrorKind`]; the engine never looks inside a message's text.
 
 use std::path::PathBuf;
 
@@ -75,6 +79,7 @@ pub enum WorkerRequest {
     /// Read the weights from `model_dir` onto `device`.
     Load {
         /// A folder with config.yaml, am.mvn, the .bpe.model and model.pt or model.safetensors.
+        #[serde(with = "wire_path")]
         model_dir: PathBuf,
         /// Where to run.
         device: WorkerDevice,
@@ -86,13 +91,15 @@ pub enum WorkerRequest {
         /// The job.
         job_id: JobId,
         /// The audio file.
+        #[serde(with = "wire_path")]
         path: PathBuf,
         /// Decode options.
         settings: DecodeSettings,
         /// Longest padded batch, in seconds of audio (segments × longest segment).
         batch_budget_s: f64,
     },
-    /// Stop the running job at the next batch boundary.
+    /// Stop the running job: the worker's request reader sets a flag that the job checks between
+    /// batches and inside its long loops.
     Cancel {
         /// The job.
         job_id: JobId,
@@ -112,10 +119,25 @@ pub enum JobErrorKind {
     BadInput,
     /// The device ran out of memory even at batch size 1.
     OutOfMemory,
+    /// The model's files are unusable (or no model is loaded).
+    BadModel,
     /// The user cancelled it.
     Cancelled,
-    /// Anything else in the model.
-    Model,
+    /// Anything else: a bug or a device fault.
+    Internal,
+}
+
+/// Why loading (or restoring) the model failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadErrorKind {
+    /// The device ran out of memory.
+    OutOfMemory,
+    /// The model's files are missing, unreadable or do not belong together.
+    BadModel,
+    /// The device cannot be used (no driver, no CUDA runtime, CUDA initialisation failed).
+    DeviceUnavailable,
+    /// Anything else.
+    Internal,
 }
 
 /// Worker → engine.
@@ -139,17 +161,28 @@ pub enum WorkerEvent {
         /// Bytes of weights on the device.
         weight_bytes: u64,
     },
-    /// The load failed; the worker stays up but has no model.
+    /// The load or restore failed; the worker stays up but has no model on the device.
     LoadFailed {
-        /// Why.
+        /// What kind of failure.
+        kind: LoadErrorKind,
+        /// What to tell the user.
         message: String,
-        /// Whether the device ran out of memory.
-        out_of_memory: bool,
+    },
+    /// Still working: sent during long work (decoding, batches, loading) at most about once a
+    /// second, so the engine's watchdog can tell a slow worker from a hung one.
+    Heartbeat {
+        /// The job being worked on, if any.
+        job_id: Option<JobId>,
     },
     /// Weights are in host RAM.
     Offloaded {
         /// Wall time.
         ms: f64,
+    },
+    /// Moving the weights to host RAM failed; they are still on the device.
+    OffloadFailed {
+        /// Why.
+        message: String,
     },
     /// Weights are back on the device.
     Restored {
@@ -189,7 +222,8 @@ pub enum WorkerEvent {
     Done {
         /// The job.
         job_id: JobId,
-        /// The transcript.
+        /// The transcript. Its `path` is only a label here (lossy for a non-UTF-8 name): the
+        /// engine puts back the job's own path.
         transcript: FileTranscript,
         /// Wall time of the job.
         ms: f64,
@@ -205,17 +239,172 @@ pub enum WorkerEvent {
     },
 }
 
-/// Encodes a message as one line.
-pub fn to_line<T: Serialize>(message: &T) -> String {
-    // Serialising these plain enums cannot fail; fall back to an empty object rather than panic.
-    let mut line = serde_json::to_string(message).unwrap_or_else(|_| "{}".to_owned());
+/// Encodes a message as one line. Fails only for a value JSON cannot hold (a map with
+/// non-string keys, a non-finite float is written as `null`); the callers report it.
+pub fn to_line<T: Serialize>(message: &T) -> serde_json::Result<String> {
+    let mut line = serde_json::to_string(message)?;
     line.push('\n');
-    line
+    Ok(line)
+}
+
+/// Decodes one line (without its newline) of bytes: a message, or why it is not one.
+pub fn from_line<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, String> {
+    let text =
+        std::str::from_utf8(line).map_err(|err| format!("a line that is not UTF-8 ({err})"))?;
+    serde_json::from_str(text.trim_end_matches('\r'))
+        .map_err(|err| format!("a line that is not a protocol message ({err})"))
+}
+
+/// Paths on the wire, losslessly: a UTF-8 path is a JSON string; any other is
+/// `{"bytes": [..]}` with the OS bytes (Unix) or `{"wide": [..]}` with the UTF-16 units
+/// (Windows). Readers accept all three forms.
+pub mod wire_path {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Text(String),
+        Bytes { bytes: Vec<u8> },
+        Wide { wide: Vec<u16> },
+    }
+
+    /// Writes `path`.
+    pub fn serialize<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+        let wire = match path.to_str() {
+            Some(text) => Wire::Text(text.to_owned()),
+            None => raw(path),
+        };
+        wire.serialize(serializer)
+    }
+
+    #[cfg(unix)]
+    fn raw(path: &Path) -> Wire {
+        use std::os::unix::ffi::OsStrExt as _;
+        Wire::Bytes {
+            bytes: path.as_os_str().as_bytes().to_vec(),
+        }
+    }
+
+    #[cfg(windows)]
+    fn raw(path: &Path) -> Wire {
+        use std::os::windows::ffi::OsStrExt as _;
+        Wire::Wide {
+            wide: path.as_os_str().encode_wide().collect(),
+        }
+    }
+
+    #[cfg(not(any(unix, windows)))]
+    fn raw(path: &Path) -> Wire {
+        Wire::Text(path.to_string_lossy().into_owned())
+    }
+
+    /// Reads a path.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+        match Wire::deserialize(deserializer)? {
+            Wire::Text(text) => Ok(PathBuf::from(text)),
+            Wire::Bytes { bytes } => from_bytes(bytes).map_err(serde::de::Error::custom),
+            Wire::Wide { wide } => from_wide(&wide).map_err(serde::de::Error::custom),
+        }
+    }
+
+    #[cfg(unix)]
+    fn from_bytes(bytes: Vec<u8>) -> Result<PathBuf, &'static str> {
+        use std::os::unix::ffi::OsStringExt as _;
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+
+    #[cfg(not(unix))]
+    fn from_bytes(bytes: Vec<u8>) -> Result<PathBuf, &'static str> {
+        String::from_utf8(bytes)
+            .map(PathBuf::from)
+            .map_err(|_| "a path of bytes that is not UTF-8 on a system without byte paths")
+    }
+
+    #[cfg(windows)]
+    fn from_wide(wide: &[u16]) -> Result<PathBuf, &'static str> {
+        use std::os::windows::ffi::OsStringExt as _;
+        Ok(PathBuf::from(std::ffi::OsString::from_wide(wide)))
+    }
+
+    #[cfg(not(windows))]
+    fn from_wide(wide: &[u16]) -> Result<PathBuf, &'static str> {
+        String::from_utf16(wide)
+            .map(PathBuf::from)
+            .map_err(|_| "a UTF-16 path that is not valid on this system")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    fn os_path(bytes: &[u8]) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt as _;
+        PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_paths_cross_the_pipe_unchanged() {
+        // "café.wav" in Latin-1, and bytes that are no encoding at all, in files and the model folder.
+        let latin1 = os_path(b"/audio/caf\xe9.wav");
+        let garbage = os_path(b"/audio/\xff\xfe\x80name\n.wav");
+        let model = os_path(b"/models/mod\xe8le");
+        let requests = [
+            WorkerRequest::Transcribe {
+                job_id: 1,
+                path: latin1.clone(),
+                settings: DecodeSettings::default(),
+                batch_budget_s: 30.0,
+            },
+            WorkerRequest::Transcribe {
+                job_id: 2,
+                path: garbage,
+                settings: DecodeSettings::default(),
+                batch_budget_s: 30.0,
+            },
+            WorkerRequest::Load {
+                model_dir: model,
+                device: WorkerDevice::Cpu,
+                precision: Precision::Auto,
+            },
+        ];
+        for request in requests {
+            let line = to_line(&request).expect("encodes");
+            assert_eq!(line.matches('\n').count(), 1, "{line}");
+            assert!(line.contains("\"bytes\""), "{line}");
+            let back: WorkerRequest = from_line(line.trim_end().as_bytes()).expect("parse");
+            assert_eq!(back, request);
+        }
+        let WorkerRequest::Transcribe { path, .. } = from_line::<WorkerRequest>(
+            to_line(&WorkerRequest::Transcribe {
+                job_id: 1,
+                path: latin1.clone(),
+                settings: DecodeSettings::default(),
+                batch_budget_s: 1.0,
+            })
+            .expect("encodes")
+            .trim_end()
+            .as_bytes(),
+        )
+        .expect("parse") else {
+            panic!("not a transcribe request");
+        };
+        use std::os::unix::ffi::OsStrExt as _;
+        assert_eq!(path.as_os_str().as_bytes(), b"/audio/caf\xe9.wav");
+        assert_ne!(path, PathBuf::from("/audio/caf\u{e9}.wav"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_or_not_a_message_is_an_error() {
+        assert!(from_line::<WorkerEvent>(b"\xff\xfe{}").is_err());
+        assert!(from_line::<WorkerEvent>(b"hello").is_err());
+        assert!(from_line::<WorkerEvent>(b"{\"Heartbeat\":{\"job_id\":3}}").is_ok());
+    }
 
     #[test]
     fn messages_round_trip_as_single_lines() {
@@ -237,9 +426,9 @@ mod tests {
             WorkerRequest::Shutdown,
         ];
         for request in requests {
-            let line = to_line(&request);
+            let line = to_line(&request).expect("encodes");
             assert_eq!(line.matches('\n').count(), 1, "{line}");
-            let back: WorkerRequest = serde_json::from_str(line.trim_end()).expect("parse");
+            let back: WorkerRequest = from_line(line.trim_end().as_bytes()).expect("parse");
             assert_eq!(back, request);
         }
     }

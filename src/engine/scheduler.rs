@@ -1,101 +1,224 @@
-//! The engine thread: job queues per device, routing with VRAM fit checks and out-of-memory
-//! fallback, residency actions, and the worker processes.
+//! The engine thread: the I/O shell around [`super::policy`] and [`super::residency`]. It keeps
+//! the job queues and one slot per device, starts workers through a [`WorkerPort`], feeds the
+//! pure machines what happened and carries out what they decide.
+//!
+//! It never blocks: requests to workers go through [`WorkerLink`]s (a full queue is a stuck
+//! worker), events to the UI through a local backlog flushed with `try_send`, and it wakes at
+//! the earliest of its tick and the watchdog's deadlines:
+//! - a load, restore or offload must finish within `watchdog.load`;
+//! - a running job's worker must say something (an event or a heartbeat) within
+//!   [`silence_bound`] (before the job's first batch: `max(min_silence, first_pass)`; then
+//!   `max(min_silence, 3 × the device's longest pass)`);
+//! - a cancelled job must stop within `watchdog.cancel_grace`;
+//! - a worker that closed its output must exit within a second.
+//!
+//! A worker that misses one, crashes, is killed (e.g. by the OOM killer) or writes garbage is
+//! killed if needed and reaped; its job is retried once on a fresh worker, then fails with the
+//! reason (exit status or signal, and the last lines of stderr). Routing is a loop over a list
+//! of jobs to place, not a recursion.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
 
-use super::fit::{ModelShape, max_batch_that_fits, usable_bytes};
-use super::process::{Inbox, WorkerProcess};
+use super::policy::{
+    self, DeviceKey, JobStep, LossStep, Placement, PolicyInput, SlotView, silence_bound,
+};
+use super::process::{Inbox, SendError, WorkerLink, WorkerPort};
 use super::protocol::{
-    DecodeSettings, JobErrorKind, JobId, Precision, WorkerDevice, WorkerEvent, WorkerRequest,
+    DecodeSettings, JobErrorKind, JobId, LoadErrorKind, WorkerDevice, WorkerEvent, WorkerRequest,
 };
 use super::residency::{Action, Residency, ResidencyEvent, ResidencyMachine};
-use super::segment::MAX_SEGMENT_SECS;
 use super::{DeviceTarget, EngineConfig, Event, GpuFree, MarkerKind, Request, SlotStatus, Waker};
 
-/// How often the idle timers are checked.
-const TICK: Duration = Duration::from_millis(500);
+/// Events kept for a UI that does not drain them; beyond this, progress and status are dropped
+/// (a job's end never is).
+const BACKLOG_CAP: usize = 8192;
 
-/// How long a worker gets to exit before it is killed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long a worker that closed its output gets to exit before it is killed.
+const CLOSED_GRACE: Duration = Duration::from_secs(1);
 
-struct Job {
+/// Panics after which the engine stops restarting and fails what is left.
+const MAX_RESTARTS: u32 = 5;
+
+/// The GPUs as the monitor last reported them: a latest-value slot, so samples never queue.
+#[derive(Default)]
+pub(super) struct LatestGpus(Mutex<Option<Vec<GpuFree>>>);
+
+impl LatestGpus {
+    pub(super) fn put(&self, gpus: Vec<GpuFree>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(gpus);
+        }
+    }
+
+    fn take(&self) -> Option<Vec<GpuFree>> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// A job the engine knows about.
+#[derive(Clone, Debug)]
+pub(super) struct Job {
     id: JobId,
     path: PathBuf,
     settings: DecodeSettings,
-    /// Devices that already failed this job (UUID, or "cpu").
-    tried: Vec<String>,
+    /// Devices that already failed this job (out of memory, unusable).
+    tried: Vec<DeviceKey>,
+    /// Workers lost while running (or loading for) this job.
+    losses: u32,
+}
+
+struct Running {
+    job: Job,
+    last_heard: Instant,
+    /// When the last batch (or the decode) finished; `None` until the decode did.
+    last_mark: Option<Instant>,
+    /// A batch has finished.
+    progressed: bool,
+    /// A cancel was sent; the worker must stop by then.
+    cancel_by: Option<Instant>,
+}
+
+struct Waiting {
+    what: &'static str,
+    deadline: Instant,
+}
+
+struct Live {
+    link: WorkerLink,
+    closed_at: Option<Instant>,
 }
 
 struct Slot {
     device: WorkerDevice,
+    key: DeviceKey,
     residency: ResidencyMachine,
-    process: Option<WorkerProcess>,
+    worker: Option<Live>,
     queue: VecDeque<Job>,
-    running: Option<Job>,
+    running: Option<Running>,
+    waiting: Option<Waiting>,
     dtype: String,
     weight_bytes: u64,
     load_ms: Option<f64>,
     restore_ms: Option<f64>,
     unavailable: Option<String>,
+    longest_pass: Option<Duration>,
 }
 
 impl Slot {
-    fn key(&self) -> String {
-        device_key(&self.device)
+    fn uuid(&self) -> Option<String> {
+        match &self.key {
+            DeviceKey::Cpu => None,
+            DeviceKey::Gpu(uuid) => Some(uuid.clone()),
+        }
     }
 
-    fn uuid(&self) -> Option<String> {
-        match &self.device {
-            WorkerDevice::Cpu => None,
-            WorkerDevice::Cuda { uuid, .. } => Some(uuid.clone()),
-        }
+    fn generation(&self) -> Option<u64> {
+        self.worker.as_ref().map(|w| w.link.generation)
     }
 }
 
-fn device_key(device: &WorkerDevice) -> String {
-    match device {
-        WorkerDevice::Cpu => "cpu".to_owned(),
-        WorkerDevice::Cuda { uuid, .. } => uuid.clone(),
+/// Events to the UI, never blocking: what the channel cannot take waits here.
+struct EventOut {
+    tx: Sender<Event>,
+    waker: Waker,
+    backlog: VecDeque<Event>,
+}
+
+impl EventOut {
+    fn emit(&mut self, event: Event) {
+        self.backlog.push_back(event);
+        if self.backlog.len() > BACKLOG_CAP {
+            self.backlog.retain(|e| {
+                !matches!(
+                    e,
+                    Event::Status(_) | Event::Marker { .. } | Event::JobProgress { .. }
+                )
+            });
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let mut sent = false;
+        while let Some(event) = self.backlog.pop_front() {
+            match self.tx.try_send(event) {
+                Ok(()) => sent = true,
+                Err(TrySendError::Full(event)) => {
+                    self.backlog.push_front(event);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.backlog.clear();
+                    break;
+                }
+            }
+        }
+        if sent {
+            (self.waker)();
+        }
     }
 }
 
 pub(super) struct Scheduler {
     config: EngineConfig,
-    events: Sender<Event>,
-    waker: Waker,
+    port: Box<dyn WorkerPort>,
+    out: EventOut,
     inbox_tx: Sender<Inbox>,
     inbox_rx: Receiver<Inbox>,
+    latest_gpus: Arc<LatestGpus>,
     gpus: Vec<GpuFree>,
     slots: Vec<Slot>,
+    /// Jobs waiting to be placed (routing is a loop over this, never a recursion).
+    to_place: VecDeque<Job>,
+    /// Workers told to exit, killed at their deadline.
+    retiring: Vec<(WorkerLink, Instant)>,
     next_generation: u64,
     last_status: Vec<SlotStatus>,
     keep_loaded: bool,
+    restarts: u32,
 }
 
 impl Scheduler {
-    pub(super) fn new(config: EngineConfig, events: Sender<Event>, waker: Waker) -> Self {
+    pub(super) fn new(
+        config: EngineConfig,
+        port: Box<dyn WorkerPort>,
+        events: Sender<Event>,
+        waker: Waker,
+        latest_gpus: Arc<LatestGpus>,
+    ) -> Self {
         let (inbox_tx, inbox_rx) = bounded(1024);
         Self {
             config,
-            events,
-            waker,
+            port,
+            out: EventOut {
+                tx: events,
+                waker,
+                backlog: VecDeque::new(),
+            },
             inbox_tx,
             inbox_rx,
+            latest_gpus,
             gpus: Vec::new(),
             slots: Vec::new(),
+            to_place: VecDeque::new(),
+            retiring: Vec::new(),
             next_generation: 1,
             last_status: Vec::new(),
             keep_loaded: false,
+            restarts: 0,
         }
     }
 
-    pub(super) fn run(mut self, requests: &Receiver<Request>) {
+    /// Serves requests until `Shutdown` (or the handle is gone), then stops every worker.
+    pub(super) fn run(&mut self, requests: &Receiver<Request>) {
         let inbox = self.inbox_rx.clone();
         loop {
+            let wait = self.next_wake(Instant::now());
             select! {
                 recv(requests) -> request => match request {
                     Ok(Request::Shutdown) | Err(_) => break,
@@ -106,61 +229,143 @@ impl Scheduler {
                         self.on_inbox(message);
                     }
                 },
-                default(TICK) => {},
+                default(wait) => {},
             }
+            self.place_waiting();
             self.tick();
         }
+        self.shutdown();
+    }
+
+    /// After a panic inside [`Self::run`]: every worker is stopped, the device slots start
+    /// afresh, and the jobs that were queued or running are placed again (a running job counts
+    /// a lost worker, so a job that makes the engine panic twice fails).
+    pub(super) fn restart_after_panic(&mut self, panic: &str) {
+        self.restarts += 1;
+        let mut jobs: Vec<Job> = self.to_place.drain(..).collect();
         for slot in &mut self.slots {
-            if let Some(process) = slot.process.take() {
-                process.shutdown(SHUTDOWN_GRACE);
+            if let Some(running) = slot.running.take() {
+                let mut job = running.job;
+                job.losses += 1;
+                jobs.push(job);
+            }
+            jobs.extend(slot.queue.drain(..));
+        }
+        self.slots.clear();
+        self.retiring.clear();
+        self.last_status.clear();
+        jobs.sort_by_key(|j| j.id);
+        let kept = jobs.len();
+        tracing::error!("the engine panicked: {panic}");
+        if self.restarts > MAX_RESTARTS {
+            self.emit(Event::Notice(format!(
+                "the engine stopped unexpectedly ({panic}) {} times; giving up on {kept} job(s)",
+                self.restarts
+            )));
+            for job in jobs {
+                self.fail(
+                    &job,
+                    format!("{}: the engine keeps failing", job.path.display()),
+                );
+            }
+            return;
+        }
+        self.emit(Event::Notice(format!(
+            "the engine stopped unexpectedly ({panic}); restarted with {kept} job(s) kept"
+        )));
+        for job in jobs {
+            if policy::after_worker_loss(job.losses) == LossStep::Fail {
+                let message = format!(
+                    "{}: the engine stopped unexpectedly while running it ({panic})",
+                    job.path.display()
+                );
+                self.fail(&job, message);
+            } else {
+                self.to_place.push_back(job);
             }
         }
+        self.place_waiting();
     }
 
-    fn emit(&self, event: Event) {
-        if self.events.send(event).is_ok() {
-            (self.waker)();
+    /// Asks every worker to exit, waits up to the shutdown grace for them, kills the rest.
+    fn shutdown(&mut self) {
+        let deadline = Instant::now() + self.config.watchdog.shutdown_grace;
+        for slot in &mut self.slots {
+            if let Some(live) = slot.worker.take() {
+                live.link.send(&WorkerRequest::Shutdown).ok();
+                self.retiring.push((live.link, deadline));
+            }
         }
+        while !self.retiring.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.inbox_rx.recv_timeout(left) {
+                Ok(Inbox::Exited { generation, .. }) => {
+                    self.retiring
+                        .retain(|(link, _)| link.generation != generation);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // Dropping a link kills its worker; its reaper collects it.
+        self.retiring.clear();
+        self.out.flush();
     }
 
-    fn notice(&self, message: String) {
+    fn emit(&mut self, event: Event) {
+        self.out.emit(event);
+    }
+
+    fn notice(&mut self, message: String) {
         tracing::info!("{message}");
         self.emit(Event::Notice(message));
     }
 
-    fn marker(&self, slot: usize, kind: MarkerKind) {
+    fn fail(&mut self, job: &Job, message: String) {
+        self.emit(Event::JobFailed {
+            job_id: job.id,
+            message,
+            cancelled: false,
+        });
+    }
+
+    fn marker(&mut self, slot: usize, kind: MarkerKind) {
+        let uuid = self.slots[slot].uuid();
         self.emit(Event::Marker {
-            uuid: self.slots[slot].uuid(),
+            uuid,
             kind,
             at: SystemTime::now(),
         });
     }
 
+    fn residency(&mut self, slot: usize, event: ResidencyEvent) {
+        let action = self.slots[slot].residency.on_event(event, Instant::now());
+        self.apply(slot, action);
+    }
+
     fn on_request(&mut self, request: Request) {
-        let now = Instant::now();
         match request {
             Request::Transcribe {
                 job_id,
                 path,
                 settings,
-            } => self.route(Job {
+            } => self.to_place.push_back(Job {
                 id: job_id,
                 path,
                 settings,
                 tried: Vec::new(),
+                losses: 0,
             }),
             Request::Cancel(job_id) => self.cancel(job_id),
             Request::UnloadNow => {
                 for i in 0..self.slots.len() {
-                    let action = self.slots[i]
-                        .residency
-                        .on_event(ResidencyEvent::UnloadNow, now);
-                    self.apply(i, action);
+                    self.residency(i, ResidencyEvent::UnloadNow);
                 }
             }
             Request::ReleaseNow => {
                 for i in 0..self.slots.len() {
-                    if self.slots[i].process.is_some() && self.slots[i].running.is_none() {
+                    let slot = &self.slots[i];
+                    if slot.worker.is_some() && slot.running.is_none() && slot.waiting.is_none() {
                         self.apply(i, Some(Action::Release));
                     }
                 }
@@ -168,10 +373,7 @@ impl Scheduler {
             Request::KeepLoaded(on) => {
                 self.keep_loaded = on;
                 for i in 0..self.slots.len() {
-                    let action = self.slots[i]
-                        .residency
-                        .on_event(ResidencyEvent::KeepLoaded(on), now);
-                    self.apply(i, action);
+                    self.residency(i, ResidencyEvent::KeepLoaded(on));
                 }
             }
             Request::SetTarget(target) => {
@@ -180,10 +382,7 @@ impl Scheduler {
                 for i in 0..self.slots.len() {
                     let slot = &self.slots[i];
                     if slot.running.is_none() && slot.queue.is_empty() && !self.target_uses(i) {
-                        let action = self.slots[i]
-                            .residency
-                            .on_event(ResidencyEvent::DeviceChanged, now);
-                        self.apply(i, action);
+                        self.residency(i, ResidencyEvent::DeviceChanged);
                     }
                 }
             }
@@ -195,10 +394,7 @@ impl Scheduler {
             }
             Request::Recording(on) => {
                 for i in 0..self.slots.len() {
-                    let action = self.slots[i]
-                        .residency
-                        .on_event(ResidencyEvent::Recording(on), now);
-                    self.apply(i, action);
+                    self.residency(i, ResidencyEvent::Recording(on));
                 }
             }
             Request::Gpus(gpus) => self.gpus = gpus,
@@ -207,139 +403,59 @@ impl Scheduler {
     }
 
     fn target_uses(&self, slot: usize) -> bool {
-        let key = self.slots[slot].key();
+        let key = &self.slots[slot].key;
         match &self.config.target {
-            DeviceTarget::Cpu => key == "cpu",
-            DeviceTarget::Gpu { uuid } => &key == uuid,
-            DeviceTarget::Auto | DeviceTarget::All => key != "cpu",
+            DeviceTarget::Cpu => *key == DeviceKey::Cpu,
+            DeviceTarget::Gpu { uuid } => *key == DeviceKey::Gpu(uuid.clone()),
+            DeviceTarget::Auto | DeviceTarget::All => *key != DeviceKey::Cpu,
         }
     }
 
-    /// Bytes per element at the configured precision on `device`.
-    fn dtype_bytes(&self, device: &WorkerDevice) -> u64 {
-        match (self.config.precision, device) {
-            (Precision::F32, _) | (Precision::Auto, WorkerDevice::Cpu) => 4,
-            _ => 2,
+    /// Places every job waiting to be placed.
+    fn place_waiting(&mut self) {
+        if let Some(gpus) = self.latest_gpus.take() {
+            self.gpus = gpus;
         }
-    }
-
-    /// Whether a job fits on `gpu` now, and if not, why.
-    fn fits(&self, gpu: &GpuFree) -> Result<(), String> {
-        let device = WorkerDevice::Cuda {
-            ordinal: gpu.cuda_ordinal,
-            uuid: gpu.uuid.clone(),
-        };
-        let shape = ModelShape::sensevoice_small(self.dtype_bytes(&device));
-        let resident = self.slots.iter().any(|s| {
-            s.key() == gpu.uuid
-                && matches!(
-                    s.residency.state(),
-                    Residency::Ready | Residency::Loading | Residency::Offloading
-                )
-        });
-        let available = usable_bytes(gpu.free_bytes, self.config.vram_margin);
-        if max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1 {
-            return Ok(());
-        }
-        let needed = if resident {
-            shape.activation_bytes(1, MAX_SEGMENT_SECS)
-        } else {
-            shape.job_bytes(1, MAX_SEGMENT_SECS)
-        };
-        Err(format!(
-            "GPU {} has {} MiB free ({} MiB after the {:.0}% margin); the model needs about {} MiB",
-            gpu.index,
-            gpu.free_bytes >> 20,
-            available >> 20,
-            self.config.vram_margin * 100.0,
-            needed >> 20
-        ))
-    }
-
-    /// Chooses a device for `job` and queues it there.
-    fn route(&mut self, job: Job) {
-        let mut reasons = Vec::new();
-        let mut gpus: Vec<&GpuFree> = self
-            .gpus
-            .iter()
-            .filter(|g| !job.tried.contains(&g.uuid))
-            .filter(|g| {
-                let unavailable = self
-                    .slots
-                    .iter()
-                    .find(|s| s.key() == g.uuid)
-                    .and_then(|s| s.unavailable.clone());
-                if let Some(why) = &unavailable {
-                    reasons.push(format!("GPU {}: {why}", g.index));
-                }
-                unavailable.is_none()
-            })
-            .collect();
-        // Most free memory first; ties to the lowest index.
-        gpus.sort_by_key(|g| (std::cmp::Reverse(g.free_bytes), g.index));
-        if matches!(self.config.target, DeviceTarget::All) {
-            // Spread: the GPU with the shortest queue first.
-            gpus.sort_by_key(|g| {
-                self.slots
-                    .iter()
-                    .find(|s| s.key() == g.uuid)
-                    .map_or(0, |s| s.queue.len() + usize::from(s.running.is_some()))
-            });
-        }
-        if let DeviceTarget::Gpu { uuid } = &self.config.target
-            && let Some(pos) = gpus.iter().position(|g| &g.uuid == uuid)
-        {
-            let chosen = gpus.remove(pos);
-            gpus.insert(0, chosen);
-        }
-        // A build without CUDA has no GPU worker to start: say so once per job, run on the CPU.
-        let wants_gpu = !matches!(self.config.target, DeviceTarget::Cpu);
-        if wants_gpu && !cfg!(feature = "cuda") && !self.gpus.is_empty() {
-            reasons.push("this build has no CUDA support (build with --features cuda)".to_owned());
-        }
-        let wants_gpu = wants_gpu && cfg!(feature = "cuda");
-        let mut device = WorkerDevice::Cpu;
-        if wants_gpu {
-            for gpu in gpus {
-                match self.fits(gpu) {
-                    Ok(()) => {
-                        device = WorkerDevice::Cuda {
-                            ordinal: gpu.cuda_ordinal,
-                            uuid: gpu.uuid.clone(),
-                        };
-                        break;
+        while let Some(job) = self.to_place.pop_front() {
+            let views: Vec<SlotView> = self
+                .slots
+                .iter()
+                .map(|s| SlotView {
+                    key: s.key.clone(),
+                    residency: s.residency.state(),
+                    unavailable: s.unavailable.clone(),
+                    jobs: s.queue.len() + usize::from(s.running.is_some()),
+                })
+                .collect();
+            let input = PolicyInput {
+                target: &self.config.target,
+                pinned_fallback: self.config.pinned_fallback,
+                gpus: &self.gpus,
+                slots: &views,
+                cuda_built: self.port.gpu_capable(),
+                vram_margin: self.config.vram_margin,
+                precision: self.config.precision,
+            };
+            match policy::place(&job.path, &job.tried, &input) {
+                Placement::Fail { message } => self.fail(&job, message),
+                Placement::Run { device, notice } => {
+                    if let Some(notice) = notice {
+                        self.notice(notice);
                     }
-                    Err(why) => reasons.push(why),
+                    let slot = self.slot_for(device);
+                    self.slots[slot].queue.push_back(job);
+                    self.residency(slot, ResidencyEvent::JobQueued);
+                    self.dispatch(slot);
                 }
             }
         }
-        if job.tried.iter().any(|t| t == "cpu") && device == WorkerDevice::Cpu {
-            return self.emit(Event::JobFailed {
-                job_id: job.id,
-                message: format!("no device left to try for {}", job.path.display()),
-                cancelled: false,
-            });
-        }
-        if !reasons.is_empty() {
-            self.notice(format!(
-                "{}: running on {} ({})",
-                job.path.display(),
-                device.label(),
-                reasons.join("; ")
-            ));
-        }
-        let slot = self.slot_for(device);
-        let action = self.slots[slot]
-            .residency
-            .on_event(ResidencyEvent::JobQueued, Instant::now());
-        self.slots[slot].queue.push_back(job);
-        self.apply(slot, action);
-        self.dispatch(slot);
     }
 
     fn slot_for(&mut self, device: WorkerDevice) -> usize {
-        let key = device_key(&device);
-        if let Some(i) = self.slots.iter().position(|s| s.key() == key) {
+        let key = DeviceKey::of(&device);
+        if let Some(i) = self.slots.iter().position(|s| s.key == key) {
+            // The ordinal may have changed (CUDA_VISIBLE_DEVICES); the UUID did not.
+            self.slots[i].device = device;
             return i;
         }
         let mut residency = ResidencyMachine::new(self.config.residency);
@@ -347,44 +463,28 @@ impl Scheduler {
         residency.on_event(ResidencyEvent::KeepLoaded(self.keep_loaded), Instant::now());
         self.slots.push(Slot {
             device,
+            key,
             residency,
-            process: None,
+            worker: None,
             queue: VecDeque::new(),
             running: None,
+            waiting: None,
             dtype: String::new(),
             weight_bytes: 0,
             load_ms: None,
             restore_ms: None,
             unavailable: None,
+            longest_pass: None,
         });
         self.slots.len() - 1
     }
 
-    /// Seconds of padded audio per forward pass on this slot.
-    fn batch_budget_s(&self, slot: usize) -> f64 {
-        let device = &self.slots[slot].device;
-        let WorkerDevice::Cuda { uuid, .. } = device else {
-            // On the CPU one segment at a time, as FunASR does.
-            return MAX_SEGMENT_SECS;
-        };
-        let Some(gpu) = self.gpus.iter().find(|g| &g.uuid == uuid) else {
-            return MAX_SEGMENT_SECS;
-        };
-        let shape = ModelShape::sensevoice_small(self.dtype_bytes(device));
-        let available = usable_bytes(gpu.free_bytes, self.config.vram_margin);
-        let batch = max_batch_that_fits(
-            &shape,
-            MAX_SEGMENT_SECS,
-            available,
-            true,
-            self.config.max_batch,
-        );
-        batch.max(1) as f64 * MAX_SEGMENT_SECS
-    }
-
     fn dispatch(&mut self, slot: usize) {
-        if self.slots[slot].running.is_some()
-            || self.slots[slot].residency.state() != Residency::Ready
+        let s = &self.slots[slot];
+        if s.running.is_some()
+            || s.waiting.is_some()
+            || s.worker.is_none()
+            || s.residency.state() != Residency::Ready
         {
             return;
         }
@@ -395,27 +495,79 @@ impl Scheduler {
             job_id: job.id,
             path: job.path.clone(),
             settings: job.settings.clone(),
-            batch_budget_s: self.batch_budget_s(slot),
+            batch_budget_s: policy::batch_budget_s(
+                &self.slots[slot].device,
+                &self.gpus,
+                self.config.precision,
+                self.config.vram_margin,
+                self.config.max_batch,
+            ),
         };
-        let device = self.slots[slot].device.label();
-        let sent = self.slots[slot]
-            .process
-            .as_mut()
-            .map(|p| p.send(&request).is_ok())
-            .unwrap_or(false);
-        let job_id = job.id;
-        self.slots[slot].running = Some(job);
-        if sent {
-            self.emit(Event::JobStarted { job_id, device });
+        match self.send(slot, &request) {
+            Ok(()) => {
+                let now = Instant::now();
+                let job_id = job.id;
+                self.slots[slot].running = Some(Running {
+                    job,
+                    last_heard: now,
+                    last_mark: None,
+                    progressed: false,
+                    cancel_by: None,
+                });
+                let device = self.slots[slot].device.label();
+                self.emit(Event::JobStarted { job_id, device });
+            }
+            Err(SendError::Encode(err)) => {
+                let message = format!("{}: cannot send the job: {err}", job.path.display());
+                self.fail(&job, message);
+                self.dispatch(slot);
+                self.maybe_drained(slot);
+            }
+            Err(err) => {
+                self.slots[slot].queue.push_front(job);
+                self.on_send_error(slot, &err);
+            }
         }
-        // If the send failed the worker is gone; its Exited message re-routes the job.
     }
 
-    fn send(&mut self, slot: usize, request: &WorkerRequest) -> bool {
-        self.slots[slot]
-            .process
-            .as_mut()
-            .is_some_and(|p| p.send(request).is_ok())
+    fn send(&self, slot: usize, request: &WorkerRequest) -> Result<(), SendError> {
+        match &self.slots[slot].worker {
+            Some(live) => live.link.send(request),
+            None => Err(SendError::Gone),
+        }
+    }
+
+    /// A request could not be handed over: a stuck worker is killed; a gone one will be
+    /// reported by its reaper.
+    fn on_send_error(&mut self, slot: usize, err: &SendError) {
+        match err {
+            SendError::Stuck => {
+                self.lose_worker(slot, "stopped reading its requests; killed".to_owned());
+            }
+            SendError::Gone => {
+                if self.slots[slot].worker.is_none() {
+                    // No worker at all (never started): start one for what is queued.
+                    self.slots[slot].waiting = None;
+                    self.residency(slot, ResidencyEvent::WorkerExited);
+                    if !self.slots[slot].queue.is_empty() {
+                        self.residency(slot, ResidencyEvent::JobQueued);
+                    }
+                }
+            }
+            SendError::Encode(err) => tracing::error!("cannot encode a request: {err}"),
+        }
+    }
+
+    fn request(&mut self, slot: usize, request: &WorkerRequest, what: &'static str) {
+        match self.send(slot, request) {
+            Ok(()) => {
+                self.slots[slot].waiting = Some(Waiting {
+                    what,
+                    deadline: Instant::now() + self.config.watchdog.load,
+                });
+            }
+            Err(err) => self.on_send_error(slot, &err),
+        }
     }
 
     /// Carries out a residency action.
@@ -423,24 +575,26 @@ impl Scheduler {
         let Some(action) = action else { return };
         match action {
             Action::Load => self.load(slot),
-            Action::Restore => {
-                if !self.send(slot, &WorkerRequest::Restore) {
-                    self.load(slot);
-                }
-            }
-            Action::Offload => {
-                self.send(slot, &WorkerRequest::Offload);
-            }
+            Action::Restore => self.request(slot, &WorkerRequest::Restore, "restore"),
+            Action::Offload => self.request(slot, &WorkerRequest::Offload, "offload"),
             Action::Release => {
-                if let Some(process) = self.slots[slot].process.take() {
-                    process.shutdown(SHUTDOWN_GRACE);
-                }
+                self.retire(slot);
                 self.slots[slot]
                     .residency
                     .on_event(ResidencyEvent::WorkerExited, Instant::now());
                 self.slots[slot].weight_bytes = 0;
                 self.marker(slot, MarkerKind::Release);
             }
+        }
+    }
+
+    /// Tells the slot's worker to exit; it is killed if it has not by the shutdown grace.
+    fn retire(&mut self, slot: usize) {
+        self.slots[slot].waiting = None;
+        if let Some(live) = self.slots[slot].worker.take() {
+            live.link.send(&WorkerRequest::Shutdown).ok();
+            let deadline = Instant::now() + self.config.watchdog.shutdown_grace;
+            self.retiring.push((live.link, deadline));
         }
     }
 
@@ -453,24 +607,29 @@ impl Scheduler {
                     .on_event(ResidencyEvent::LoadFinished { ok: false }, Instant::now());
                 let jobs: Vec<Job> = self.slots[slot].queue.drain(..).collect();
                 for job in jobs {
-                    self.emit(Event::JobFailed {
-                        job_id: job.id,
-                        message: message.clone(),
-                        cancelled: false,
-                    });
+                    self.fail(&job, message.clone());
                 }
                 return;
             }
         };
-        if self.slots[slot].process.is_none() {
+        if self.slots[slot].worker.is_none() {
             let generation = self.next_generation;
             self.next_generation += 1;
-            let command = super::process::worker_command(self.config.worker_exe.as_deref());
-            let cpu_only = self.slots[slot].device == WorkerDevice::Cpu;
-            match WorkerProcess::spawn(&command, cpu_only, slot, generation, self.inbox_tx.clone())
-            {
-                Ok(process) => self.slots[slot].process = Some(process),
-                Err(err) => return self.load_failed(slot, &err.to_string(), false, true),
+            let started = self
+                .port
+                .start(&self.slots[slot].device)
+                .and_then(|io| WorkerLink::open(io, slot, generation, &self.inbox_tx));
+            match started {
+                Ok(link) => {
+                    self.slots[slot].worker = Some(Live {
+                        link,
+                        closed_at: None,
+                    })
+                }
+                Err(err) => {
+                    let message = format!("cannot start a worker: {err}");
+                    return self.load_failed(slot, LoadErrorKind::DeviceUnavailable, &message);
+                }
             }
         }
         let request = WorkerRequest::Load {
@@ -478,9 +637,7 @@ impl Scheduler {
             device: self.slots[slot].device.clone(),
             precision: self.config.precision,
         };
-        if !self.send(slot, &request) {
-            self.load_failed(slot, "the worker closed its input", false, true);
-        }
+        self.request(slot, &request, "load");
     }
 
     fn model_dir(&self) -> Result<PathBuf, String> {
@@ -490,86 +647,187 @@ impl Scheduler {
         }
     }
 
-    /// A load failed: the device is out for these jobs; they go elsewhere.
-    fn load_failed(&mut self, slot: usize, message: &str, out_of_memory: bool, unavailable: bool) {
+    /// A load or restore failed: the policy says whether the jobs fail or move on, and
+    /// whether the device stays usable.
+    fn load_failed(&mut self, slot: usize, kind: LoadErrorKind, message: &str) {
+        let step = policy::after_load_failure(kind);
         let label = self.slots[slot].device.label();
+        self.retire(slot);
         self.slots[slot]
             .residency
             .on_event(ResidencyEvent::LoadFinished { ok: false }, Instant::now());
-        if let Some(process) = self.slots[slot].process.take() {
-            process.shutdown(SHUTDOWN_GRACE);
-        }
-        if out_of_memory {
+        self.slots[slot].weight_bytes = 0;
+        if step.out_of_memory {
             self.marker(slot, MarkerKind::OutOfMemory);
         }
-        if unavailable {
+        if step.mark_unavailable {
             self.slots[slot].unavailable = Some(message.to_owned());
         }
         self.notice(format!("cannot load the model on {label}: {message}"));
-        let key = self.slots[slot].key();
+        let key = self.slots[slot].key.clone();
         let jobs: Vec<Job> = self.slots[slot].queue.drain(..).collect();
         for mut job in jobs {
-            job.tried.push(key.clone());
-            self.route(job);
+            if step.fail_jobs {
+                let text = format!("{}: cannot load the model: {message}", job.path.display());
+                self.fail(&job, text);
+            } else {
+                job.tried.push(key.clone());
+                self.to_place.push_back(job);
+            }
+        }
+    }
+
+    /// The slot's worker is gone (or is being killed now): its job is retried once, then fails.
+    fn lose_worker(&mut self, slot: usize, reason: String) {
+        let label = self.slots[slot].device.label();
+        // Dropping the link kills the process if it still runs; the reaper collects it.
+        drop(self.slots[slot].worker.take());
+        let waiting = self.slots[slot].waiting.take();
+        self.slots[slot]
+            .residency
+            .on_event(ResidencyEvent::WorkerExited, Instant::now());
+        self.slots[slot].weight_bytes = 0;
+        self.marker(slot, MarkerKind::Release);
+        if let Some(library) = super::cuda_stubs::is_missing_library_error(&reason)
+            && self.slots[slot].key != DeviceKey::Cpu
+        {
+            let message = format!(
+                "GPU transcription unavailable: {library} cannot be loaded (the NVIDIA driver \
+                 or the CUDA runtime libraries are missing)"
+            );
+            if let Some(running) = self.slots[slot].running.take() {
+                self.slots[slot].queue.push_front(running.job);
+            }
+            return self.load_failed(slot, LoadErrorKind::DeviceUnavailable, &message);
+        }
+        let what = format!("the worker on {label} {reason}");
+        let charged = match self.slots[slot].running.take() {
+            Some(running) if running.cancel_by.is_some() => {
+                self.emit(Event::JobFailed {
+                    job_id: running.job.id,
+                    message: format!("cancelled: {}", running.job.path.display()),
+                    cancelled: true,
+                });
+                None
+            }
+            Some(running) => Some(running.job),
+            // A worker lost while loading for the first queued job counts against that job.
+            None if waiting.is_some_and(|w| w.what != "offload") => {
+                self.slots[slot].queue.pop_front()
+            }
+            None => None,
+        };
+        if let Some(mut job) = charged {
+            job.losses += 1;
+            match policy::after_worker_loss(job.losses) {
+                LossStep::Retry => {
+                    self.notice(format!("{}: {what}; trying again", job.path.display()));
+                    self.slots[slot].queue.push_front(job);
+                }
+                LossStep::Fail => {
+                    let message = format!("{}: {what} (twice)", job.path.display());
+                    self.fail(&job, message);
+                }
+            }
+        } else {
+            tracing::warn!("{what}");
+        }
+        if self.slots[slot].queue.is_empty() {
+            self.maybe_drained(slot);
+        } else {
+            self.residency(slot, ResidencyEvent::JobQueued);
         }
     }
 
     fn cancel(&mut self, job_id: JobId) {
+        if let Some(pos) = self.to_place.iter().position(|j| j.id == job_id) {
+            self.to_place.remove(pos);
+            return self.emit_cancelled(job_id, None);
+        }
         for i in 0..self.slots.len() {
             if let Some(pos) = self.slots[i].queue.iter().position(|j| j.id == job_id) {
-                self.slots[i].queue.remove(pos);
-                self.emit(Event::JobFailed {
-                    job_id,
-                    message: "cancelled".to_owned(),
-                    cancelled: true,
-                });
+                let job = self.slots[i].queue.remove(pos);
+                self.emit_cancelled(job_id, job.map(|j| j.path));
                 self.maybe_drained(i);
                 return;
             }
-            if self.slots[i]
+            let running = self.slots[i]
                 .running
                 .as_ref()
-                .is_some_and(|j| j.id == job_id)
-            {
-                self.send(i, &WorkerRequest::Cancel { job_id });
+                .is_some_and(|r| r.job.id == job_id && r.cancel_by.is_none());
+            if running {
+                let grace = self.config.watchdog.cancel_grace;
+                if let Some(r) = self.slots[i].running.as_mut() {
+                    r.cancel_by = Some(Instant::now() + grace);
+                }
+                if let Err(err) = self.send(i, &WorkerRequest::Cancel { job_id }) {
+                    self.on_send_error(i, &err);
+                }
                 return;
             }
         }
+    }
+
+    fn emit_cancelled(&mut self, job_id: JobId, path: Option<PathBuf>) {
+        let message = path.map_or_else(
+            || "cancelled".to_owned(),
+            |p| format!("cancelled: {}", p.display()),
+        );
+        self.emit(Event::JobFailed {
+            job_id,
+            message,
+            cancelled: true,
+        });
     }
 
     fn maybe_drained(&mut self, slot: usize) {
         if self.slots[slot].running.is_none() && self.slots[slot].queue.is_empty() {
-            let action = self.slots[slot]
-                .residency
-                .on_event(ResidencyEvent::QueueDrained, Instant::now());
-            self.apply(slot, action);
+            self.residency(slot, ResidencyEvent::QueueDrained);
         }
     }
 
     fn on_inbox(&mut self, message: Inbox) {
-        let (slot, generation) = match &message {
-            Inbox::Event {
-                slot, generation, ..
-            }
-            | Inbox::Exited {
-                slot, generation, ..
-            } => (*slot, *generation),
-        };
-        let current = self.slots[slot].process.as_ref().map(|p| p.generation);
-        if current != Some(generation) {
-            // A line from a worker that was already released.
+        let (slot, generation) = message.source();
+        if let Inbox::Exited { generation, .. } = &message {
+            self.retiring
+                .retain(|(link, _)| link.generation != *generation);
+        }
+        if slot >= self.slots.len() || self.slots[slot].generation() != Some(generation) {
+            // A worker that was already released or replaced.
             return;
         }
         match message {
-            Inbox::Event { event, .. } => self.on_worker_event(slot, event),
-            Inbox::Exited { detail, .. } => self.on_worker_exit(slot, &detail),
+            Inbox::Event { event, .. } => {
+                if let Some(running) = self.slots[slot].running.as_mut() {
+                    running.last_heard = Instant::now();
+                }
+                self.on_worker_event(slot, event);
+            }
+            Inbox::Garbage { detail, .. } => {
+                self.lose_worker(slot, format!("wrote {detail}; killed"));
+            }
+            Inbox::Closed { .. } => {
+                if let Some(live) = self.slots[slot].worker.as_mut() {
+                    live.closed_at = Some(Instant::now());
+                }
+            }
+            Inbox::Exited {
+                exit, stderr_tail, ..
+            } => {
+                let reason = if stderr_tail.is_empty() {
+                    exit.to_string()
+                } else {
+                    format!("{exit}: {stderr_tail}")
+                };
+                self.lose_worker(slot, reason);
+            }
         }
     }
 
     fn on_worker_event(&mut self, slot: usize, event: WorkerEvent) {
         let now = Instant::now();
         match event {
-            WorkerEvent::Started { .. } => {}
+            WorkerEvent::Started { .. } | WorkerEvent::Heartbeat { .. } => {}
             WorkerEvent::Loaded {
                 dtype,
                 load_ms,
@@ -577,6 +835,7 @@ impl Scheduler {
                 ..
             } => {
                 let s = &mut self.slots[slot];
+                s.waiting = None;
                 s.residency
                     .on_event(ResidencyEvent::LoadFinished { ok: true }, now);
                 s.dtype = dtype;
@@ -588,60 +847,90 @@ impl Scheduler {
             }
             WorkerEvent::Restored { ms } => {
                 let s = &mut self.slots[slot];
+                s.waiting = None;
                 s.residency
                     .on_event(ResidencyEvent::LoadFinished { ok: true }, now);
                 s.restore_ms = Some(ms);
                 self.marker(slot, MarkerKind::Restore);
                 self.dispatch(slot);
             }
-            WorkerEvent::LoadFailed {
-                message,
-                out_of_memory,
-            } => self.load_failed(slot, &message, out_of_memory, !out_of_memory),
+            WorkerEvent::LoadFailed { kind, message } => self.load_failed(slot, kind, &message),
             WorkerEvent::Offloaded { .. } => {
+                self.slots[slot].waiting = None;
                 self.slots[slot].weight_bytes = 0;
                 self.marker(slot, MarkerKind::Offload);
                 // A job queued while offloading gets the weights back at once.
-                let action = self.slots[slot]
+                self.residency(slot, ResidencyEvent::Offloaded);
+            }
+            WorkerEvent::OffloadFailed { message } => {
+                self.slots[slot].waiting = None;
+                let label = self.slots[slot].device.label();
+                self.notice(format!(
+                    "cannot offload the model on {label}: {message}; it stays loaded"
+                ));
+                self.slots[slot]
                     .residency
-                    .on_event(ResidencyEvent::Offloaded, now);
-                self.apply(slot, action);
+                    .on_event(ResidencyEvent::LoadFinished { ok: true }, now);
+                self.dispatch(slot);
             }
             WorkerEvent::Decoded {
                 job_id,
                 duration_s,
                 warning,
-            } => self.emit(Event::JobDecoded {
-                job_id,
-                duration_s,
-                warning,
-            }),
+            } => {
+                if let Some(running) = self.running_job(slot, job_id) {
+                    running.last_mark = Some(now);
+                }
+                self.emit(Event::JobDecoded {
+                    job_id,
+                    duration_s,
+                    warning,
+                });
+            }
             WorkerEvent::Progress {
                 job_id,
                 done_s,
                 total_s,
                 segments,
-            } => self.emit(Event::JobProgress {
-                job_id,
-                done_s,
-                total_s,
-                segments,
-            }),
+            } => {
+                let pass = self.running_job(slot, job_id).and_then(|running| {
+                    let pass = running
+                        .last_mark
+                        .map(|mark| now.saturating_duration_since(mark));
+                    running.last_mark = Some(now);
+                    running.progressed = true;
+                    pass
+                });
+                if let Some(pass) = pass {
+                    let longest = &mut self.slots[slot].longest_pass;
+                    *longest = Some(longest.map_or(pass, |l| l.max(pass)));
+                }
+                self.emit(Event::JobProgress {
+                    job_id,
+                    done_s,
+                    total_s,
+                    segments,
+                });
+            }
             WorkerEvent::BatchReduced {
                 batch, next_batch, ..
             } => {
                 self.marker(slot, MarkerKind::OutOfMemory);
+                let label = self.slots[slot].device.label();
                 self.notice(format!(
-                    "out of memory on {} with {batch} segments at once: retrying with {next_batch}",
-                    self.slots[slot].device.label()
+                    "out of memory on {label} with {batch} segments at once: retrying with {next_batch}"
                 ));
             }
             WorkerEvent::Done {
                 job_id,
-                transcript,
+                mut transcript,
                 ms,
             } => {
-                self.slots[slot].running = None;
+                let Some(running) = self.take_running(slot, job_id) else {
+                    return;
+                };
+                // The worker's copy of the path is only a label; this one is exact.
+                transcript.path = running.job.path;
                 self.emit(Event::JobDone {
                     job_id,
                     transcript,
@@ -655,26 +944,38 @@ impl Scheduler {
                 kind,
                 message,
             } => {
-                let job = self.slots[slot].running.take();
-                if kind == JobErrorKind::OutOfMemory
-                    && let Some(mut job) = job
-                {
-                    self.marker(slot, MarkerKind::OutOfMemory);
-                    self.notice(format!(
-                        "{}: out of memory on {} even one segment at a time: trying the next device",
-                        job.path.display(),
-                        self.slots[slot].device.label()
-                    ));
-                    job.tried.push(self.slots[slot].key());
-                    // Free the device for the other process before retrying elsewhere.
-                    self.apply(slot, Some(Action::Release));
-                    self.route(job);
+                let Some(running) = self.take_running(slot, job_id) else {
+                    return;
+                };
+                let mut job = running.job;
+                let step = if running.cancel_by.is_some() && kind != JobErrorKind::BadInput {
+                    JobStep::Cancelled
                 } else {
-                    self.emit(Event::JobFailed {
+                    policy::after_job_failure(kind)
+                };
+                match step {
+                    JobStep::NextDevice => {
+                        self.marker(slot, MarkerKind::OutOfMemory);
+                        let label = self.slots[slot].device.label();
+                        self.notice(format!(
+                            "{}: out of memory on {label} even one segment at a time: trying the next device",
+                            job.path.display()
+                        ));
+                        job.tried.push(self.slots[slot].key.clone());
+                        // Free the device for the other process before retrying elsewhere.
+                        self.apply(slot, Some(Action::Release));
+                        self.to_place.push_back(job);
+                        // The rest of the queue needs the model back.
+                        if !self.slots[slot].queue.is_empty() {
+                            self.residency(slot, ResidencyEvent::JobQueued);
+                        }
+                    }
+                    JobStep::Cancelled => self.emit(Event::JobFailed {
                         job_id,
                         message,
-                        cancelled: kind == JobErrorKind::Cancelled,
-                    });
+                        cancelled: true,
+                    }),
+                    JobStep::Fail => self.fail(&job, message),
                 }
                 self.dispatch(slot);
                 self.maybe_drained(slot);
@@ -682,49 +983,99 @@ impl Scheduler {
         }
     }
 
-    fn on_worker_exit(&mut self, slot: usize, detail: &str) {
-        let was_loading = self.slots[slot].residency.state() == Residency::Loading;
-        self.slots[slot].process = None;
+    fn running_job(&mut self, slot: usize, job_id: JobId) -> Option<&mut Running> {
         self.slots[slot]
-            .residency
-            .on_event(ResidencyEvent::WorkerExited, Instant::now());
-        self.slots[slot].weight_bytes = 0;
-        self.marker(slot, MarkerKind::Release);
-        let label = self.slots[slot].device.label();
-        let reason = if let Some(library) = super::cuda_stubs::is_missing_library_error(detail) {
-            format!(
-                "GPU transcription unavailable: {library} cannot be loaded (the NVIDIA driver \
-                 or the CUDA runtime libraries are missing)"
-            )
-        } else if detail.is_empty() {
-            "the worker exited".to_owned()
+            .running
+            .as_mut()
+            .filter(|r| r.job.id == job_id)
+    }
+
+    fn take_running(&mut self, slot: usize, job_id: JobId) -> Option<Running> {
+        if self.slots[slot]
+            .running
+            .as_ref()
+            .is_some_and(|r| r.job.id == job_id)
+        {
+            self.slots[slot].running.take()
         } else {
-            format!("the worker exited: {detail}")
-        };
-        if let Some(mut job) = self.slots[slot].running.take() {
-            self.notice(format!(
-                "{} on {label}: {reason}; trying the next device",
-                job.path.display()
+            tracing::warn!("an event for job {job_id}, which is not running there");
+            None
+        }
+    }
+
+    /// The watchdog's deadline for a slot: when its worker must have said something.
+    fn deadline(&self, slot: &Slot) -> Option<(Instant, String)> {
+        let live = slot.worker.as_ref()?;
+        let watchdog = &self.config.watchdog;
+        let mut due: Vec<(Instant, String)> = Vec::new();
+        if let Some(closed) = live.closed_at {
+            due.push((
+                closed + CLOSED_GRACE,
+                "closed its output but did not exit; killed".into(),
             ));
-            job.tried.push(self.slots[slot].key());
-            self.route(job);
         }
-        if was_loading {
-            self.load_failed(slot, &reason, false, true);
-        } else if !self.slots[slot].queue.is_empty() {
-            let action = self.slots[slot]
-                .residency
-                .on_event(ResidencyEvent::JobQueued, Instant::now());
-            self.apply(slot, action);
+        if let Some(waiting) = &slot.waiting {
+            due.push((
+                waiting.deadline,
+                format!(
+                    "did not finish the {} within {:.1} s; killed",
+                    waiting.what,
+                    watchdog.load.as_secs_f64()
+                ),
+            ));
         }
+        if let Some(running) = &slot.running {
+            let bound = silence_bound(
+                watchdog,
+                running.progressed.then_some(()).and(slot.longest_pass),
+            );
+            due.push((
+                running.last_heard + bound,
+                format!("sent nothing for {:.1} s; killed", bound.as_secs_f64()),
+            ));
+            if let Some(by) = running.cancel_by {
+                due.push((
+                    by,
+                    format!(
+                        "did not stop within {:.1} s of the cancel; killed",
+                        watchdog.cancel_grace.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+        due.into_iter().min_by_key(|(at, _)| *at)
+    }
+
+    fn next_wake(&self, now: Instant) -> Duration {
+        let tick = self.config.watchdog.tick;
+        self.slots
+            .iter()
+            .filter_map(|s| self.deadline(s))
+            .map(|(at, _)| at.saturating_duration_since(now))
+            .chain(
+                self.retiring
+                    .iter()
+                    .map(|(_, at)| at.saturating_duration_since(now)),
+            )
+            .fold(tick, Duration::min)
     }
 
     fn tick(&mut self) {
         let now = Instant::now();
         for i in 0..self.slots.len() {
+            if let Some((at, reason)) = self.deadline(&self.slots[i])
+                && at <= now
+            {
+                self.lose_worker(i, reason);
+            }
+        }
+        // Retired workers past their grace are killed (dropping the link does it).
+        self.retiring.retain(|(_, deadline)| *deadline > now);
+        for i in 0..self.slots.len() {
             let action = self.slots[i].residency.tick(now);
             self.apply(i, action);
         }
+        self.place_waiting();
         let status: Vec<SlotStatus> = self
             .slots
             .iter()
@@ -734,7 +1085,7 @@ impl Scheduler {
                 residency: s.residency.state(),
                 dtype: s.dtype.clone(),
                 weight_bytes: s.weight_bytes,
-                pid: s.process.as_ref().map(|p| p.pid),
+                pid: s.worker.as_ref().map(|w| w.link.pid),
                 // Whole seconds, so the status only changes once a second.
                 countdown: s
                     .residency
@@ -747,8 +1098,13 @@ impl Scheduler {
             })
             .collect();
         if status != self.last_status {
-            self.last_status = status.clone();
+            self.last_status.clone_from(&status);
             self.emit(Event::Status(status));
         }
+        self.out.flush();
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

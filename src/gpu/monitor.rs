@@ -98,8 +98,18 @@ impl Drop for GpuFeed {
     fn drop(&mut self) {
         self.control = None;
         if let Some(thread) = self.thread.take() {
-            // The thread exits as soon as it sees the disconnect; a panic there was logged already.
-            let _ = thread.join();
+            // The thread exits as soon as it sees the disconnect, unless it is stuck inside the
+            // driver (NVML that does not answer): then closing must not wait for it.
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                // A panic there was reported by the panic hook already.
+                let _ = thread.join();
+            } else {
+                tracing::warn!("the GPU monitor is stuck in the driver; not waiting for it");
+            }
         }
     }
 }

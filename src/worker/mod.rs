@@ -1,25 +1,43 @@
-//! The worker process's loop: reads [`WorkerRequest`]s, runs the model, writes [`WorkerEvent`]s.
+//! The worker process: reads [`WorkerRequest`]s, runs the model, writes [`WorkerEvent`]s.
 //!
 //! Runs on the main thread of `gpuscribe-worker`; a second thread ("worker-stdin") reads requests
-//! so that a cancel arrives while a job runs. The model sits behind [`SpeechModel`], so the loop,
-//! its batching and its out-of-memory handling are tested with a fake model and no device.
+//! so that a cancel arrives while a job runs: it sets a flag that the job checks between batches
+//! and at every heartbeat inside its long loops (decoding). While it works the worker sends a
+//! [`WorkerEvent::Heartbeat`] at most every [`HEARTBEAT_EVERY`], so the engine's watchdog can
+//! tell slow from hung. The model sits behind [`SpeechModel`], so the loop, its batching and
+//! its out-of-memory handling are tested with a fake model and no device.
+//!
+//! A request line that cannot be read (not UTF-8, not a request) is a broken engine or pipe:
+//! the worker says so on stderr and exits with [`EXIT_BAD_REQUEST`], and the engine's
+//! watchdog takes it from there.
+
+pub mod sensevoice;
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
 
-use super::protocol::{
-    DecodeSettings, JobErrorKind, JobId, Precision, WorkerDevice, WorkerEvent, WorkerRequest,
-    to_line,
+use crate::engine::protocol::{
+    DecodeSettings, JobErrorKind, JobId, LoadErrorKind, Precision, WorkerDevice, WorkerEvent,
+    WorkerRequest, from_line, to_line,
 };
-use super::segment::{
+use crate::engine::segment::{
     MAX_SEGMENT_SECS, MIN_SEGMENT_SECS, SAMPLE_RATE_HZ, plan_batches, split_at_pauses,
 };
-use super::transcript::{FileTranscript, Segment};
+use crate::engine::transcript::{FileTranscript, Segment};
+
+/// Longest time between heartbeats while the worker is busy.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
+
+/// The worker's exit status when a request line could not be read.
+pub const EXIT_BAD_REQUEST: i32 = 3;
+
+/// No job is cancelled (job ids start at 1).
+const NO_CANCEL: u64 = 0;
 
 /// One segment's result from the model.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,15 +54,32 @@ pub struct SegmentText {
     pub event: String,
 }
 
-/// Why a forward pass failed.
+/// Why loading or a forward pass failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The device ran out of memory; a smaller batch may fit.
     #[error("out of device memory: {0}")]
     OutOfMemory(String),
+    /// The model's files are unusable.
+    #[error("{0}")]
+    BadModel(String),
+    /// The device cannot be used.
+    #[error("{0}")]
+    DeviceUnavailable(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
+}
+
+impl RunError {
+    fn load_kind(&self) -> LoadErrorKind {
+        match self {
+            Self::OutOfMemory(_) => LoadErrorKind::OutOfMemory,
+            Self::BadModel(_) => LoadErrorKind::BadModel,
+            Self::DeviceUnavailable(_) => LoadErrorKind::DeviceUnavailable,
+            Self::Other(_) => LoadErrorKind::Internal,
+        }
+    }
 }
 
 /// A loaded model, as the worker needs it.
@@ -64,7 +99,7 @@ pub trait SpeechModel {
     /// Moves the weights to host RAM, freeing device memory.
     fn offload(&mut self) -> Result<(), String>;
     /// Moves the weights back to the device.
-    fn restore(&mut self) -> Result<(), String>;
+    fn restore(&mut self) -> Result<(), RunError>;
     /// Bytes of weights on the device now.
     fn weight_bytes(&self) -> u64;
     /// "bf16", "f32", …
@@ -75,33 +110,68 @@ pub trait SpeechModel {
 pub type Loader = dyn Fn(&Path, &WorkerDevice, Precision) -> Result<Box<dyn SpeechModel>, RunError>;
 
 /// Decodes an audio file to 16 kHz mono: `Ok((samples, warning))` or a message naming the file.
-pub type Decoder = dyn Fn(&Path) -> Result<(Vec<f32>, Option<String>), String>;
+/// It calls `beat` now and then while it works (a heartbeat, and where a cancel is noticed).
+pub type Decoder = dyn Fn(&Path, &mut dyn FnMut()) -> Result<(Vec<f32>, Option<String>), String>;
 
-/// Runs the worker until `Shutdown` or the end of `input`.
+/// Writes events, one line each, and heartbeats no more often than [`HEARTBEAT_EVERY`].
+struct Outbox<W: Write> {
+    output: W,
+    last_sent: Instant,
+}
+
+impl<W: Write> Outbox<W> {
+    fn send(&mut self, event: &WorkerEvent) {
+        match to_line(event) {
+            Ok(line) => {
+                // If the engine is gone there is nobody to tell; the read side ends the loop.
+                self.output.write_all(line.as_bytes()).ok();
+                self.output.flush().ok();
+                self.last_sent = Instant::now();
+            }
+            Err(err) => tracing::error!("cannot encode an event: {err}"),
+        }
+    }
+
+    fn beat(&mut self, job_id: Option<JobId>) {
+        if self.last_sent.elapsed() >= HEARTBEAT_EVERY {
+            self.send(&WorkerEvent::Heartbeat { job_id });
+        }
+    }
+}
+
+/// Runs the worker until `Shutdown` or the end of `input`. Returns the process's exit status:
+/// 0, or [`EXIT_BAD_REQUEST`] after a request that could not be read.
 pub fn run_worker<R, W>(
     input: R,
-    mut output: W,
+    output: W,
     loader: &Loader,
     decoder: &Decoder,
     cuda_built: bool,
-) where
+) -> i32
+where
     R: BufRead + Send + 'static,
     W: Write,
 {
-    let cancelled = Arc::new(AtomicU64::new(0));
+    let cancelled = Arc::new(AtomicU64::new(NO_CANCEL));
     let requests = spawn_reader(input, Arc::clone(&cancelled));
-    let mut send = |event: WorkerEvent| {
-        // If the engine is gone there is nobody to tell; the read side will end the loop.
-        output.write_all(to_line(&event).as_bytes()).ok();
-        output.flush().ok();
+    let mut out = Outbox {
+        output,
+        last_sent: Instant::now(),
     };
-    send(WorkerEvent::Started {
+    out.send(&WorkerEvent::Started {
         pid: std::process::id(),
         cuda_built,
     });
     let mut model: Option<Box<dyn SpeechModel>> = None;
     let mut device_label = String::new();
     for request in requests {
+        let request = match request {
+            Ok(request) => request,
+            Err(message) => {
+                tracing::error!("{message}; exiting");
+                return EXIT_BAD_REQUEST;
+            }
+        };
         match request {
             WorkerRequest::Load {
                 model_dir,
@@ -113,7 +183,7 @@ pub fn run_worker<R, W>(
                 match loader(&model_dir, &device, precision) {
                     Ok(loaded) => {
                         device_label = device.label();
-                        send(WorkerEvent::Loaded {
+                        out.send(&WorkerEvent::Loaded {
                             device: device_label.clone(),
                             dtype: loaded.dtype_label(),
                             load_ms: ms_since(started),
@@ -121,8 +191,8 @@ pub fn run_worker<R, W>(
                         });
                         model = Some(loaded);
                     }
-                    Err(err) => send(WorkerEvent::LoadFailed {
-                        out_of_memory: matches!(err, RunError::OutOfMemory(_)),
+                    Err(err) => out.send(&WorkerEvent::LoadFailed {
+                        kind: err.load_kind(),
                         message: err.to_string(),
                     }),
                 }
@@ -134,10 +204,13 @@ pub fn run_worker<R, W>(
                 batch_budget_s,
             } => {
                 let Some(model) = model.as_deref_mut() else {
-                    send(WorkerEvent::JobFailed {
+                    out.send(&WorkerEvent::JobFailed {
                         job_id,
-                        kind: JobErrorKind::Model,
-                        message: format!("no model loaded on {device_label}"),
+                        kind: JobErrorKind::BadModel,
+                        message: format!(
+                            "no model loaded on {device_label} for {}",
+                            path.display()
+                        ),
                     });
                     continue;
                 };
@@ -148,45 +221,47 @@ pub fn run_worker<R, W>(
                     batch_budget_s,
                     cancelled: &cancelled,
                 };
-                job.run(model, decoder, &mut send);
+                let event = job.run(model, decoder, &mut out);
                 model.end_job();
+                out.send(&event);
             }
             WorkerRequest::Cancel { .. } => {}
             WorkerRequest::Offload => {
                 let started = Instant::now();
                 if let Some(model) = model.as_deref_mut() {
                     match model.offload() {
-                        Ok(()) => send(WorkerEvent::Offloaded {
+                        Ok(()) => out.send(&WorkerEvent::Offloaded {
                             ms: ms_since(started),
                         }),
-                        Err(message) => send(WorkerEvent::LoadFailed {
-                            message,
-                            out_of_memory: false,
-                        }),
+                        Err(message) => out.send(&WorkerEvent::OffloadFailed { message }),
                     }
                 }
             }
             WorkerRequest::Restore => {
                 let started = Instant::now();
-                if let Some(model) = model.as_deref_mut() {
-                    match model.restore() {
-                        Ok(()) => send(WorkerEvent::Restored {
-                            ms: ms_since(started),
-                        }),
-                        Err(message) => send(WorkerEvent::LoadFailed {
-                            out_of_memory: is_out_of_memory(&message),
-                            message,
-                        }),
-                    }
+                match model.as_deref_mut().map(|m| m.restore()) {
+                    Some(Ok(())) => out.send(&WorkerEvent::Restored {
+                        ms: ms_since(started),
+                    }),
+                    Some(Err(err)) => out.send(&WorkerEvent::LoadFailed {
+                        kind: err.load_kind(),
+                        message: err.to_string(),
+                    }),
+                    None => out.send(&WorkerEvent::LoadFailed {
+                        kind: LoadErrorKind::Internal,
+                        message: "nothing to restore: no model was loaded".to_owned(),
+                    }),
                 }
             }
             WorkerRequest::Shutdown => break,
         }
     }
+    0
 }
 
 /// Whether an error message is a device allocation failure: CUDA reports them as
-/// `CUDA_ERROR_OUT_OF_MEMORY` or "out of memory".
+/// `CUDA_ERROR_OUT_OF_MEMORY` or "out of memory". Used only where candle hands back an error
+/// as text; across the protocol the kind is typed.
 pub fn is_out_of_memory(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
     lower.contains("out_of_memory") || lower.contains("out of memory")
@@ -196,30 +271,44 @@ fn ms_since(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Reads requests on their own thread; a `Cancel` also sets `cancelled` at once.
+/// Reads requests on their own thread; a `Cancel` also sets `cancelled` at once. A line that is
+/// not a request is passed on as an error (and ends the reader).
 fn spawn_reader<R: BufRead + Send + 'static>(
-    input: R,
+    mut input: R,
     cancelled: Arc<AtomicU64>,
-) -> Receiver<WorkerRequest> {
+) -> Receiver<Result<WorkerRequest, String>> {
     let (tx, rx) = bounded(64);
     let spawned = std::thread::Builder::new()
         .name("worker-stdin".to_owned())
         .spawn(move || {
-            for line in input.lines() {
-                let Ok(line) = line else { break };
-                if line.trim().is_empty() {
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match input.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(err) => {
+                        tx.send(Err(format!("cannot read a request: {err}"))).ok();
+                        break;
+                    }
+                }
+                let trimmed = line.trim_ascii();
+                if trimmed.is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<WorkerRequest>(&line) {
+                match from_line::<WorkerRequest>(trimmed) {
                     Ok(request) => {
                         if let WorkerRequest::Cancel { job_id } = request {
                             cancelled.store(job_id, Ordering::SeqCst);
                         }
-                        if tx.send(request).is_err() {
+                        if tx.send(Ok(request)).is_err() {
                             break;
                         }
                     }
-                    Err(err) => tracing::warn!("ignoring a malformed request: {err}"),
+                    Err(err) => {
+                        tx.send(Err(format!("the engine sent {err}"))).ok();
+                        break;
+                    }
                 }
             }
         });
@@ -238,12 +327,17 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn run(
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst) == self.job_id
+    }
+
+    /// Runs the job; returns its last event (done or failed).
+    fn run<W: Write>(
         &self,
         model: &mut dyn SpeechModel,
         decoder: &Decoder,
-        send: &mut dyn FnMut(WorkerEvent),
-    ) {
+        out: &mut Outbox<W>,
+    ) -> WorkerEvent {
         let started = Instant::now();
         let job_id = self.job_id;
         let fail = |kind, message| WorkerEvent::JobFailed {
@@ -251,12 +345,22 @@ impl Job<'_> {
             kind,
             message,
         };
-        let (samples, warning) = match decoder(self.path) {
+        let cancelled = || {
+            fail(
+                JobErrorKind::Cancelled,
+                format!("cancelled: {}", self.path.display()),
+            )
+        };
+        if self.is_cancelled() {
+            return cancelled();
+        }
+        let decoded = decoder(self.path, &mut || out.beat(Some(job_id)));
+        let (samples, warning) = match decoded {
             Ok(decoded) => decoded,
-            Err(message) => return send(fail(JobErrorKind::BadInput, message)),
+            Err(message) => return fail(JobErrorKind::BadInput, message),
         };
         let total_s = samples.len() as f64 / SAMPLE_RATE_HZ as f64;
-        send(WorkerEvent::Decoded {
+        out.send(&WorkerEvent::Decoded {
             job_id,
             duration_s: total_s,
             warning,
@@ -268,11 +372,8 @@ impl Job<'_> {
         pending.reverse();
         let mut done_s = 0.0;
         while let Some(batch) = pending.pop() {
-            if self.cancelled.load(Ordering::SeqCst) == job_id {
-                return send(fail(
-                    JobErrorKind::Cancelled,
-                    format!("cancelled: {}", self.path.display()),
-                ));
+            if self.is_cancelled() {
+                return cancelled();
             }
             let clips_of = |batch: &[usize]| -> Vec<&[f32]> {
                 batch.iter().map(|&i| &samples[ranges[i].clone()]).collect()
@@ -288,7 +389,7 @@ impl Job<'_> {
                         results[i] = Some(text);
                     }
                     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
-                    send(WorkerEvent::Progress {
+                    out.send(&WorkerEvent::Progress {
                         job_id,
                         done_s,
                         total_s,
@@ -297,7 +398,7 @@ impl Job<'_> {
                 }
                 Err(RunError::OutOfMemory(message)) if batch.len() > 1 => {
                     let half = batch.len() / 2;
-                    send(WorkerEvent::BatchReduced {
+                    out.send(&WorkerEvent::BatchReduced {
                         job_id,
                         batch: batch.len(),
                         next_batch: half,
@@ -307,25 +408,34 @@ impl Job<'_> {
                     pending.push(batch[..half].to_vec());
                 }
                 Err(RunError::OutOfMemory(message)) => {
-                    return send(fail(
+                    return fail(
                         JobErrorKind::OutOfMemory,
                         format!("out of memory even for one segment: {message}"),
-                    ));
+                    );
                 }
-                Err(RunError::Other(message)) => {
-                    return send(fail(
-                        JobErrorKind::Model,
+                Err(RunError::BadModel(message)) => {
+                    return fail(
+                        JobErrorKind::BadModel,
                         format!("{message}: {}", self.path.display()),
-                    ));
+                    );
+                }
+                Err(RunError::DeviceUnavailable(message) | RunError::Other(message)) => {
+                    return fail(
+                        JobErrorKind::Internal,
+                        format!("{message}: {}", self.path.display()),
+                    );
                 }
             }
         }
-        let transcript = merge(self.path, total_s, &ranges, &results);
-        send(WorkerEvent::Done {
+        let mut transcript = merge(self.path, total_s, &ranges, &results);
+        // Only a label on the wire (a non-UTF-8 name cannot be a JSON string); the engine
+        // puts back the job's own path.
+        transcript.path = PathBuf::from(self.path.to_string_lossy().into_owned());
+        WorkerEvent::Done {
             job_id,
             transcript,
             ms: ms_since(started),
-        });
+        }
     }
 }
 
@@ -422,7 +532,7 @@ mod tests {
             self.offloaded = true;
             Ok(())
         }
-        fn restore(&mut self) -> Result<(), String> {
+        fn restore(&mut self) -> Result<(), RunError> {
             self.offloaded = false;
             Ok(())
         }
@@ -435,34 +545,79 @@ mod tests {
     }
 
     fn run(requests: &[WorkerRequest], max_batch: usize) -> Vec<WorkerEvent> {
-        let input: String = requests.iter().map(to_line).collect();
+        run_with(requests, max_batch, Duration::ZERO).1
+    }
+
+    /// Runs the worker over `requests`; each batch takes `pass` (so a cancel can land mid-job).
+    fn run_with(
+        requests: &[WorkerRequest],
+        max_batch: usize,
+        pass: Duration,
+    ) -> (i32, Vec<WorkerEvent>) {
+        let input: String = requests
+            .iter()
+            .map(|r| to_line(r).expect("encodes"))
+            .collect();
+        run_input(input.into_bytes(), max_batch, pass)
+    }
+
+    fn run_input(input: Vec<u8>, max_batch: usize, pass: Duration) -> (i32, Vec<WorkerEvent>) {
+        struct Slow(FakeModel, Duration);
+        impl SpeechModel for Slow {
+            fn transcribe_batch(
+                &mut self,
+                clips: &[&[f32]],
+                next: &[&[f32]],
+                settings: &DecodeSettings,
+            ) -> Result<Vec<SegmentText>, RunError> {
+                std::thread::sleep(self.1);
+                self.0.transcribe_batch(clips, next, settings)
+            }
+            fn offload(&mut self) -> Result<(), String> {
+                self.0.offload()
+            }
+            fn restore(&mut self) -> Result<(), RunError> {
+                self.0.restore()
+            }
+            fn weight_bytes(&self) -> u64 {
+                self.0.weight_bytes()
+            }
+            fn dtype_label(&self) -> String {
+                self.0.dtype_label()
+            }
+        }
         let mut out = Vec::new();
         let loader = move |_: &Path, _: &WorkerDevice, _: Precision| {
-            Ok(Box::new(FakeModel {
-                max_batch,
-                offloaded: false,
-            }) as Box<dyn SpeechModel>)
+            Ok(Box::new(Slow(
+                FakeModel {
+                    max_batch,
+                    offloaded: false,
+                },
+                pass,
+            )) as Box<dyn SpeechModel>)
         };
-        let decoder = |path: &Path| {
-            let secs: f64 = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("not audio: {}", path.display()))?;
+        let decoder = |path: &Path, beat: &mut dyn FnMut()| {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            // "slow-N": a decoder that works for N × 100 ms, beating as it goes.
+            if let Some(steps) = stem.strip_prefix("slow-").and_then(|n| n.parse().ok()) {
+                for _ in 0..steps {
+                    std::thread::sleep(Duration::from_millis(100));
+                    beat();
+                }
+                return Ok((vec![0.0; 16_000], None));
+            }
+            let secs: f64 = stem
+                .parse()
+                .map_err(|_| format!("not audio: {}", path.display()))?;
             Ok((vec![0.0; (secs * 16_000.0) as usize], None))
         };
-        run_worker(
-            Cursor::new(input.into_bytes()),
-            &mut out,
-            &loader,
-            &decoder,
-            false,
-        );
-        String::from_utf8(out)
+        let status = run_worker(Cursor::new(input), &mut out, &loader, &decoder, false);
+        let events = String::from_utf8(out)
             .expect("utf8")
             .lines()
             .map(|l| serde_json::from_str(l).expect("event"))
-            .collect()
+            .collect();
+        (status, events)
     }
 
     fn load() -> WorkerRequest {
@@ -598,9 +753,130 @@ mod tests {
         assert!(matches!(
             events[1],
             WorkerEvent::JobFailed {
-                kind: JobErrorKind::Model,
+                kind: JobErrorKind::BadModel,
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_cancel_stops_a_running_job_between_batches() {
+        // 600 s of audio at one 30 s segment per 50 ms pass: about a second if not cancelled.
+        let started = Instant::now();
+        let (_, events) = run_with(
+            &[
+                load(),
+                job(1, "/x/600.wav", 30.0),
+                WorkerRequest::Cancel { job_id: 1 },
+                job(2, "/x/3.wav", 30.0),
+                WorkerRequest::Shutdown,
+            ],
+            8,
+            Duration::from_millis(50),
+        );
+        let cancelled = events.iter().position(|e| {
+            matches!(
+                e,
+                WorkerEvent::JobFailed {
+                    job_id: 1,
+                    kind: JobErrorKind::Cancelled,
+                    ..
+                }
+            )
+        });
+        let progress = events
+            .iter()
+            .filter(|e| matches!(e, WorkerEvent::Progress { job_id: 1, .. }))
+            .count();
+        assert!(cancelled.is_some(), "{events:?}");
+        assert!(progress < 5, "{progress} batches ran after the cancel");
+        assert!(
+            matches!(events.last(), Some(WorkerEvent::Done { job_id: 2, .. })),
+            "the next job still runs: {events:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(900));
+    }
+
+    #[test]
+    fn slow_decoding_sends_heartbeats() {
+        let (status, events) = run_with(
+            &[
+                load(),
+                job(1, "/x/slow-14.wav", 30.0),
+                WorkerRequest::Shutdown,
+            ],
+            8,
+            Duration::ZERO,
+        );
+        assert_eq!(status, 0);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::Heartbeat { job_id: Some(1) })),
+            "{events:?}"
+        );
+        assert!(matches!(events.last(), Some(WorkerEvent::Done { .. })));
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_read_ends_the_worker_with_its_status() {
+        let mut input = to_line(&load()).expect("encodes").into_bytes();
+        input.extend_from_slice(b"\xff\xfe not a request\n");
+        input.extend_from_slice(
+            to_line(&job(1, "/x/3.wav", 30.0))
+                .expect("encodes")
+                .as_bytes(),
+        );
+        let (status, events) = run_input(input, 8, Duration::ZERO);
+        assert_eq!(status, EXIT_BAD_REQUEST);
+        assert!(
+            !events.iter().any(|e| matches!(e, WorkerEvent::Done { .. })),
+            "{events:?}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_non_utf8_file_name_is_transcribed_and_named() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/x/3.w\xe9v"));
+        let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"/x/caf\xe9.wav"));
+        let (_, events) = run_with(
+            &[
+                load(),
+                WorkerRequest::Transcribe {
+                    job_id: 1,
+                    path,
+                    settings: DecodeSettings::default(),
+                    batch_budget_s: 30.0,
+                },
+                WorkerRequest::Transcribe {
+                    job_id: 2,
+                    path: bad,
+                    settings: DecodeSettings::default(),
+                    batch_budget_s: 30.0,
+                },
+                WorkerRequest::Shutdown,
+            ],
+            8,
+            Duration::ZERO,
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::Done { job_id: 1, .. })),
+            "{events:?}"
+        );
+        let failed = events.iter().find_map(|e| match e {
+            WorkerEvent::JobFailed {
+                job_id: 2,
+                kind,
+                message,
+            } => Some((*kind, message.clone())),
+            _ => None,
+        });
+        let (kind, message) = failed.expect("the bad file fails");
+        assert_eq!(kind, JobErrorKind::BadInput);
+        assert!(message.contains("caf\u{fffd}.wav"), "{message}");
     }
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
-use super::protocol::{DecodeSettings, Precision, WorkerDevice};
-use super::worker::{RunError, SegmentText, SpeechModel, is_out_of_memory, run_worker};
+use super::{RunError, SegmentText, SpeechModel, is_out_of_memory, run_worker};
+use crate::engine::protocol::{DecodeSettings, Precision, WorkerDevice};
 use crate::model::files::ModelFiles;
 use crate::model::sensevoice::{DecodeOptions, Language, ModelError, SenseVoice, TextStyle};
 
@@ -36,12 +36,16 @@ fn clip_keys(clips: &[&[f32]]) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The kind of a model error: candle reports device allocation failures only as text, so this
+/// is the one place a message is read; from here on the kind is typed.
 fn run_error(err: &ModelError) -> RunError {
     let message = format!("{err:#}");
     if is_out_of_memory(&message) {
         RunError::OutOfMemory(message)
-    } else {
+    } else if matches!(err, ModelError::Compute { .. }) {
         RunError::Other(message)
+    } else {
+        RunError::BadModel(message)
     }
 }
 
@@ -132,13 +136,11 @@ impl SpeechModel for SenseVoiceModel {
         Ok(())
     }
 
-    fn restore(&mut self) -> Result<(), String> {
+    fn restore(&mut self) -> Result<(), RunError> {
         let Some(host) = self.offloaded.take() else {
             return Ok(());
         };
-        let restored = host
-            .to_device(&self.device)
-            .map_err(|err| format!("{err:#}"));
+        let restored = host.to_device(&self.device).map_err(|err| run_error(&err));
         match restored {
             Ok(model) => {
                 self.active = Some(model);
@@ -185,7 +187,7 @@ fn load(
             Some(spawned.map_err(|err| RunError::Other(format!("cannot start a thread: {err}")))?)
         }
     };
-    let files = ModelFiles::from_dir(dir).map_err(|err| RunError::Other(format!("{err:#}")));
+    let files = ModelFiles::from_dir(dir).map_err(|err| RunError::BadModel(format!("{err:#}")));
     let host = files.and_then(|files| {
         SenseVoice::load(&files, &Device::Cpu, dtype).map_err(|err| run_error(&err))
     });
@@ -193,8 +195,10 @@ fn load(
         None => Device::Cpu,
         Some(handle) => handle
             .join()
-            .map_err(|_| RunError::Other("GPU unavailable: CUDA initialisation panicked".into()))?
-            .map_err(|err| RunError::Other(format!("GPU unavailable: {err}")))?,
+            .map_err(|_| {
+                RunError::DeviceUnavailable("GPU unavailable: CUDA initialisation panicked".into())
+            })?
+            .map_err(|err| RunError::DeviceUnavailable(format!("GPU unavailable: {err}")))?,
     };
     let host = host?;
     let model = if device.is_cpu() {
@@ -211,8 +215,8 @@ fn load(
     }))
 }
 
-fn decode(path: &Path) -> Result<(Vec<f32>, Option<String>), String> {
-    let audio = crate::audio::decode_file(path, &mut |_| {}).map_err(|err| err.to_string())?;
+fn decode(path: &Path, beat: &mut dyn FnMut()) -> Result<(Vec<f32>, Option<String>), String> {
+    let audio = crate::audio::decode_file(path, &mut |_| beat()).map_err(|err| err.to_string())?;
     let warning = (!audio.is_clean()).then(|| {
         let mut parts = Vec::new();
         if !audio.skipped.is_empty() {
@@ -232,9 +236,11 @@ fn decode(path: &Path) -> Result<(Vec<f32>, Option<String>), String> {
     Ok((audio.samples, warning))
 }
 
-/// The worker process's `main`: serves requests on stdin until told to stop.
-pub fn worker_main() {
+/// The worker process's `main`: serves requests on stdin until told to stop; returns its exit
+/// status.
+pub fn worker_main() -> std::process::ExitCode {
     let stdin = BufReader::new(std::io::stdin());
     let stdout = std::io::stdout().lock();
-    run_worker(stdin, stdout, &load, &decode, cfg!(feature = "cuda"));
+    let status = run_worker(stdin, stdout, &load, &decode, cfg!(feature = "cuda"));
+    std::process::ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
