@@ -4,9 +4,10 @@
 #
 #   BIN=folder-with-cuda-binaries MODEL=model-folder OUT=results GL=unpacked-x-libs bash tools/gpu/window.sh WAV...
 #
-# GL holds Xvfb, Mesa (software GL for the window) and their libraries unpacked from Debian packages
-# (`dpkg -x`), for machines without a display server; leave it empty where Xvfb and libGL are
-# installed. Screenshots are taken every SHOT_EVERY seconds (python3 with Pillow grabs the X screen)
+# GL holds Xvfb, Mesa (software GL for the window) and their libraries unpacked from the Debian
+# packages that tools/gpu/x-libs.sh gathers (`for f in *.deb; do dpkg -x $f GL; done`, then
+# stubs/libz3.so.4 into GL/usr/lib/x86_64-linux-gnu), for machines without a display server; leave it
+# empty where Xvfb and libGL are installed. Screenshots are taken every SHOT_EVERY seconds (python3 with Pillow grabs the X screen)
 # and, at each one, nvidia-smi's view of the GPU and of our worker, so the panels can be checked
 # against it. The app offloads after OFFLOAD_S idle seconds and releases RELEASE_S seconds later.
 set -uo pipefail
@@ -36,19 +37,20 @@ fi
 # Software GL for the window (Xvfb has no GPU behind it); the worker uses CUDA as always.
 export __GLX_VENDOR_LIBRARY_NAME=mesa LIBGL_ALWAYS_SOFTWARE=1
 export DISPLAY=:99
-"$XVFB" :99 -screen 0 1600x1000x24 -nolisten tcp ${GL:+-xkbdir "$GL/usr/share/X11/xkb"} >"$OUT/xvfb.log" 2>&1 &
+"$XVFB" :99 -screen 0 1280x820x24 -nolisten tcp ${GL:+-xkbdir "$GL/usr/share/X11/xkb"} >"$OUT/xvfb.log" 2>&1 &
 xvfb=$!
 sleep 2
 
 # Settings as the window saves them (eframe storage, RON): the model folder and short idle timers.
-settings_dir="$HOME/.local/share/io.github.gpuscribe.GpuScribe"
+# eframe lower-cases the app id for the folder name.
+settings_dir="$HOME/.local/share/io.github.gpuscribe.gpuscribe"
 mkdir -p "$settings_dir"
 printf '{\n    "app": "(model_dir:Some(\\"%s\\"),residency:(offload:AfterSecs(%s),release_after_secs:Some(%s)),plot_window:OneMinute)",\n}\n' \
     "$MODEL" "$OFFLOAD_S" "$RELEASE_S" > "$settings_dir/app.ron"
 
 export GPUSCRIBE_WORKER="$BIN/gpuscribe-worker"
 start=$(date +%s.%N)
-"$BIN/gpuscribe" --device cuda:0 "$@" >"$OUT/window.log" 2>&1 &
+"$BIN/gpuscribe" --device "${DEVICE:-cuda:0}" "$@" >"$OUT/window.log" 2>&1 &
 app=$!
 
 shot=0
