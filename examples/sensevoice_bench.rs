@@ -207,7 +207,7 @@ fn forward(
     for &batch in batches {
         let feats = vec![one.clone(); batch];
         let prompts = vec![Prompt::default(); batch];
-        let mut run = || -> anyhow::Result<f64> {
+        let run = || -> anyhow::Result<f64> {
             let started = Instant::now();
             let out = model.forward_features(&feats, &prompts, None)?;
             // The ids reach the host, so the time includes the whole GPU queue.
