@@ -6,6 +6,8 @@
 //! # Speed: a 10 s clip end to end, and batches of 30 s segments:
 //! python3 tools/gpu/make_wav.py /tmp/clip10.wav 10; python3 tools/gpu/make_wav.py /tmp/seg30.wav 30
 //! cargo run --release --features cuda --example sensevoice_bench -- speed DIR/model cuda:0 bf16 8 /tmp/clip10.wav /tmp/seg30.wav
+//! # Forward + argmax alone at several batch sizes (the side-by-side with FunASR's bench_forward.py):
+//! cargo run --release --features cuda --example sensevoice_bench -- forward DIR/model cuda:0 bf16 /tmp/seg30.wav 16,32,64 10
 //! ```
 //! Prints one JSON object per line.
 
@@ -185,6 +187,48 @@ fn speed(
         serde_json::json!({"bench": "batch_of_30s_segments", "dtype": format!("{dt:?}"), "batch": batch,
             "median_ms": ms, "audio_s": 30.0 * batch as f64, "x_realtime": 30_000.0 * batch as f64 / ms})
     );
+    Ok(())
+}
+
+/// Forward + argmax alone (features computed once, outside the timing) for batches of the same
+/// 30 s segment: the shape FunASR's `tools/reference/bench_forward.py` times, for a side-by-side.
+fn forward(
+    model_dir: &Path,
+    dev: &Device,
+    dt: DType,
+    segment30: &Path,
+    batches: &[usize],
+    repeat: usize,
+) -> anyhow::Result<()> {
+    let (model, _) = load(model_dir, dev, dt)?;
+    let segment = audio(segment30)?;
+    let audio_s_each = segment.len() as f64 / 16_000.0;
+    let one = model.features(&segment);
+    for &batch in batches {
+        let feats = vec![one.clone(); batch];
+        let prompts = vec![Prompt::default(); batch];
+        let run = || -> anyhow::Result<f64> {
+            let started = Instant::now();
+            let out = model.forward_features(&feats, &prompts, None)?;
+            // The ids reach the host, so the time includes the whole GPU queue.
+            let ids = out.logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
+            anyhow::ensure!(ids.len() == batch, "forward gave {} rows for {batch}", ids.len());
+            Ok(started.elapsed().as_secs_f64() * 1000.0)
+        };
+        for _ in 0..2 {
+            run()?;
+        }
+        let runs: Vec<f64> = (0..repeat).map(|_| run()).collect::<Result<_, _>>()?;
+        let best = runs.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(runs);
+        let audio_s = audio_s_each * batch as f64;
+        println!(
+            "{}",
+            serde_json::json!({"bench": "forward_argmax", "impl": "gpuscribe", "dtype": format!("{dt:?}"),
+                "batch": batch, "audio_s": audio_s, "median_ms": med, "best_ms": best,
+                "x_realtime_median": audio_s * 1000.0 / med, "x_realtime_best": audio_s * 1000.0 / best})
+        );
+    }
     Ok(())
 }
 
@@ -402,6 +446,17 @@ fn main() -> anyhow::Result<()> {
             Path::new(clip10),
             Path::new(segment30),
         ),
+        ["forward", dir, dev, dt, segment30, batches, repeat] => forward(
+            Path::new(dir),
+            &device(dev)?,
+            dtype(dt)?,
+            Path::new(segment30),
+            &batches
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<usize>, _>>()?,
+            repeat.parse()?,
+        ),
         ["ops", dir, dev, dt, batch, frames] => ops(
             Path::new(dir),
             &device(dev)?,
@@ -412,6 +467,7 @@ fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: sensevoice_bench parity DIR DEVICE DTYPE | \
              speed MODEL_DIR DEVICE DTYPE BATCH CLIP10_WAV SEGMENT30_WAV | \
+             forward MODEL_DIR DEVICE DTYPE SEGMENT30_WAV BATCHES(16,32,64) REPEAT | \
              ops MODEL_DIR DEVICE DTYPE BATCH FRAMES"
         ),
     }

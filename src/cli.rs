@@ -47,12 +47,16 @@ use crate::gpu::{
 
 /// Speech transcription on a shared GPU with SenseVoice-Small, and a live NVIDIA GPU monitor.
 #[derive(Debug, Parser)]
-#[command(name = "gpuscribe", version, about)]
+#[command(name = "gpuscribe", version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// Where transcription runs: auto, cpu, all (every GPU, one worker each), cuda:N, or a
     /// GPU UUID.
     #[arg(long, global = true, env = "SENSEVOICE_DEVICE")]
     pub device: Option<String>,
+
+    /// Audio files or folders to queue in the window as it opens (as if dropped on it).
+    #[arg(value_name = "FILE")]
+    pub open: Vec<std::path::PathBuf>,
 
     /// What to do; none opens the window.
     #[command(subcommand)]
@@ -338,6 +342,15 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Gpus { json: true })));
         let cli = Cli::try_parse_from(["gpuscribe"]).expect("no arguments opens the window");
         assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["gpuscribe", "a.wav", "talks", "--device", "cpu"])
+            .expect("files open the window");
+        assert!(cli.command.is_none());
+        assert_eq!(
+            cli.open,
+            [std::path::PathBuf::from("a.wav"), "talks".into()]
+        );
+        let cli = Cli::try_parse_from(["gpuscribe", "transcribe", "a.wav"]).expect("subcommand");
+        assert!(cli.open.is_empty() && matches!(cli.command, Some(Command::Transcribe(_))));
     }
 
     #[test]

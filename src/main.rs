@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
-        None => run_window(feed, device, cuda_visible_devices, &repaint_target)
+        None => run_window(feed, device, cuda_visible_devices, cli.open, &repaint_target)
             .map(|()| ExitCode::SUCCESS),
     }
 }
@@ -136,6 +136,7 @@ fn run_window(
     gpu_feed: gpu::GpuFeed,
     device_from_cli: Option<DeviceChoice>,
     cuda_visible_devices: Option<String>,
+    open_paths: Vec<std::path::PathBuf>,
     repaint_target: &Arc<OnceLock<egui::Context>>,
 ) -> anyhow::Result<()> {
     let mut viewport = egui::ViewportBuilder::default()
@@ -170,6 +171,7 @@ fn run_window(
                 device_from_cli,
                 cuda_visible_devices,
                 recordings_dir: default_recordings_dir(),
+                open_paths,
             };
             Ok(Box::new(GpuScribeApp::new(cc, deps)))
         }),

@@ -56,6 +56,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::opening(Vec::new())
+    }
+
+    /// The window as `gpuscribe FILE…` opens it.
+    fn opening(open_paths: Vec<PathBuf>) -> Self {
         let (gpu_tx, gpu_rx) = bounded(64);
         let (factory, engine) = fake_engine();
         let FakeEngine {
@@ -66,6 +71,7 @@ impl Fixture {
         let recordings = tempfile::tempdir().expect("tempdir");
         let mut deps = AppDeps::new(GpuFeed::from_receiver(gpu_rx), factory);
         deps.recordings_dir = recordings.path().to_path_buf();
+        deps.open_paths = open_paths;
         let mut harness = Harness::builder()
             .with_size([1400.0, 900.0])
             // New rows and the theme can take a few frames to settle; 4 (the default) is tight.
@@ -137,6 +143,15 @@ fn dropped_files_are_queued_and_sent_to_the_engine() {
     assert_eq!(f.harness.query_all_by_label("zh_mid.wav").count(), 2);
     assert_eq!(f.harness.query_all_by_label("en_short.wav").count(), 1);
     assert_eq!(f.harness.query_all_by_label("queued").count(), 2);
+}
+
+#[test]
+fn files_named_on_the_command_line_are_queued_as_the_window_opens() {
+    let files = vec![clip("ja_long"), clip("en_short")];
+    let f = Fixture::opening(files.clone());
+    let sent = f.transcribe_requests();
+    assert_eq!(sent.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), files);
+    assert_eq!(f.harness.state().jobs().rows().len(), 2);
 }
 
 #[test]

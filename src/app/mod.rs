@@ -69,6 +69,8 @@ pub struct AppDeps {
     pub cuda_visible_devices: Option<String>,
     /// Where recordings are written.
     pub recordings_dir: PathBuf,
+    /// Files and folders to queue as the window opens (`gpuscribe FILE…`).
+    pub open_paths: Vec<PathBuf>,
 }
 
 impl AppDeps {
@@ -81,6 +83,7 @@ impl AppDeps {
             device_from_cli: None,
             cuda_visible_devices: None,
             recordings_dir: default_recordings_dir(),
+            open_paths: Vec::new(),
         }
     }
 }
@@ -144,6 +147,7 @@ impl GpuScribeApp {
             device_from_cli,
             cuda_visible_devices,
             recordings_dir,
+            open_paths,
         } = deps;
         let model_dir_text = settings
             .model_dir
@@ -174,6 +178,9 @@ impl GpuScribeApp {
         app.start_engine();
         app.sync_sample_interval();
         app.apply(Command::RefreshInputDevices);
+        if !open_paths.is_empty() {
+            app.apply(Command::AddPaths(open_paths));
+        }
         app
     }
 

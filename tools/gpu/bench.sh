@@ -5,15 +5,20 @@
 #
 # BIN holds the `--features cuda` release builds of gpuscribe, gpuscribe-worker and the examples
 # sensevoice_bench and residency_bench. Python needs torch 2.11 and funasr 1.4.16 (see
-# tools/reference/requirements.txt). Steps (default: all): elf full parity speed funasr residency
-# squeeze hour cpu.
+# tools/reference/requirements.txt). Steps (default: all): elf full parity speed funasr best cpuside
+# residency squeeze hour cpu.
+#   best     forward + argmax, ours (bf16, f16, f32) against FunASR at its best (fp32, autocast f16 and
+#            bf16) at batch 16/32/64 in one run, plus FunASR's own autocast agreement and generate();
+#            the table comes from tools/gpu/compare.py
+#   cpuside  the same on the CPU cores of this machine (f32; FunASR also with bf16 autocast), one 30 s
+#            segment, both with every core (CPU_THREADS, default nproc)
 set -uo pipefail
 BIN=$(realpath "${BIN:-.device-bin}")
 OUT=${OUT:-/tmp/out}
 WORK=${WORK:-/tmp/gs-bench}
 mkdir -p "$OUT" "$WORK"
 export GPUSCRIBE_WORKER="$BIN/gpuscribe-worker"
-steps=${*:-elf full parity speed funasr residency squeeze hour cpu}
+steps=${*:-elf full parity speed funasr best cpuside residency squeeze hour cpu}
 has() { [[ " $steps " == *" $1 "* ]]; }
 say() { echo; echo "::: $*"; }
 
@@ -45,6 +50,28 @@ if has funasr; then
     say "FunASR speed on the same GPU and inputs (fp32, torch)"
     ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 10 --batch-size 1 --repeat 20 "$WORK/speech_10s.wav" 2>/dev/null | grep -vE "first_text|^funasr|^Notice|^If you|^\s+(sudo|#)" )
     ( cd tools/reference && python3 generate.py --bench --model "$MODEL" --device cuda --segment-s 30 --batch-size 16 --repeat 5 "$WORK/speech_480s.wav" 2>/dev/null | grep -vE "first_text|^funasr|^Notice|^If you|^\s+(sudo|#)" )
+fi
+
+if has best; then
+    say "forward + argmax: ours against FunASR's best configuration, same GPU, same run"
+    : > "$WORK/best.jsonl"
+    for dt in bf16 f16 f32; do
+        "$BIN/sensevoice_bench" forward "$MODEL" cuda:0 "$dt" "$WORK/speech_30s.wav" 16,32,64 10 | tee -a "$WORK/best.jsonl"
+    done
+    ( cd tools/reference && PYTHONUNBUFFERED=1 python3 bench_forward.py --model "$MODEL" --device cuda \
+        --batches 16,32,64 --repeat 10 --generate-batch 16 "$WORK/speech_30s.wav" 2>/dev/null | grep '^{' ) | tee -a "$WORK/best.jsonl"
+    cp "$WORK/best.jsonl" "$OUT/" 2>/dev/null
+    python3 tools/gpu/compare.py "$WORK/best.jsonl"
+fi
+
+if has cpuside; then
+    threads=${CPU_THREADS:-$(nproc)}
+    say "CPU: one 30 s segment, forward + argmax, ours against FunASR, $threads threads each"
+    : > "$WORK/cpu.jsonl"
+    RAYON_NUM_THREADS=$threads "$BIN/sensevoice_bench" forward "$MODEL" cpu f32 "$WORK/speech_30s.wav" 1 3 | tee -a "$WORK/cpu.jsonl"
+    ( cd tools/reference && PYTHONUNBUFFERED=1 python3 bench_forward.py --model "$MODEL" --device cpu --threads "$threads" \
+        --batches 1 --precisions fp32,bf16 --repeat 3 "$WORK/speech_30s.wav" 2>/dev/null | grep '^{' ) | tee -a "$WORK/cpu.jsonl"
+    python3 tools/gpu/compare.py "$WORK/cpu.jsonl"
 fi
 
 if has residency; then
