@@ -148,9 +148,28 @@ fn dropped_files_are_queued_and_sent_to_the_engine() {
 #[test]
 fn files_named_on_the_command_line_are_queued_as_the_window_opens() {
     let files = vec![clip("ja_long"), clip("en_short")];
-    let f = Fixture::opening(files.clone());
-    let sent = f.transcribe_requests();
-    assert_eq!(sent.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), files);
+    let mut f = Fixture::opening(files.clone());
+    // Held until the engine knows the GPUs, or `--device cuda:0 FILE` would start on the CPU.
+    assert!(f.transcribe_requests().is_empty());
+    assert!(f.harness.state().jobs().rows().is_empty());
+    f.sample(vec![fake_gpu(0)]);
+    let sent = f.sent();
+    let gpus_at = sent.iter().position(|r| matches!(r, Request::Gpus(_)));
+    let first_job_at = sent
+        .iter()
+        .position(|r| matches!(r, Request::Transcribe { .. }));
+    assert!(
+        gpus_at.is_some() && gpus_at < first_job_at,
+        "GPUs before the first job: {sent:?}"
+    );
+    let paths: Vec<PathBuf> = sent
+        .into_iter()
+        .filter_map(|r| match r {
+            Request::Transcribe { path, .. } => Some(path),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paths, files);
     assert_eq!(f.harness.state().jobs().rows().len(), 2);
 }
 

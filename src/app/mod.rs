@@ -29,7 +29,7 @@ mod toolbar_ui;
 mod transcript_ui;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use eframe::egui;
 use egui::RichText;
@@ -102,6 +102,9 @@ pub struct LogLine {
 /// Most lines the log keeps.
 const LOG_LINES: usize = 200;
 
+/// How long files named on the command line wait for the GPU monitor's first answer.
+const OPEN_WAIT: Duration = Duration::from_secs(5);
+
 /// The GPU Scribe window.
 pub struct GpuScribeApp {
     settings: Settings,
@@ -130,6 +133,9 @@ pub struct GpuScribeApp {
     log: Vec<LogLine>,
     /// The model-folder text field's contents while it is edited.
     model_dir_text: String,
+    /// Files named on the command line, queued once the engine knows the GPUs.
+    pending_open: Vec<PathBuf>,
+    started_at: Instant,
 }
 
 impl GpuScribeApp {
@@ -174,13 +180,13 @@ impl GpuScribeApp {
             recordings_dir,
             log: Vec::new(),
             model_dir_text,
+            pending_open: Vec::new(),
+            started_at: Instant::now(),
         };
         app.start_engine();
         app.sync_sample_interval();
         app.apply(Command::RefreshInputDevices);
-        if !open_paths.is_empty() {
-            app.apply(Command::AddPaths(open_paths));
-        }
+        app.pending_open = open_paths;
         app
     }
 
@@ -347,6 +353,19 @@ impl eframe::App for GpuScribeApp {
         self.check_engine();
         self.sync_sample_interval();
         self.sync_target();
+        // Files from the command line go to the engine once it knows the GPUs (the first sample,
+        // or the monitor's word that there are none), so `--device cuda:0 FILE` runs on that GPU;
+        // a monitor that does not answer holds them back for at most OPEN_WAIT.
+        if !self.pending_open.is_empty()
+            && (!matches!(self.gpus.state, MonitorState::Starting)
+                || self.started_at.elapsed() >= OPEN_WAIT)
+        {
+            let paths = std::mem::take(&mut self.pending_open);
+            self.apply(Command::AddPaths(paths));
+        }
+        if !self.pending_open.is_empty() {
+            ctx.request_repaint_after(Duration::from_millis(100));
+        }
         self.drain_engine();
         for result in self.tasks.drain() {
             self.on_task(result);

@@ -25,7 +25,8 @@ rm -rf "$HOME"; mkdir -p "$HOME"
 
 if [ -n "$GL" ]; then
     lib="$GL/usr/lib/x86_64-linux-gnu"
-    export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # Debian puts some libraries under /lib, others under /usr/lib.
+    export LD_LIBRARY_PATH="$lib:$GL/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export LIBGL_DRIVERS_PATH="$lib/dri" __EGL_VENDOR_LIBRARY_DIRS="$GL/usr/share/glvnd/egl_vendor.d"
     export XKB_CONFIG_ROOT="$GL/usr/share/X11/xkb"
     # Xvfb runs xkbcomp from its compiled-in folder.

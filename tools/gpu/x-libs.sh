@@ -20,7 +20,7 @@ apt-get download \
     libxcb-dri2-0 libxcb-dri3-0 libxcb-glx0 libxcb-present0 libxcb-randr0 libxcb-render0 \
     libxcb-shape0 libxcb-shm0 libxcb-sync1 libxcb-xfixes0 libxcb-xkb1 libxshmfence1 libxxf86vm1 \
     libxext6 libxrender1 libxcursor1 libxrandr2 libxi6 libxkbcommon0 libxkbcommon-x11-0 \
-    libwayland-client0 libwayland-server0 libasound2
+    libwayland-client0 libwayland-server0 libasound2 libfreetype6 libpng16-16 libbrotli1 libxfixes3 libxinerama1 libxss1 libxtst6 libxpresent1
 tmp=$(mktemp -d)
 dpkg -x libllvm15_*.deb "$tmp"
 {
