@@ -22,6 +22,7 @@ pub mod residency;
 mod scheduler;
 pub mod segment;
 pub mod sensevoice_worker;
+pub mod subtitles;
 pub mod transcript;
 pub mod worker;
 
@@ -35,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use protocol::{DecodeSettings, JobId, Precision};
 pub use residency::{Action, IdlePolicy, Residency, ResidencyConfig};
-pub use transcript::{ExportFormat, FileTranscript, Segment};
+pub use transcript::{ExportFormat, FileTranscript, Segment, TokenTime, WordTime};
 
 /// Where jobs run, as the user chose it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
