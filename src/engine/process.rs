@@ -22,6 +22,10 @@ const STDERR_TAIL_LINES: usize = 20;
 
 /// What the reader threads report, tagged with the worker's slot.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one message per worker line over a bounded channel; boxing would only add an allocation"
+)]
 pub enum Inbox {
     /// An event from the worker's stdout.
     Event {
