@@ -11,7 +11,8 @@ use clap::Args;
 
 use crate::engine::batch::transcribe_files;
 use crate::engine::protocol::Precision;
-use crate::engine::transcript::{ExportFormat, FileTranscript, render, write_atomic};
+use crate::engine::subtitles::CueArgs;
+use crate::engine::transcript::{ExportFormat, FileTranscript, render_with, write_atomic};
 use crate::engine::{DecodeSettings, DeviceTarget, EngineConfig, Event, GpuFree};
 use crate::gpu::{DeviceChoice, GpuStatus, cuda_ordinal};
 
@@ -46,6 +47,9 @@ pub struct TranscribeArgs {
     /// Weight precision (auto: bf16 on a GPU, f32 on the CPU).
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: Precision,
+    /// How SRT and VTT cues are cut.
+    #[command(flatten)]
+    pub cues: CueArgs,
 }
 
 /// The GPUs as the engine needs them, from the monitor's first sample.
@@ -126,13 +130,17 @@ pub fn run(
             }
         }
     }
+    let rules = args.cues.rules();
     let mut out = std::io::stdout().lock();
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir)?;
         for transcript in &done {
             let path = output_path(dir, &transcript.path, args.format);
-            write_atomic(&path, render(transcript, args.format).as_bytes())
-                .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
+            write_atomic(
+                &path,
+                render_with(transcript, args.format, &rules).as_bytes(),
+            )
+            .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
     } else if args.format == ExportFormat::Json {
@@ -144,7 +152,7 @@ pub fn run(
             if many {
                 writeln!(out, "==> {} <==", transcript.path.display())?;
             }
-            out.write_all(render(transcript, args.format).as_bytes())?;
+            out.write_all(render_with(transcript, args.format, &rules).as_bytes())?;
         }
     }
     Ok(failed)

@@ -20,7 +20,7 @@ use gpuscribe::app::{
 use gpuscribe::engine::transcript::render;
 use gpuscribe::engine::{
     Action, DeviceTarget, EngineConfig, Event, ExportFormat, FileTranscript, MarkerKind, Request,
-    Residency, SlotStatus,
+    Residency, SlotStatus, TokenTime,
 };
 use gpuscribe::gpu::{DriverInfo, GpuFeed, GpuSample, GpuStatus, fake_gpu, fake_process};
 
@@ -277,7 +277,7 @@ fn progress_and_the_cjk_transcript_show() {
     f.harness.get_by_label("0:05 / 0:10");
     f.harness.get_by_label("GPU 0");
     f.harness.get_by_label("转写结果：你好世界");
-    f.harness.get_by_label("0:00–0:05");
+    f.harness.get_by_label("0:00.0–0:05.0");
     f.harness.get_by_label("zh · NEUTRAL · Speech");
     let overall = f.harness.state().jobs().overall(std::time::Instant::now());
     assert!((overall.fraction - 0.5).abs() < 1e-9, "{overall:?}");
@@ -308,6 +308,66 @@ fn progress_and_the_cjk_transcript_show() {
             .overall(std::time::Instant::now())
             .fraction,
         1.0
+    );
+}
+
+#[test]
+fn cue_lines_show_their_times_and_a_click_shows_the_range() {
+    let mut f = Fixture::new();
+    f.drop_files(&[clip("en_short")]);
+    let (job_id, path) = f.transcribe_requests().remove(0);
+    let token = |token: &str, start_s: f64, end_s: f64| TokenTime {
+        token: token.to_owned(),
+        start_s,
+        end_s,
+    };
+    f.inject(Event::JobDone {
+        job_id,
+        transcript: FileTranscript {
+            path,
+            duration_s: 5.0,
+            language: "en".to_owned(),
+            text: "Hello world. Second line.".to_owned(),
+            segments: vec![gpuscribe::engine::Segment {
+                language: "en".to_owned(),
+                ..segment(0.0, 5.0, "Hello world. Second line.")
+            }],
+            tokens: vec![
+                token("<|en|>", 0.0, 0.03),
+                token("\u{2581}Hello", 0.5, 0.8),
+                token("\u{2581}world", 0.9, 1.2),
+                token(".", 1.2, 1.26),
+                token("\u{2581}Second", 3.0, 3.4),
+                token("\u{2581}line", 3.5, 3.8),
+                token(".", 3.8, 3.86),
+            ],
+            ..FileTranscript::default()
+        },
+        ms: 100.0,
+    });
+    // One line per sentence (a long pause between them), each with its times; the first,
+    // shorter than the minimum, is held to 0.8 s; the tag is not in the text.
+    f.harness.get_by_label("en · NEUTRAL · Speech");
+    f.harness.get_by_label("0:00.5–0:01.3");
+    f.harness.get_by_label("0:03.0–0:03.9");
+    f.harness.get_by_label("Second line.");
+    assert!(
+        f.harness
+            .query_by_label("00:00:00.500 → 00:00:01.300 (0.80 s)")
+            .is_none()
+    );
+    f.harness.get_by_label("Hello world.").click();
+    f.harness.run();
+    f.harness
+        .get_by_label("00:00:00.500 → 00:00:01.300 (0.80 s)");
+    f.harness.get_by_label("Second line.").click();
+    f.harness.run();
+    f.harness
+        .get_by_label("00:00:03.000 → 00:00:03.860 (0.86 s)");
+    assert!(
+        f.harness
+            .query_by_label("00:00:00.500 → 00:00:01.300 (0.80 s)")
+            .is_none()
     );
 }
 

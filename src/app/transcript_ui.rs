@@ -1,5 +1,7 @@
-//! The transcript of the selected file (segments with times and tags, Copy, TXT/SRT/VTT/JSON
+//! The transcript of the selected file (subtitle-sized lines with times and tags, Copy, TXT/SRT/VTT/JSON
 //! export) and the decode options for new jobs (language, ITN, emoji). UI thread.
+
+use std::sync::Arc;
 
 use eframe::egui;
 use egui::RichText;
@@ -7,7 +9,8 @@ use egui::RichText;
 use super::command::Command;
 use super::gpu_panel_ui::ERROR_COLOR;
 use super::jobs::{JobRow, JobStatus};
-use super::queue_ui::clock_secs;
+use crate::engine::subtitles::{Cue, CueRules, segment_cues, transcript_cues};
+use crate::engine::transcript::vtt_time;
 use crate::engine::{DecodeSettings, ExportFormat, Segment};
 
 /// The language choices, as SenseVoice names them.
@@ -48,33 +51,119 @@ pub fn options_ui(ui: &mut egui::Ui, current: &DecodeSettings, commands: &mut Ve
     }
 }
 
-fn segment_ui(ui: &mut egui::Ui, segment: &Segment) {
-    ui.horizontal_wrapped(|ui| {
-        ui.label(
-            RichText::new(format!(
-                "{}–{}",
-                clock_secs(segment.start_s),
-                clock_secs(segment.end_s)
-            ))
-            .monospace()
-            .weak(),
-        );
-        let tags: Vec<&str> = [&segment.language, &segment.emotion, &segment.event]
-            .into_iter()
-            .map(String::as_str)
-            .filter(|t| !t.is_empty())
-            .collect();
-        if !tags.is_empty() {
-            ui.label(RichText::new(tags.join(" · ")).small().weak());
-        }
-    });
-    let text = segment.text.trim();
-    if text.is_empty() {
-        ui.label(RichText::new("(no speech)").weak().italics());
+/// `1:02.3`: minutes, seconds and tenths.
+pub fn clock_tenths(secs: f64) -> String {
+    let tenths = (secs.max(0.0) * 10.0).round() as u64;
+    let (whole, tenth) = (tenths / 10, tenths % 10);
+    if whole >= 3600 {
+        format!(
+            "{}:{:02}:{:02}.{tenth}",
+            whole / 3600,
+            (whole % 3600) / 60,
+            whole % 60
+        )
     } else {
-        ui.add(egui::Label::new(text).wrap().selectable(true));
+        format!("{}:{:02}.{tenth}", whole / 60, whole % 60)
     }
-    ui.add_space(4.0);
+}
+
+/// What the selected cue line shows: `00:00:01.000 → 00:00:02.260 (1.26 s)`.
+pub fn cue_range_label(cue: &Cue) -> String {
+    format!(
+        "{} → {} ({:.2} s)",
+        vtt_time(cue.start_s),
+        vtt_time(cue.end_s),
+        cue.end_s - cue.start_s
+    )
+}
+
+/// The cue lines of a row: from the finished transcript's token times, or from the segments
+/// received so far. Kept in egui's memory per row and rebuilt only when the row changes.
+fn row_cues(ui: &egui::Ui, row: &JobRow) -> Arc<Vec<Cue>> {
+    let id = egui::Id::unique(("transcript-cues", row.job_id));
+    let stamp = (
+        row.segments.len(),
+        row.transcript
+            .as_ref()
+            .map(|t| (t.tokens.len(), t.segments.len())),
+    );
+    type Cached = ((usize, Option<(usize, usize)>), Arc<Vec<Cue>>);
+    if let Some((seen, cues)) = ui.data(|d| d.get_temp::<Cached>(id))
+        && seen == stamp
+    {
+        return cues;
+    }
+    let rules = CueRules::default();
+    let cues = Arc::new(match &row.transcript {
+        Some(t) => transcript_cues(t, &rules),
+        None => segment_cues(&row.segments, &rules, row.duration_s),
+    });
+    ui.data_mut(|d| d.insert_temp::<Cached>(id, (stamp, cues.clone())));
+    cues
+}
+
+/// The tags of the segment a cue starts in, `zh · NEUTRAL · Speech`.
+fn tags_at(segments: &[Segment], at_s: f64) -> String {
+    segments
+        .iter()
+        .rev()
+        .find(|s| s.start_s <= at_s + 1e-9)
+        .or(segments.first())
+        .map(|segment| {
+            [&segment.language, &segment.emotion, &segment.event]
+                .into_iter()
+                .map(String::as_str)
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join(" · ")
+        })
+        .unwrap_or_default()
+}
+
+/// One line per cue with its times; a click selects it and shows its exact range.
+fn cues_ui(ui: &mut egui::Ui, row: &JobRow) {
+    let cues = row_cues(ui, row);
+    let selected_id = egui::Id::unique(("transcript-cue-selected", row.job_id));
+    let mut selected: Option<usize> = ui.data(|d| d.get_temp(selected_id)).flatten();
+    if let Some(cue) = selected.and_then(|i| cues.get(i)) {
+        ui.label(RichText::new(cue_range_label(cue)).monospace());
+    }
+    let segments = row
+        .transcript
+        .as_ref()
+        .map_or(row.segments.as_slice(), |t| t.segments.as_slice());
+    let mut tags_shown = String::new();
+    for (i, cue) in cues.iter().enumerate() {
+        let tags = tags_at(segments, cue.start_s);
+        if !tags.is_empty() && tags != tags_shown {
+            ui.label(RichText::new(&tags).small().weak());
+            tags_shown = tags;
+        }
+        ui.horizontal(|ui| {
+            ui.label(
+                RichText::new(format!(
+                    "{}–{}",
+                    clock_tenths(cue.start_s),
+                    clock_tenths(cue.end_s)
+                ))
+                .monospace()
+                .weak(),
+            );
+            let mut text = RichText::new(cue.text());
+            if selected == Some(i) {
+                text = text.background_color(ui.visuals().selection.bg_fill);
+            }
+            let line = ui.add(egui::Label::new(text).wrap().sense(egui::Sense::click()));
+            if line.clicked() {
+                selected = if selected == Some(i) { None } else { Some(i) };
+            }
+            line.on_hover_text("Click to show this line's time range");
+        });
+    }
+    if cues.is_empty() && row.status.is_finished() && !row.segments.is_empty() {
+        ui.label(RichText::new("(no speech)").weak().italics());
+    }
+    ui.data_mut(|d| d.insert_temp(selected_id, selected));
 }
 
 /// The selected row's transcript.
@@ -129,8 +218,6 @@ pub fn transcript_ui(
             if row.segments.is_empty() && !row.status.is_finished() {
                 ui.label(RichText::new("waiting for the first segments…").weak());
             }
-            for segment in &row.segments {
-                segment_ui(ui, segment);
-            }
+            cues_ui(ui, row);
         });
 }

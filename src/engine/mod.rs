@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod residency;
 mod scheduler;
 pub mod segment;
+pub mod subtitles;
 pub mod transcript;
 
 use std::collections::VecDeque;
@@ -45,7 +46,7 @@ use serde::{Deserialize, Serialize};
 pub use policy::{DeviceKey, PinnedFallback, WatchdogConfig};
 pub use protocol::{DecodeSettings, JobId, Precision};
 pub use residency::{Action, IdlePolicy, Residency, ResidencyConfig};
-pub use transcript::{ExportFormat, FileTranscript, Segment};
+pub use transcript::{ExportFormat, FileTranscript, Segment, TokenTime, WordTime};
 
 use crate::gpu::DeviceChoice;
 

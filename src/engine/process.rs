@@ -116,6 +116,10 @@ pub trait WorkerPort: Send {
 /// What the link threads report, tagged with the worker's slot and generation (a restarted
 /// worker gets a new one, so late lines of an old worker are recognised).
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one message per worker line over a bounded channel; boxing would only add an allocation"
+)]
 pub enum Inbox {
     /// An event from the worker's stdout.
     Event {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::subtitles::{CueRules, transcript_cues};
+
 /// One timed piece of a transcript (a ≤30 s model segment, or a shorter span from timestamps).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Segment {
@@ -20,6 +22,30 @@ pub struct Segment {
     pub emotion: String,
     /// Audio-event tag, e.g. `Speech`, `BGM`.
     pub event: String,
+}
+
+/// One token of the model's output with its time from the CTC forced alignment (FunASR
+/// `output_timestamp=True`), in seconds from the file's start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenTime {
+    /// The SentencePiece piece; a leading `▁` marks a space before it.
+    pub token: String,
+    /// Start, seconds from the file's start.
+    pub start_s: f64,
+    /// End, seconds from the file's start.
+    pub end_s: f64,
+}
+
+/// One word as FunASR's `SenseVoiceSmall.post` makes it (ASCII pieces joined, every other
+/// piece a word of its own), with FunASR's integer-millisecond times from the file's start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordTime {
+    /// The word, without the `▁` marker.
+    pub word: String,
+    /// Start, ms from the file's start.
+    pub start_ms: i64,
+    /// End, ms from the file's start.
+    pub end_ms: i64,
 }
 
 /// The transcript of one file.
@@ -41,6 +67,13 @@ pub struct FileTranscript {
     pub raw_text: String,
     /// Timed segments.
     pub segments: Vec<Segment>,
+    /// Every token of every segment with its time, in order (tags excluded). Empty for
+    /// transcripts made before token times existed.
+    #[serde(default)]
+    pub tokens: Vec<TokenTime>,
+    /// FunASR's words with their times, in order.
+    #[serde(default)]
+    pub words: Vec<WordTime>,
 }
 
 /// Export formats.
@@ -76,16 +109,26 @@ fn timestamp(secs: f64, decimal: char) -> String {
     format!("{h:02}:{m:02}:{s:02}{decimal}{ms:03}")
 }
 
-/// Renders one transcript in `format`.
+/// `HH:MM:SS.mmm`, as WebVTT writes times.
+pub fn vtt_time(secs: f64) -> String {
+    timestamp(secs, '.')
+}
+
+/// Renders one transcript in `format`, with the default cue rules.
 pub fn render(transcript: &FileTranscript, format: ExportFormat) -> String {
-    let spoken = transcript
-        .segments
-        .iter()
-        .filter(|segment| !segment.text.trim().is_empty());
+    render_with(transcript, format, &CueRules::default())
+}
+
+/// Renders one transcript in `format`; SRT and VTT cues follow `rules`.
+pub fn render_with(transcript: &FileTranscript, format: ExportFormat, rules: &CueRules) -> String {
     match format {
         ExportFormat::Txt => {
             let mut out = String::new();
-            for segment in spoken {
+            for segment in transcript
+                .segments
+                .iter()
+                .filter(|s| !s.text.trim().is_empty())
+            {
                 out.push_str(segment.text.trim());
                 out.push('\n');
             }
@@ -93,25 +136,32 @@ pub fn render(transcript: &FileTranscript, format: ExportFormat) -> String {
         }
         ExportFormat::Srt => {
             let mut out = String::new();
-            for (i, segment) in spoken.enumerate() {
+            for (i, cue) in transcript_cues(transcript, rules).iter().enumerate() {
                 out.push_str(&format!(
                     "{}\n{} --> {}\n{}\n\n",
                     i + 1,
-                    timestamp(segment.start_s, ','),
-                    timestamp(segment.end_s, ','),
-                    segment.text.trim()
+                    timestamp(cue.start_s, ','),
+                    timestamp(cue.end_s, ','),
+                    cue.text()
                 ));
             }
             out
         }
         ExportFormat::Vtt => {
             let mut out = String::from("WEBVTT\n\n");
-            for segment in spoken {
+            let mut tags_shown = String::new();
+            for cue in transcript_cues(transcript, rules) {
+                // The model's tags as a comment wherever they change.
+                let tags = segment_tags(transcript, cue.start_s);
+                if !tags.is_empty() && tags != tags_shown {
+                    out.push_str(&format!("NOTE {tags}\n\n"));
+                    tags_shown = tags;
+                }
                 out.push_str(&format!(
                     "{} --> {}\n{}\n\n",
-                    timestamp(segment.start_s, '.'),
-                    timestamp(segment.end_s, '.'),
-                    segment.text.trim()
+                    timestamp(cue.start_s, '.'),
+                    timestamp(cue.end_s, '.'),
+                    cue.text()
                 ));
             }
             out
@@ -120,6 +170,30 @@ pub fn render(transcript: &FileTranscript, format: ExportFormat) -> String {
             serde_json::to_string_pretty(transcript).unwrap_or_else(|err| format!("{err}"))
         }
     }
+}
+
+/// `language=en emotion=NEUTRAL event=Speech` of the segment holding `at_s` (empty parts left
+/// out).
+fn segment_tags(transcript: &FileTranscript, at_s: f64) -> String {
+    let Some(segment) = transcript
+        .segments
+        .iter()
+        .rev()
+        .find(|s| s.start_s <= at_s + 1e-9)
+        .or(transcript.segments.first())
+    else {
+        return String::new();
+    };
+    [
+        ("language", &segment.language),
+        ("emotion", &segment.emotion),
+        ("event", &segment.event),
+    ]
+    .iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| format!("{k}={v}"))
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same folder, then a rename, so
@@ -179,6 +253,8 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            tokens: Vec::new(),
+            words: Vec::new(),
         }
     }
 
@@ -194,6 +270,37 @@ mod tests {
             "WEBVTT\n\n00:00:00.000 --> 00:00:01.250\n你好\n\n00:00:01.250 --> 01:01:01.500\nworld\n\n"
         );
         assert_eq!(render(&t, ExportFormat::Txt), "你好\nworld\n");
+    }
+
+    #[test]
+    fn subtitles_come_from_token_times_without_tags() {
+        let token = |token: &str, start_s: f64, end_s: f64| TokenTime {
+            token: token.into(),
+            start_s,
+            end_s,
+        };
+        let mut t = sample();
+        t.segments[0].language = "zh".into();
+        t.segments[1].language = "en".into();
+        t.tokens = vec![
+            token("你", 0.1, 0.2),
+            token("好", 0.3, 0.4),
+            token("。", 0.4, 0.46),
+            token("<|en|>", 1.3, 1.33),
+            token("\u{2581}hello", 2.0, 2.3),
+            token("\u{2581}world", 2.4, 2.8),
+        ];
+        assert_eq!(
+            render(&t, ExportFormat::Srt),
+            "1\n00:00:00,100 --> 00:00:00,900\n你好。\n\n2\n00:00:02,000 --> 00:00:02,800\nhello world\n\n"
+        );
+        assert_eq!(
+            render(&t, ExportFormat::Vtt),
+            "WEBVTT\n\nNOTE language=zh\n\n00:00:00.100 --> 00:00:00.900\n你好。\n\n\
+             NOTE language=en\n\n00:00:02.000 --> 00:00:02.800\nhello world\n\n"
+        );
+        // The tag stays in the JSON.
+        assert!(render(&t, ExportFormat::Json).contains("<|en|>"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::engine::protocol::{
 use crate::engine::segment::{
     MAX_SEGMENT_SECS, MIN_SEGMENT_SECS, SAMPLE_RATE_HZ, plan_batches, split_at_pauses,
 };
-use crate::engine::transcript::{FileTranscript, Segment};
+use crate::engine::transcript::{FileTranscript, Segment, TokenTime, WordTime};
 
 /// Longest time between heartbeats while the worker is busy.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
@@ -52,6 +52,10 @@ pub struct SegmentText {
     pub emotion: String,
     /// Event tag.
     pub event: String,
+    /// Token times, seconds from the segment's start.
+    pub tokens: Vec<TokenTime>,
+    /// FunASR's words, ms from the segment's start.
+    pub words: Vec<WordTime>,
 }
 
 /// Why loading or a forward pass failed.
@@ -476,6 +480,22 @@ fn merge(
             .collect::<Vec<_>>()
             .join(" ")
     };
+    let mut tokens = Vec::new();
+    let mut words = Vec::new();
+    for (range, text) in &pairs {
+        let offset_ms = (range.start * 1000 / SAMPLE_RATE_HZ) as i64;
+        let offset_s = range.start as f64 / SAMPLE_RATE_HZ as f64;
+        tokens.extend(text.tokens.iter().map(|t| TokenTime {
+            token: t.token.clone(),
+            start_s: round_ms(t.start_s + offset_s),
+            end_s: round_ms(t.end_s + offset_s),
+        }));
+        words.extend(text.words.iter().map(|w| WordTime {
+            word: w.word.clone(),
+            start_ms: w.start_ms + offset_ms,
+            end_ms: w.end_ms + offset_ms,
+        }));
+    }
     FileTranscript {
         path: path.to_path_buf(),
         duration_s,
@@ -485,7 +505,15 @@ fn merge(
         text: join(|t| t.text.as_str()),
         raw_text: join(|t| t.raw_text.as_str()),
         segments: pairs.iter().map(|(r, t)| segment_from(r, t)).collect(),
+        tokens,
+        words,
     }
+}
+
+/// Seconds rounded to whole milliseconds (token times are multiples of 10 ms; this keeps
+/// float noise out of the JSON).
+fn round_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]
@@ -525,6 +553,16 @@ mod tests {
                     language: settings.language.clone(),
                     emotion: "NEUTRAL".into(),
                     event: "Speech".into(),
+                    tokens: vec![TokenTime {
+                        token: format!("\u{2581}n{}", c.len()),
+                        start_s: 0.51,
+                        end_s: 0.57,
+                    }],
+                    words: vec![WordTime {
+                        word: format!("n{}", c.len()),
+                        start_ms: 510,
+                        end_ms: 570,
+                    }],
                 })
                 .collect())
         }
@@ -661,6 +699,23 @@ mod tests {
             transcript.raw_text.matches("<|woitn|>").count(),
             transcript.segments.len()
         );
+        // Token and word times move by their segment's start.
+        assert_eq!(transcript.tokens.len(), transcript.segments.len());
+        assert_eq!(transcript.words.len(), transcript.segments.len());
+        for ((segment, token), word) in transcript
+            .segments
+            .iter()
+            .zip(&transcript.tokens)
+            .zip(&transcript.words)
+        {
+            assert!((token.start_s - (segment.start_s + 0.51)).abs() < 1e-9);
+            assert!((token.end_s - (segment.start_s + 0.57)).abs() < 1e-9);
+            assert_eq!(
+                word.start_ms,
+                (segment.start_s * 1000.0).round() as i64 + 510
+            );
+            assert_eq!(word.end_ms, word.start_ms + 60);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 
 use super::{RunError, SegmentText, SpeechModel, is_out_of_memory, run_worker};
 use crate::engine::protocol::{DecodeSettings, Precision, WorkerDevice};
+use crate::engine::transcript::{TokenTime, WordTime};
 use crate::model::files::ModelFiles;
 use crate::model::sensevoice::{DecodeOptions, Language, ModelError, SenseVoice, TextStyle};
 
@@ -79,7 +80,7 @@ impl SpeechModel for SenseVoiceModel {
             language: Language::from_code(&settings.language),
             use_itn: settings.use_itn,
             ban_emo_unk: false,
-            timestamps: false,
+            timestamps: true,
             text_style: if settings.rich {
                 TextStyle::Rich
             } else {
@@ -110,6 +111,24 @@ impl SpeechModel for SenseVoiceModel {
                 language: t.tags.language.clone().unwrap_or_default(),
                 emotion: t.tags.emotion.clone().unwrap_or_default(),
                 event: t.tags.event.clone().unwrap_or_default(),
+                tokens: t
+                    .tokens
+                    .iter()
+                    .map(|token| TokenTime {
+                        token: token.piece.clone(),
+                        start_s: token.start_s,
+                        end_s: token.end_s,
+                    })
+                    .collect(),
+                words: t
+                    .words
+                    .iter()
+                    .map(|word| WordTime {
+                        word: word.word.clone(),
+                        start_ms: word.start_ms,
+                        end_ms: word.end_ms,
+                    })
+                    .collect(),
             })
             .collect())
     }

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audio_clips  # noqa: E402
+import long_audio  # noqa: E402
 import toy_spm  # noqa: E402
 from funasr_ref import (  # noqa: E402
     BPE_NAME, LayerTaps, encoder_conf_from_yaml, load_automodel, reference_file, shrink_config,
@@ -359,6 +360,8 @@ def tiny(out_dir: Path, release: Path | None, seed: int) -> None:
         "cases": tokenizer_cases(dsp, [dsp.EncodeAsIds("hello world")], seed)}
     (out_dir / "reference.json").write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n",
                                             encoding="utf-8")
+    # Last, so that nothing above depends on it: token times across segments of a long file.
+    long_audio.run(m, m.kwargs["tokenizer"].sp, out_dir / "audio", out_dir / "long", LayerTaps)
 
 
 def full(out_dir: Path, release: Path | None, seed: int, device: str, wav_paths: list[Path]) -> None:

@@ -196,15 +196,51 @@ impl SenseVoiceSmall {
         feat_lengths: &[usize],
         prompts: &[Prompt],
     ) -> Result<(Tensor, Vec<usize>)> {
+        let (enc, lengths) = self.encode_for_ctc(feats, feat_lengths, prompts)?;
+        Ok((self.ctc_ids(&enc)?, lengths))
+    }
+
+    /// The encoder output `[B, 4 + T_max, D]` in the compute dtype, ready for the CTC head, and
+    /// the valid lengths. Same arguments as [`Self::forward`].
+    pub fn encode_for_ctc(
+        &self,
+        feats: &Tensor,
+        feat_lengths: &[usize],
+        prompts: &[Prompt],
+    ) -> Result<(Tensor, Vec<usize>)> {
         let (enc, lengths) = self.encode(feats, feat_lengths, prompts, None)?;
-        let enc = enc.to_dtype(self.dtype)?;
+        Ok((enc.to_dtype(self.dtype)?, lengths))
+    }
+
+    /// Greedy frame ids `[B, 4 + T_max]` of [`Self::encode_for_ctc`]'s output, [`IDS_CHUNK`]
+    /// items at a time.
+    pub fn ctc_ids(&self, enc: &Tensor) -> Result<Tensor> {
         let b = enc.dim(0)?;
         let mut ids = Vec::with_capacity(b.div_ceil(IDS_CHUNK));
         for start in (0..b).step_by(IDS_CHUNK) {
             let chunk = enc.narrow(0, start, IDS_CHUNK.min(b - start))?;
             ids.push(fused::linear(&self.ctc_lo, &chunk, false)?.argmax(candle_core::D::Minus1)?);
         }
-        Ok((Tensor::cat(&ids, 0)?, lengths))
+        Tensor::cat(&ids, 0)
+    }
+
+    /// f32 CTC log-probabilities of item `b` of [`Self::encode_for_ctc`]'s output over its speech
+    /// frames `4..len`, reduced to the vocabulary `columns`: `[len - 4, columns.len()]`. The
+    /// log-softmax runs over the whole vocabulary on the device; only the chosen columns come
+    /// back, which is all a forced alignment of those ids reads.
+    pub fn speech_log_probs(
+        &self,
+        enc: &Tensor,
+        b: usize,
+        len: usize,
+        columns: &[u32],
+    ) -> Result<Tensor> {
+        let frames = len.saturating_sub(PROMPT_FRAMES);
+        let h = enc.get(b)?.narrow(0, PROMPT_FRAMES, frames)?;
+        let logits = fused::linear(&self.ctc_lo, &h, false)?.to_dtype(DType::F32)?;
+        let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+        let cols = Tensor::from_vec(columns.to_vec(), columns.len(), lp.device())?;
+        lp.index_select(&cols, 1)
     }
 
     /// Runs a padded batch. `feats` is f32 `[B, T_max, input_size]` (zero-padded after CMVN),

@@ -200,7 +200,50 @@ pub fn align_tokens(
         }
     }
     let alignment = ctc_forced_align(&lp, vocab, ids, blank);
-    let spans = token_spans(&alignment, blank, frames);
+    timed(&token_spans(&alignment, blank, frames), ids, pieces)
+}
+
+/// [`align_tokens`] on log-probabilities reduced to a few vocabulary columns, which is all the
+/// alignment reads: `log_probs` is `[frames, columns.len()]`, `columns[0]` must be the blank
+/// and every id must be among `columns`. `blank_frames[t]` says whether blank is frame t's
+/// argmax over the whole vocabulary (where FunASR forces blank). Gives the same result as
+/// [`align_tokens`] on the full matrix.
+pub fn align_token_columns(
+    log_probs: &[f32],
+    columns: &[u32],
+    blank_frames: &[bool],
+    ids: &[u32],
+    pieces: &[String],
+) -> (Vec<TokenTiming>, Vec<WordTiming>) {
+    let k = columns.len();
+    let frames = log_probs.len().checked_div(k).unwrap_or(0);
+    if ids.is_empty() || frames == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let Some(targets) = ids
+        .iter()
+        .map(|id| {
+            columns
+                .iter()
+                .position(|c| c == id)
+                .and_then(|i| u32::try_from(i).ok())
+        })
+        .collect::<Option<Vec<u32>>>()
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut lp = log_probs.to_vec();
+    for (row, &is_blank) in lp.chunks_exact_mut(k).zip(blank_frames) {
+        if is_blank {
+            row[0] = 0.0;
+        }
+    }
+    let alignment = ctc_forced_align(&lp, k, &targets, 0);
+    timed(&token_spans(&alignment, 0, frames), ids, pieces)
+}
+
+/// Pairs the alignment runs with the tokens, in order, then makes FunASR `post()` words.
+fn timed(spans: &[Span], ids: &[u32], pieces: &[String]) -> (Vec<TokenTiming>, Vec<WordTiming>) {
     let mut tokens = Vec::new();
     let mut raw = Vec::new();
     for (span, (piece, &id)) in spans.iter().zip(pieces.iter().zip(ids)) {
@@ -323,6 +366,34 @@ mod tests {
         let frames = [1, 1, 1, 0, 0, 2, 2, 2, 3, 3, 0, 0];
         let a = ctc_forced_align(&emissions(&frames, 6), 6, &[1, 2, 3], 0);
         assert_eq!(a, frames);
+    }
+
+    #[test]
+    fn column_alignment_equals_full_vocabulary_alignment() {
+        // Noisy emissions over 9 labels; the ids use 3 of them, one twice in a row.
+        let vocab = 9;
+        let frames = 40;
+        let mut lp = vec![0f32; frames * vocab];
+        let mut state = 0x2545_f491_u32;
+        for v in &mut lp {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            *v = -((state % 1000) as f32) / 100.0;
+        }
+        let ids = [4u32, 7, 7, 2, 4];
+        let pieces: Vec<String> = ids.iter().map(|i| format!("p{i}")).collect();
+        let full = align_tokens(&lp, vocab, &ids, &pieces, 0);
+        let columns = [0u32, 4, 7, 2];
+        let mut reduced = Vec::new();
+        let mut blank_frames = Vec::new();
+        for row in lp.chunks_exact(vocab) {
+            reduced.extend(columns.iter().map(|&c| row[c as usize]));
+            blank_frames.push(argmax(row) == 0);
+        }
+        let compact = align_token_columns(&reduced, &columns, &blank_frames, &ids, &pieces);
+        assert_eq!(full.0.len(), ids.len());
+        assert_eq!(compact, full);
     }
 
     #[test]

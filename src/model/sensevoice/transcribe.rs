@@ -12,7 +12,9 @@ use super::encoder::Capture;
 use super::frontend::{Cmvn, CmvnError, Frontend};
 use super::model::{Language, ModelOutput, PROMPT_FRAMES, Prompt, SenseVoiceSmall};
 use super::postprocess::{Tags, parse_leading_tags, rich_transcription_postprocess, strip_tags};
-use super::timestamps::{Segment, TokenTiming, WordTiming, align_tokens, segments_from_words};
+use super::timestamps::{
+    Segment, TokenTiming, WordTiming, align_token_columns, align_tokens, segments_from_words,
+};
 use super::tokenizer::{Tokenizer, TokenizerError};
 use super::weights::{HostWeights, WeightsError, expected_tensors};
 use crate::model::files::ModelFiles;
@@ -297,7 +299,9 @@ impl SenseVoice {
         };
         let prompts = vec![prompt; clips.len()];
         let ban = opts.ban_emo_unk.then_some(self.emo_unknown_id).flatten();
-        let (ids, lengths, logits) = if opts.timestamps || ban.is_some() {
+        // Full logits only where a column is banned; timestamps otherwise read a few columns
+        // of the encoder output per item (see `add_timestamps_from_encoder`).
+        let (ids, lengths, logits, encoded) = if ban.is_some() {
             let out = self.forward_features(feats, &prompts, None)?;
             let decode_logits = match ban {
                 Some(id) => ban_column(&out.logits, id).map_err(compute("ban_emo_unk"))?,
@@ -305,14 +309,22 @@ impl SenseVoice {
             };
             // Argmax on the device: only B x T ids cross to the host.
             let ids = decode_logits.argmax(D::Minus1).map_err(compute("argmax"))?;
-            (ids, out.lengths, Some(out.logits))
+            (ids, out.lengths, Some(out.logits), None)
+        } else if opts.timestamps {
+            let (xs, feat_lengths) = self.upload(feats)?;
+            let (enc, lengths) = self
+                .model
+                .encode_for_ctc(&xs, &feat_lengths, &prompts)
+                .map_err(compute("forward pass"))?;
+            let ids = self.model.ctc_ids(&enc).map_err(compute("forward pass"))?;
+            (ids, lengths, None, Some(enc))
         } else {
             let (xs, feat_lengths) = self.upload(feats)?;
             let (ids, lengths) = self
                 .model
                 .forward_ids(&xs, &feat_lengths, &prompts)
                 .map_err(compute("forward pass"))?;
-            (ids, lengths, None)
+            (ids, lengths, None, None)
         };
         meanwhile();
         let frame_ids = ids.to_vec2::<u32>().map_err(compute("argmax"))?;
@@ -336,12 +348,57 @@ impl SenseVoice {
                 segments: Vec::new(),
                 duration_s: clip.len() as f64 / 16_000.0,
             };
-            if let Some(logits) = logits.as_ref().filter(|_| opts.timestamps) {
+            if let Some(enc) = encoded.as_ref() {
+                self.add_timestamps_from_encoder(enc, b, len, &frame_ids[b], &mut transcript)?;
+            } else if let Some(logits) = logits.as_ref().filter(|_| opts.timestamps) {
                 self.add_timestamps(logits, b, len, &mut transcript)?;
             }
             results.push(transcript);
         }
         Ok(results)
+    }
+
+    /// [`Self::add_timestamps`] from the encoder output: the CTC head and log-softmax run on
+    /// the device for item `b` alone, and only the columns of its ids and the blank come back
+    /// (`frames x (distinct ids + 1)` floats instead of `frames x vocab`). `frame_ids` are the
+    /// item's greedy frame ids (prompt frames included), which say where blank is the argmax.
+    fn add_timestamps_from_encoder(
+        &self,
+        enc: &Tensor,
+        b: usize,
+        len: usize,
+        frame_ids: &[u32],
+        transcript: &mut Transcript,
+    ) -> Result<(), ModelError> {
+        if len <= PROMPT_FRAMES || transcript.token_ids.len() <= PROMPT_FRAMES {
+            return Ok(());
+        }
+        let ids = &transcript.token_ids[PROMPT_FRAMES..];
+        let mut columns = vec![BLANK_ID];
+        for &id in ids {
+            if !columns.contains(&id) {
+                columns.push(id);
+            }
+        }
+        let lp = self
+            .model
+            .speech_log_probs(enc, b, len, &columns)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(compute("timestamps"))?;
+        let blank_frames: Vec<bool> = frame_ids[PROMPT_FRAMES..len]
+            .iter()
+            .map(|&id| id == BLANK_ID)
+            .collect();
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&id| self.tokenizer.piece(id).unwrap_or("").to_owned())
+            .collect();
+        let (tokens, words) = align_token_columns(&lp, &columns, &blank_frames, ids, &pieces);
+        transcript.segments = segments_from_words(&words);
+        transcript.tokens = tokens;
+        transcript.words = words;
+        Ok(())
     }
 
     /// Token timings from a forced alignment over the speech frames of item `b`.
