@@ -22,7 +22,9 @@ pub mod residency;
 mod scheduler;
 pub mod segment;
 pub mod sensevoice_worker;
+pub mod speech_engine;
 pub mod transcript;
+pub mod whisper_worker;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use protocol::{DecodeSettings, JobId, Precision};
 pub use residency::{Action, IdlePolicy, Residency, ResidencyConfig};
+pub use speech_engine::SpeechEngine;
 pub use transcript::{ExportFormat, FileTranscript, Segment};
 
 /// Where jobs run, as the user chose it.
@@ -75,6 +78,8 @@ pub struct GpuFree {
 pub struct EngineConfig {
     /// A local model folder; `None` resolves the Hugging Face model (downloading on first use).
     pub model_dir: Option<PathBuf>,
+    /// The speech model (SenseVoice-Small or a Whisper size).
+    pub engine: SpeechEngine,
     /// Weight precision.
     pub precision: Precision,
     /// When to offload and release.
@@ -95,6 +100,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             model_dir: None,
+            engine: SpeechEngine::SenseVoice,
             precision: Precision::Auto,
             residency: ResidencyConfig::default(),
             vram_margin: 0.1,

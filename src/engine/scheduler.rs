@@ -238,10 +238,17 @@ impl Scheduler {
                 )
         });
         let available = usable_bytes(gpu.free_bytes, self.config.vram_margin);
-        if max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1 {
+        let whisper_need = self.config.engine.whisper_need_bytes(resident);
+        let fits = match whisper_need {
+            Some(need) => need <= available,
+            None => max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1,
+        };
+        if fits {
             return Ok(());
         }
-        let needed = if resident {
+        let needed = if let Some(need) = whisper_need {
+            need
+        } else if resident {
             shape.activation_bytes(1, MAX_SEGMENT_SECS)
         } else {
             shape.job_bytes(1, MAX_SEGMENT_SECS)
@@ -484,8 +491,12 @@ impl Scheduler {
     }
 
     fn model_dir(&self) -> Result<PathBuf, String> {
-        match &self.config.model_dir {
-            Some(dir) => Ok(dir.clone()),
+        match self
+            .config
+            .engine
+            .model_dir(self.config.model_dir.as_deref())?
+        {
+            Some(dir) => Ok(dir),
             None => super::model_dir::resolve().map_err(|err| format!("{err:#}")),
         }
     }

@@ -106,6 +106,7 @@ impl SpeechModel for SenseVoiceModel {
                 language: t.tags.language.clone().unwrap_or_default(),
                 emotion: t.tags.emotion.clone().unwrap_or_default(),
                 event: t.tags.event.clone().unwrap_or_default(),
+                pieces: Vec::new(),
             })
             .collect())
     }
@@ -167,6 +168,10 @@ fn load(
     device: &WorkerDevice,
     precision: Precision,
 ) -> Result<Box<dyn SpeechModel>, RunError> {
+    // A Whisper folder (the engine's `--engine whisper`) gets the Whisper model.
+    if crate::model::whisper::is_whisper_dir(dir) {
+        return super::whisper_worker::load(dir, device, precision);
+    }
     let is_cpu = matches!(device, WorkerDevice::Cpu);
     let dtype = match (precision, is_cpu) {
         (Precision::Auto, true) | (Precision::F32, _) => DType::F32,

@@ -34,6 +34,20 @@ pub struct SegmentText {
     pub emotion: String,
     /// Event tag.
     pub event: String,
+    /// Timed pieces inside the segment (Whisper's timestamps), seconds from the segment's
+    /// start; empty: the segment is one piece.
+    pub pieces: Vec<TimedPiece>,
+}
+
+/// A timed piece of a segment's text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TimedPiece {
+    /// Start, seconds from the segment's start.
+    pub start_s: f64,
+    /// End, seconds from the segment's start.
+    pub end_s: f64,
+    /// Its text.
+    pub text: String,
 }
 
 /// Why a forward pass failed.
@@ -284,7 +298,7 @@ impl Job<'_> {
                     let mut segments = Vec::with_capacity(batch.len());
                     for (&i, text) in batch.iter().zip(texts) {
                         done_s += lens[i] as f64 / SAMPLE_RATE_HZ as f64;
-                        segments.push(segment_from(&ranges[i], &text));
+                        segments.extend(segments_from(&ranges[i], &text));
                         results[i] = Some(text);
                     }
                     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
@@ -340,6 +354,23 @@ fn segment_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Segment {
     }
 }
 
+/// The segment, or its timed pieces (clamped to the segment) when the model gave some.
+fn segments_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Vec<Segment> {
+    let whole = segment_from(range, text);
+    if text.pieces.is_empty() {
+        return vec![whole];
+    }
+    text.pieces
+        .iter()
+        .map(|p| Segment {
+            start_s: (whole.start_s + p.start_s).min(whole.end_s),
+            end_s: (whole.start_s + p.end_s).clamp(whole.start_s, whole.end_s),
+            text: p.text.clone(),
+            ..whole.clone()
+        })
+        .collect()
+}
+
 /// Joins segment results in time order, as FunASR joins VAD segments (raw texts with " ").
 fn merge(
     path: &Path,
@@ -374,7 +405,10 @@ fn merge(
         event: first.event,
         text: join(|t| t.text.as_str()),
         raw_text: join(|t| t.raw_text.as_str()),
-        segments: pairs.iter().map(|(r, t)| segment_from(r, t)).collect(),
+        segments: pairs
+            .iter()
+            .flat_map(|(r, t)| segments_from(r, t))
+            .collect(),
     }
 }
 
@@ -415,6 +449,7 @@ mod tests {
                     language: settings.language.clone(),
                     emotion: "NEUTRAL".into(),
                     event: "Speech".into(),
+                    pieces: Vec::new(),
                 })
                 .collect())
         }
