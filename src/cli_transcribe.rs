@@ -13,7 +13,7 @@ use crate::engine::batch::transcribe_files;
 use crate::engine::protocol::Precision;
 use crate::engine::subtitles::CueArgs;
 use crate::engine::transcript::{ExportFormat, FileTranscript, render_with, write_atomic};
-use crate::engine::{DecodeSettings, DeviceTarget, EngineConfig, Event, GpuFree};
+use crate::engine::{DecodeSettings, DeviceTarget, EngineConfig, Event, GpuFree, SpeechEngine};
 use crate::gpu::{DeviceChoice, GpuStatus, cuda_ordinal};
 
 /// Languages the model takes as a prompt.
@@ -25,9 +25,20 @@ pub struct TranscribeArgs {
     /// Audio files (WAV, MP3, FLAC, OGG Vorbis, M4A/AAC).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Spoken language, or auto-detect.
-    #[arg(long, default_value = "auto", value_parser = LANGUAGES)]
+    /// Spoken language, or auto-detect (SenseVoice: auto zh en yue ja ko nospeech; Whisper: any
+    /// of its language codes, e.g. de, fr, es, ru).
+    #[arg(long, default_value = "auto")]
     pub language: String,
+    /// The speech model.
+    #[arg(long, default_value = "sensevoice", value_parser = ["sensevoice", "whisper"])]
+    pub engine: String,
+    /// Whisper's size (tiny, base, small, medium, large-v3, large-v3-turbo, …); its folder is
+    /// given with --model-dir.
+    #[arg(long, default_value = "base")]
+    pub whisper_model: String,
+    /// Whisper: translate to English.
+    #[arg(long)]
+    pub translate: bool,
     /// Inverse text normalisation: punctuation and digits.
     #[arg(long)]
     pub itn: bool,
@@ -93,8 +104,21 @@ pub fn run(
     target: DeviceTarget,
     gpus: Vec<GpuFree>,
 ) -> anyhow::Result<usize> {
+    let engine = SpeechEngine::from_cli(&args.engine, &args.whisper_model)
+        .map_err(|message| anyhow::anyhow!(message))?;
+    if engine == SpeechEngine::SenseVoice && !LANGUAGES.contains(&args.language.as_str()) {
+        anyhow::bail!(
+            "SenseVoice does not know the language {:?}; choose one of {} (or --engine whisper)",
+            args.language,
+            LANGUAGES.join(", ")
+        );
+    }
+    if engine == SpeechEngine::SenseVoice && args.translate {
+        anyhow::bail!("--translate needs --engine whisper");
+    }
     let config = EngineConfig {
         model_dir: args.model_dir.clone(),
+        engine,
         precision: args.precision,
         target,
         ..EngineConfig::default()
@@ -103,6 +127,7 @@ pub fn run(
         language: args.language.clone(),
         use_itn: args.itn,
         rich: args.rich,
+        translate: args.translate,
     };
     let mut on_event = |event: &Event| match event {
         Event::Notice(message) => eprintln!("note: {message}"),

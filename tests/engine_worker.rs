@@ -56,6 +56,7 @@ fn several_files_match_funasr_and_a_bad_file_is_reported_by_name() {
             language: language.into(),
             use_itn: itn,
             rich: false,
+            translate: false,
         };
         let results = transcribe_files(
             &paths,

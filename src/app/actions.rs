@@ -81,6 +81,12 @@ impl GpuScribeApp {
                     self.restart_engine();
                 }
             }
+            Command::SetEngine(engine) => {
+                if engine != self.settings.engine {
+                    self.settings.engine = engine;
+                    self.restart_engine();
+                }
+            }
             Command::ClearLog => self.log.clear(),
         }
     }
@@ -95,6 +101,7 @@ impl GpuScribeApp {
     pub(super) fn start_engine(&mut self) {
         let config = EngineConfig {
             model_dir: self.settings.model_dir.clone(),
+            engine: self.settings.engine.clone(),
             residency: self.settings.residency,
             target: target_for(self.device_choice()),
             ..EngineConfig::default()
@@ -129,14 +136,17 @@ impl GpuScribeApp {
             }
         }
         self.jobs
-            .fail_unfinished("stopped: the model folder was changed");
+            .fail_unfinished("stopped: the model or its folder was changed");
         self.engine_view.slots.clear();
         self.start_engine();
         let source = self.settings.model_dir.as_ref().map_or_else(
             || "the release model (downloaded on first use)".to_owned(),
             |p| p.display().to_string(),
         );
-        self.log_line(format!("model: {source}"), false);
+        self.log_line(
+            format!("model: {}, {source}", self.settings.engine.label()),
+            false,
+        );
     }
 
     fn open_dialog(&mut self, name: &str, work: impl FnOnce() -> TaskResult + Send + 'static) {

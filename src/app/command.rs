@@ -49,6 +49,8 @@ pub enum Command {
     SetModelDir(Option<PathBuf>),
     /// Show the folder dialog for the model.
     ChooseModelDir,
+    /// Another speech model (SenseVoice-Small or a Whisper size).
+    SetEngine(crate::engine::SpeechEngine),
     /// Empty the message log.
     ClearLog,
 }

@@ -12,6 +12,7 @@ mod actions;
 mod badge_ui;
 mod command;
 mod engine_link;
+mod engine_ui;
 mod export;
 mod fonts;
 mod format;

@@ -25,6 +25,7 @@ pub fn model_settings_ui(
     egui::CollapsingHeader::new("Model settings")
         .default_open(false)
         .show(ui, |ui| {
+            super::engine_ui::engine_picker_ui(ui, &settings.engine, commands);
             ui.horizontal(|ui| {
                 ui.label("Model folder");
                 let response = ui.add(
@@ -49,6 +50,7 @@ pub fn model_settings_ui(
                 }
             });
             if let Some(dir) = &settings.model_dir
+                && settings.engine == crate::engine::SpeechEngine::SenseVoice
                 && !dir.join("config.yaml").is_file()
             {
                 ui.colored_label(

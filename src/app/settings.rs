@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{DecodeSettings, ResidencyConfig};
+use crate::engine::{DecodeSettings, ResidencyConfig, SpeechEngine};
 use crate::gpu::{DEFAULT_SAMPLE_INTERVAL, DeviceChoice, clamp_sample_interval};
 
 /// Everything the app remembers between runs. `#[serde(default)]` so that settings saved by an
@@ -23,8 +23,11 @@ pub struct Settings {
     pub decode: DecodeSettings,
     /// When the model leaves VRAM, and when its worker exits.
     pub residency: ResidencyConfig,
-    /// A local SenseVoice folder; `None` downloads the release model on first use.
+    /// A local model folder (SenseVoice, or Whisper for the Whisper engine); `None` downloads
+    /// the SenseVoice release model on first use.
     pub model_dir: Option<PathBuf>,
+    /// The speech model: SenseVoice-Small or a Whisper size.
+    pub engine: SpeechEngine,
     /// The microphone's id (`alsa:default`, …); `None` uses the default input.
     pub input_device: Option<String>,
 }
@@ -38,6 +41,7 @@ impl Default for Settings {
             decode: DecodeSettings::default(),
             residency: ResidencyConfig::default(),
             model_dir: None,
+            engine: SpeechEngine::SenseVoice,
             input_device: None,
         }
     }

@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod residency;
 mod scheduler;
 pub mod segment;
+pub mod speech_engine;
 pub mod subtitles;
 pub mod transcript;
 
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 pub use policy::{DeviceKey, PinnedFallback, WatchdogConfig};
 pub use protocol::{DecodeSettings, JobId, Precision};
 pub use residency::{Action, IdlePolicy, Residency, ResidencyConfig};
+pub use speech_engine::SpeechEngine;
 pub use transcript::{ExportFormat, FileTranscript, Segment, TokenTime, WordTime};
 
 use crate::gpu::DeviceChoice;
@@ -100,6 +102,8 @@ pub struct GpuFree {
 pub struct EngineConfig {
     /// A local model folder; `None` resolves the Hugging Face model (downloading on first use).
     pub model_dir: Option<PathBuf>,
+    /// The speech model (SenseVoice-Small or a Whisper size).
+    pub engine: SpeechEngine,
     /// Weight precision.
     pub precision: Precision,
     /// When to offload and release.
@@ -124,6 +128,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             model_dir: None,
+            engine: SpeechEngine::SenseVoice,
             precision: Precision::Auto,
             residency: ResidencyConfig::default(),
             vram_margin: 0.1,

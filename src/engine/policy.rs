@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::SpeechEngine;
 use super::fit::{ModelShape, max_batch_that_fits, usable_bytes};
 use super::protocol::{JobErrorKind, LoadErrorKind, Precision, WorkerDevice};
 use super::residency::Residency;
@@ -131,6 +132,8 @@ pub struct PolicyInput<'a> {
     pub vram_margin: f64,
     /// Weight precision.
     pub precision: Precision,
+    /// The speech engine, whose size decides what fits.
+    pub engine: &'a SpeechEngine,
 }
 
 /// Where a job goes.
@@ -175,10 +178,17 @@ impl PolicyInput<'_> {
                 )
             });
         let available = usable_bytes(gpu.free_bytes, self.vram_margin);
-        if max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1 {
+        let whisper_need = self.engine.whisper_need_bytes(resident);
+        let fits = match whisper_need {
+            Some(need) => need <= available,
+            None => max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1,
+        };
+        if fits {
             return Ok(());
         }
-        let needed = if resident {
+        let needed = if let Some(need) = whisper_need {
+            need
+        } else if resident {
             shape.activation_bytes(1, MAX_SEGMENT_SECS)
         } else {
             shape.job_bytes(1, MAX_SEGMENT_SECS)

@@ -27,6 +27,7 @@ fn input<'a>(
         cuda_built: true,
         vram_margin: 0.1,
         precision: Precision::Auto,
+        engine: &SpeechEngine::SenseVoice,
     }
 }
 

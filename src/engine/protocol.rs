@@ -61,6 +61,9 @@ pub struct DecodeSettings {
     pub use_itn: bool,
     /// Emoji for emotions and events in `text` (FunASR's `rich_transcription_postprocess`).
     pub rich: bool,
+    /// Whisper: translate to English instead of transcribing.
+    #[serde(default)]
+    pub translate: bool,
 }
 
 impl Default for DecodeSettings {
@@ -69,6 +72,7 @@ impl Default for DecodeSettings {
             language: "auto".to_owned(),
             use_itn: false,
             rich: false,
+            translate: false,
         }
     }
 }

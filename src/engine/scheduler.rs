@@ -435,6 +435,7 @@ impl Scheduler {
                 cuda_built: self.port.gpu_capable(),
                 vram_margin: self.config.vram_margin,
                 precision: self.config.precision,
+                engine: &self.config.engine,
             };
             match policy::place(&job.path, &job.tried, &input) {
                 Placement::Fail { message } => self.fail(&job, message),
@@ -641,8 +642,12 @@ impl Scheduler {
     }
 
     fn model_dir(&self) -> Result<PathBuf, String> {
-        match &self.config.model_dir {
-            Some(dir) => Ok(dir.clone()),
+        match self
+            .config
+            .engine
+            .model_dir(self.config.model_dir.as_deref())?
+        {
+            Some(dir) => Ok(dir),
             None => super::model_dir::resolve().map_err(|err| format!("{err:#}")),
         }
     }

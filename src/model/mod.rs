@@ -5,3 +5,4 @@
 
 pub mod files;
 pub mod sensevoice;
+pub mod whisper;

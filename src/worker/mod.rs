@@ -12,6 +12,7 @@
 //! watchdog takes it from there.
 
 pub mod sensevoice;
+pub mod whisper;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,20 @@ pub struct SegmentText {
     pub tokens: Vec<TokenTime>,
     /// FunASR's words, ms from the segment's start.
     pub words: Vec<WordTime>,
+    /// Timed pieces inside the segment (Whisper's timestamps), seconds from the segment's
+    /// start; empty: the segment is one piece.
+    pub pieces: Vec<TimedPiece>,
+}
+
+/// A timed piece of a segment's text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TimedPiece {
+    /// Start, seconds from the segment's start.
+    pub start_s: f64,
+    /// End, seconds from the segment's start.
+    pub end_s: f64,
+    /// Its text.
+    pub text: String,
 }
 
 /// Why loading or a forward pass failed.
@@ -389,7 +404,7 @@ impl Job<'_> {
                     let mut segments = Vec::with_capacity(batch.len());
                     for (&i, text) in batch.iter().zip(texts) {
                         done_s += lens[i] as f64 / SAMPLE_RATE_HZ as f64;
-                        segments.push(segment_from(&ranges[i], &text));
+                        segments.extend(segments_from(&ranges[i], &text));
                         results[i] = Some(text);
                     }
                     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
@@ -454,6 +469,23 @@ fn segment_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Segment {
     }
 }
 
+/// The segment, or its timed pieces (clamped to the segment) when the model gave some.
+fn segments_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Vec<Segment> {
+    let whole = segment_from(range, text);
+    if text.pieces.is_empty() {
+        return vec![whole];
+    }
+    text.pieces
+        .iter()
+        .map(|p| Segment {
+            start_s: (whole.start_s + p.start_s).min(whole.end_s),
+            end_s: (whole.start_s + p.end_s).clamp(whole.start_s, whole.end_s),
+            text: p.text.clone(),
+            ..whole.clone()
+        })
+        .collect()
+}
+
 /// Joins segment results in time order, as FunASR joins VAD segments (raw texts with " ").
 fn merge(
     path: &Path,
@@ -504,7 +536,10 @@ fn merge(
         event: first.event,
         text: join(|t| t.text.as_str()),
         raw_text: join(|t| t.raw_text.as_str()),
-        segments: pairs.iter().map(|(r, t)| segment_from(r, t)).collect(),
+        segments: pairs
+            .iter()
+            .flat_map(|(r, t)| segments_from(r, t))
+            .collect(),
         tokens,
         words,
     }
@@ -563,6 +598,7 @@ mod tests {
                         start_ms: 510,
                         end_ms: 570,
                     }],
+                    pieces: Vec::new(),
                 })
                 .collect())
         }

@@ -129,6 +129,7 @@ impl SpeechModel for SenseVoiceModel {
                         end_ms: word.end_ms,
                     })
                     .collect(),
+                pieces: Vec::new(),
             })
             .collect())
     }
@@ -188,6 +189,10 @@ fn load(
     device: &WorkerDevice,
     precision: Precision,
 ) -> Result<Box<dyn SpeechModel>, RunError> {
+    // A Whisper folder (the engine's `--engine whisper`) gets the Whisper model.
+    if crate::model::whisper::is_whisper_dir(dir) {
+        return super::whisper::load(dir, device, precision);
+    }
     let is_cpu = matches!(device, WorkerDevice::Cpu);
     let dtype = match (precision, is_cpu) {
         (Precision::Auto, true) | (Precision::F32, _) => DType::F32,

@@ -1,0 +1,299 @@
+//! Whisper's encoder and decoder, following candle-transformers' `whisper::model` (MIT or
+//! Apache-2.0, huggingface/candle) with three changes that the reference maths and the
+//! half-precision runs need:
+//! - exact (erf) GELU, as transformers and OpenAI use, where candle's `gelu` is the tanh
+//!   approximation;
+//! - the encoder positions and the causal mask in the weights' dtype (candle-transformers 0.11.1
+//!   builds them in f32 and fails on f16/bf16 weights, huggingface/candle#3791);
+//! - a key/value cache for the decoder's self-attention, so a greedy step costs one position.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, Module, VarBuilder};
+use candle_transformers::models::whisper::Config;
+
+fn linear(i: usize, o: usize, bias: bool, vb: &VarBuilder<'_>) -> Result<Linear> {
+    let weight = vb.get((o, i), "weight")?;
+    let bias = if bias { Some(vb.get(o, "bias")?) } else { None };
+    Ok(Linear::new(weight, bias))
+}
+
+fn layer_norm(size: usize, vb: &VarBuilder<'_>) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        vb.get(size, "weight")?,
+        vb.get(size, "bias")?,
+        1e-5,
+    ))
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    /// Self-attention: the keys and values of the positions so far. Cross-attention: the
+    /// audio's keys and values.
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    fn load(d: usize, heads: usize, vb: &VarBuilder<'_>) -> Result<Self> {
+        Ok(Self {
+            q: linear(d, d, true, &vb.pp("q_proj"))?,
+            k: linear(d, d, false, &vb.pp("k_proj"))?,
+            v: linear(d, d, true, &vb.pp("v_proj"))?,
+            out: linear(d, d, true, &vb.pp("out_proj"))?,
+            heads,
+            cache: None,
+        })
+    }
+
+    /// `xa`: cross-attention over the audio (keys and values computed once per window).
+    /// Without it, self-attention; `cached` appends to the cache (the decoder's steps).
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        xa: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        cached: bool,
+    ) -> Result<Tensor> {
+        let q = self.q.forward(x)?;
+        let (k, v) = match (xa, self.cache.take()) {
+            (Some(_), Some(kv)) => kv,
+            (Some(xa), None) => (self.k.forward(xa)?, self.v.forward(xa)?),
+            (None, previous) => {
+                let (k, v) = (self.k.forward(x)?, self.v.forward(x)?);
+                match previous {
+                    Some((pk, pv)) if cached => {
+                        (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?)
+                    }
+                    _ => (k, v),
+                }
+            }
+        };
+        if xa.is_some() || cached {
+            self.cache = Some((k.clone(), v.clone()));
+        }
+        let wv = self.attend(&q, &k, &v, mask)?;
+        self.out.forward(&wv)
+    }
+
+    fn heads_of(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        x.reshape((b, t, self.heads, d / self.heads))?
+            .transpose(1, 2)
+    }
+
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (_, n_q, d) = q.dims3()?;
+        let n_k = k.dim(1)?;
+        let scale = ((d / self.heads) as f64).powf(-0.25);
+        let q = (self.heads_of(q)? * scale)?.contiguous()?;
+        let k = (self.heads_of(k)?.transpose(2, 3)? * scale)?.contiguous()?;
+        let v = self.heads_of(v)?.contiguous()?;
+        let mut qk = q.matmul(&k)?;
+        if let Some(mask) = mask {
+            // Rows for the new positions (the last n_q of n_k), all n_k columns.
+            let mask = mask.narrow(0, n_k - n_q, n_q)?.narrow(1, 0, n_k)?;
+            qk = qk.broadcast_add(&mask)?;
+        }
+        let w = candle_nn::ops::softmax_last_dim(&qk)?;
+        w.matmul(&v)?.transpose(1, 2)?.flatten_from(2)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    cross: Option<(Attention, LayerNorm)>,
+    fc1: Linear,
+    fc2: Linear,
+    mlp_ln: LayerNorm,
+}
+
+impl Block {
+    fn load(d: usize, heads: usize, cross: bool, vb: &VarBuilder<'_>) -> Result<Self> {
+        let cross = if cross {
+            Some((
+                Attention::load(d, heads, &vb.pp("encoder_attn"))?,
+                layer_norm(d, &vb.pp("encoder_attn_layer_norm"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            attn: Attention::load(d, heads, &vb.pp("self_attn"))?,
+            attn_ln: layer_norm(d, &vb.pp("self_attn_layer_norm"))?,
+            cross,
+            fc1: linear(d, 4 * d, true, &vb.pp("fc1"))?,
+            fc2: linear(4 * d, d, true, &vb.pp("fc2"))?,
+            mlp_ln: layer_norm(d, &vb.pp("final_layer_norm"))?,
+        })
+    }
+
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        xa: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        cached: bool,
+    ) -> Result<Tensor> {
+        let x = (x + self
+            .attn
+            .forward(&self.attn_ln.forward(x)?, None, mask, cached)?)?;
+        let x = match &mut self.cross {
+            Some((attn, ln)) => (&x + attn.forward(&ln.forward(&x)?, xa, None, false)?)?,
+            None => x,
+        };
+        let h = self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu_erf()?;
+        x + self.fc2.forward(&h)?
+    }
+
+    fn reset(&mut self) {
+        self.attn.cache = None;
+        if let Some((attn, _)) = &mut self.cross {
+            attn.cache = None;
+        }
+    }
+}
+
+fn sinusoids(length: usize, channels: usize) -> Vec<f32> {
+    let inc = 10000f64.ln() / (channels / 2 - 1) as f64;
+    let mut table = vec![0f32; length * channels];
+    for t in 0..length {
+        for i in 0..channels / 2 {
+            let x = t as f64 * (-(i as f64) * inc).exp();
+            table[t * channels + i] = x.sin() as f32;
+            table[t * channels + channels / 2 + i] = x.cos() as f32;
+        }
+    }
+    table
+}
+
+/// The encoder positions every checkpoint stores: `(max_source_positions, d_model)` sinusoids.
+pub fn encoder_positions(config: &Config) -> Vec<f32> {
+    sinusoids(config.max_source_positions, config.d_model)
+}
+
+/// Whisper's encoder and decoder.
+#[derive(Debug, Clone)]
+pub struct Network {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    audio_positions: Tensor,
+    encoder: Vec<Block>,
+    encoder_ln: LayerNorm,
+    tokens: Embedding,
+    text_positions: Tensor,
+    decoder: Vec<Block>,
+    decoder_ln: LayerNorm,
+    mask: Tensor,
+    /// Positions in the decoder's self-attention cache.
+    cached: usize,
+}
+
+impl Network {
+    /// Loads the Hugging Face layout (`model.encoder.*`, `model.decoder.*`).
+    pub fn load(vb: &VarBuilder<'_>, config: &Config) -> Result<Self> {
+        let (d, dtype, device) = (config.d_model, vb.dtype(), vb.device().clone());
+        let enc = vb.pp("model.encoder");
+        let dec = vb.pp("model.decoder");
+        let conv = |vb: VarBuilder<'_>, i: usize, stride: usize| -> Result<Conv1d> {
+            let cfg = Conv1dConfig {
+                padding: 1,
+                stride,
+                groups: 1,
+                dilation: 1,
+                cudnn_fwd_algo: None,
+            };
+            Ok(Conv1d::new(
+                vb.get((d, i, 3), "weight")?,
+                Some(vb.get(d, "bias")?),
+                cfg,
+            ))
+        };
+        let n_ctx = config.max_target_positions;
+        let mask: Vec<f32> = (0..n_ctx)
+            .flat_map(|i| (0..n_ctx).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Ok(Self {
+            conv1: conv(enc.pp("conv1"), config.num_mel_bins, 1)?,
+            conv2: conv(enc.pp("conv2"), d, 2)?,
+            audio_positions: Tensor::from_vec(
+                encoder_positions(config),
+                (config.max_source_positions, d),
+                &device,
+            )?
+            .to_dtype(dtype)?,
+            encoder: (0..config.encoder_layers)
+                .map(|i| {
+                    Block::load(
+                        d,
+                        config.encoder_attention_heads,
+                        false,
+                        &enc.pp(format!("layers.{i}")),
+                    )
+                })
+                .collect::<Result<_>>()?,
+            encoder_ln: layer_norm(d, &enc.pp("layer_norm"))?,
+            tokens: Embedding::new(dec.get((config.vocab_size, d), "embed_tokens.weight")?, d),
+            text_positions: dec.get((n_ctx, d), "embed_positions.weight")?,
+            decoder: (0..config.decoder_layers)
+                .map(|i| {
+                    Block::load(
+                        d,
+                        config.decoder_attention_heads,
+                        true,
+                        &dec.pp(format!("layers.{i}")),
+                    )
+                })
+                .collect::<Result<_>>()?,
+            decoder_ln: layer_norm(d, &dec.pp("layer_norm"))?,
+            mask: Tensor::from_vec(mask, (n_ctx, n_ctx), &device)?.to_dtype(dtype)?,
+            cached: 0,
+        })
+    }
+
+    /// Encoder output for a `(batch, n_mels, 3000)` mel: `(batch, 1500, d_model)`.
+    pub fn encode(&mut self, mel: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(mel)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?.transpose(1, 2)?;
+        let t = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.audio_positions.narrow(0, 0, t)?)?;
+        for block in &mut self.encoder {
+            x = block.forward(&x, None, None, false)?;
+        }
+        self.encoder_ln.forward(&x)
+    }
+
+    /// Forgets the decoder's caches (a new window).
+    pub fn reset(&mut self) {
+        self.cached = 0;
+        self.decoder.iter_mut().for_each(Block::reset);
+    }
+
+    /// Decoder hidden states of `tokens` (`(batch, n)`), the positions after those already
+    /// cached when `cached` (greedy steps), otherwise from position 0 without touching the
+    /// self-attention cache (teacher forcing).
+    pub fn decode(&mut self, tokens: &Tensor, audio: &Tensor, cached: bool) -> Result<Tensor> {
+        let n = tokens.dim(1)?;
+        let start = if cached { self.cached } else { 0 };
+        let positions = self.text_positions.narrow(0, start, n)?;
+        let mut x = self.tokens.forward(tokens)?.broadcast_add(&positions)?;
+        for block in &mut self.decoder {
+            x = block.forward(&x, Some(audio), Some(&self.mask), cached)?;
+        }
+        if cached {
+            self.cached += n;
+        }
+        self.decoder_ln.forward(&x)
+    }
+
+    /// Logits of hidden states: `(batch, n, vocab)` (the output layer is the token embedding).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.tokens.embeddings();
+        hidden.broadcast_matmul(&w.t()?)
+    }
+}

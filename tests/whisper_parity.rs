@@ -1,0 +1,319 @@
+//! Whisper in candle against transformers' `WhisperForConditionalGeneration` on the committed
+//! random-weight model (`tests/data/whisper`, made by `tools/reference/whisper_generate.py`):
+//! features, encoder output, decoder logits and greedy ids (f32, CPU).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use gpuscribe::model::whisper::frontend::mel_filters;
+use gpuscribe::model::whisper::{Whisper, WhisperOptions};
+use serde::Deserialize;
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/whisper")
+}
+
+#[derive(Deserialize)]
+struct Case {
+    language: Option<String>,
+    task: String,
+    timestamps: bool,
+    prompt: Vec<u32>,
+    detected_language: String,
+    ids: Vec<u32>,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct Clip {
+    cases: HashMap<String, Case>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    max_new_tokens: usize,
+    clips: HashMap<String, Clip>,
+}
+
+struct Fixture {
+    meta: Reference,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn fixture() -> Fixture {
+    let text = std::fs::read_to_string(data().join("reference.json")).expect("reference.json");
+    let meta: Reference = serde_json::from_str(&text).expect("reference.json parses");
+    let tensors =
+        candle_core::safetensors::load(data().join("reference.safetensors"), &Device::Cpu)
+            .expect("reference.safetensors");
+    Fixture { meta, tensors }
+}
+
+fn model() -> Whisper {
+    Whisper::load(&data().join("model"), &Device::Cpu, DType::F32).expect("load")
+}
+
+fn audio(name: &str) -> Vec<f32> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/sensevoice/audio")
+        .join(format!("{name}.wav"));
+    let mut reader = hound::WavReader::open(&path).expect("wav");
+    reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("sample")) / 32768.0)
+        .collect()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1())
+        .expect("to_vec1")
+}
+
+/// (max |a − b|, max |b|).
+fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len(), "lengths");
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    let m = b.iter().map(|y| y.abs()).fold(0.0, f32::max);
+    (d, m)
+}
+
+fn options(case: &Case, max_new_tokens: usize) -> WhisperOptions {
+    WhisperOptions {
+        language: case.language.clone(),
+        translate: case.task == "translate",
+        timestamps: case.timestamps,
+        max_new_tokens: Some(max_new_tokens),
+    }
+}
+
+#[test]
+fn mel_filters_and_features_match_the_feature_extractor() {
+    let fx = fixture();
+    let filters = flat(&fx.tensors["mel_filters"]); // (201, 80)
+    let ours = mel_filters(80);
+    let mut worst = 0.0f64;
+    for f in 0..201 {
+        for m in 0..80 {
+            worst = worst.max((ours[m * 201 + f] - f64::from(filters[f * 80 + m])).abs());
+        }
+    }
+    assert!(worst < 1e-6, "mel filters off by {worst}");
+    let whisper = model();
+    for name in fx.meta.clips.keys() {
+        let expected = flat(&fx.tensors[&format!("{name}/features")]);
+        let (d, m) = diff(&whisper.features(&audio(name)), &expected);
+        // Log10 energies; the reference's STFT is torch's f32 FFT, ours realfft's.
+        assert!(d < 5e-4, "{name}: features off by {d} (max {m})");
+    }
+}
+
+#[test]
+fn encoder_output_matches() {
+    let fx = fixture();
+    let mut whisper = model();
+    for name in fx.meta.clips.keys() {
+        let features = flat(&fx.tensors[&format!("{name}/features")]);
+        let expected = flat(&fx.tensors[&format!("{name}/encoder")]);
+        let ours = flat(&whisper.encode(&features).expect("encode"));
+        let (d, m) = diff(&ours, &expected);
+        assert!(
+            d <= 1e-4 * m.max(1.0),
+            "{name}: encoder off by {d} (max {m})"
+        );
+        // From our own features as well: the whole path from samples.
+        let own = flat(
+            &whisper
+                .encode(&whisper.features(&audio(name)))
+                .expect("encode"),
+        );
+        let (d, m) = diff(&own, &expected);
+        assert!(
+            d <= 2e-3 * m.max(1.0),
+            "{name}: encoder from our features off by {d}"
+        );
+    }
+}
+
+#[test]
+fn decoder_logits_match_teacher_forced() {
+    let fx = fixture();
+    let mut whisper = model();
+    for (name, clip) in &fx.meta.clips {
+        let features = flat(&fx.tensors[&format!("{name}/features")]);
+        let audio = whisper.encode(&features).expect("encode");
+        for (case_name, case) in &clip.cases {
+            let tokens: Vec<u32> = case.prompt.iter().chain(&case.ids).copied().collect();
+            let logits = whisper.logits(&audio, &tokens).expect("logits");
+            let expected = flat(&fx.tensors[&format!("{name}/{case_name}/logits")]);
+            let (d, m) = diff(&flat(&logits), &expected);
+            assert!(
+                d <= 1e-4 * m.max(1.0),
+                "{name}/{case_name}: logits off by {d} (max {m})"
+            );
+        }
+    }
+}
+
+#[test]
+fn greedy_ids_language_and_text_are_identical() {
+    let fx = fixture();
+    let mut whisper = model();
+    let mut compared = 0;
+    for (name, clip) in &fx.meta.clips {
+        let features = flat(&fx.tensors[&format!("{name}/features")]);
+        let audio = whisper.encode(&features).expect("encode");
+        for (case_name, case) in &clip.cases {
+            let result = whisper
+                .decode_window(&audio, 30.0, &options(case, fx.meta.max_new_tokens))
+                .expect("decode");
+            assert_eq!(result.prompt, case.prompt, "{name}/{case_name}: prompt");
+            assert_eq!(result.tokens, case.ids, "{name}/{case_name}: ids");
+            assert_eq!(
+                format!("<|{}|>", result.language),
+                case.detected_language,
+                "{name}/{case_name}"
+            );
+            assert_eq!(
+                whisper.tokenizer().decode(&result.tokens),
+                case.text,
+                "{name}/{case_name}: text"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 9);
+}
+
+#[test]
+fn the_whole_path_from_samples_gives_the_same_ids() {
+    let fx = fixture();
+    let mut whisper = model();
+    for (name, clip) in &fx.meta.clips {
+        let case = &clip.cases["detect_transcribe_ts"];
+        let result = whisper
+            .transcribe(&audio(name), &options(case, fx.meta.max_new_tokens))
+            .expect("transcribe");
+        assert_eq!(result.tokens, case.ids, "{name}");
+        assert!(!result.pieces.is_empty(), "{name}: timed pieces");
+        for piece in &result.pieces {
+            assert!(piece.start_s <= piece.end_s, "{piece:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_folders_and_options_give_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Whisper::load(dir.path(), &Device::Cpu, DType::F32).expect_err("empty folder");
+    let text = err.to_string();
+    assert!(
+        text.contains("config.json") && text.contains("model.safetensors"),
+        "{text}"
+    );
+    // A config that is not Whisper's.
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(data().join("model").join(name), dir.path().join(name)).expect("copy");
+    }
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"bert\"}").expect("write");
+    let err = Whisper::load(dir.path(), &Device::Cpu, DType::F32).expect_err("bert");
+    assert!(err.to_string().contains("bert"), "{err}");
+    // Truncated weights.
+    std::fs::copy(
+        data().join("model/config.json"),
+        dir.path().join("config.json"),
+    )
+    .expect("copy");
+    let bytes = std::fs::read(data().join("model/model.safetensors")).expect("read");
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .expect("write");
+    let err = Whisper::load(dir.path(), &Device::Cpu, DType::F32).expect_err("truncated");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    // Precisions other than f32/f16/bf16 are refused.
+    let err = Whisper::load(&data().join("model"), &Device::Cpu, DType::U8).expect_err("u8");
+    assert!(err.to_string().contains("bf16"), "{err}");
+    // An unknown language names the known ones.
+    let mut whisper = model();
+    let options = WhisperOptions {
+        language: Some("xx".into()),
+        ..WhisperOptions::default()
+    };
+    let err = whisper
+        .transcribe(&[0.0; 16_000], &options)
+        .expect_err("xx");
+    assert!(
+        err.to_string().contains("\"xx\"") && err.to_string().contains(" de "),
+        "{err}"
+    );
+}
+
+/// Speed on the CPU: features + encoder + greedy decoding of each committed clip, language
+/// `en`, no timestamps, 64 new tokens at most (as `whisper_generate.py --bench`).
+/// `WHISPER_BENCH_MODEL=DIR cargo test --release --test whisper_parity -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: needs WHISPER_BENCH_MODEL (e.g. whisper_generate.py --preset tiny --model-only)"]
+fn bench_cpu() {
+    let dir = PathBuf::from(std::env::var("WHISPER_BENCH_MODEL").expect("WHISPER_BENCH_MODEL"));
+    let mut whisper = Whisper::load(&dir, &Device::Cpu, DType::F32).expect("load");
+    let clips: Vec<Vec<f32>> = ["en_short", "ja_long", "zh_mid"]
+        .iter()
+        .map(|n| audio(n))
+        .collect();
+    let options = WhisperOptions {
+        language: Some("en".into()),
+        translate: false,
+        timestamps: false,
+        max_new_tokens: Some(64),
+    };
+    let mut runs = Vec::new();
+    let mut tokens = 0;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        tokens = 0;
+        for clip in &clips {
+            let result = whisper.transcribe(clip, &options).expect("transcribe");
+            tokens += result.prompt.len() + result.tokens.len();
+        }
+        runs.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let best = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{{\"clips\": {}, \"tokens\": {tokens}, \"runs_ms\": {runs:?}, \"best_ms\": {best:.1}}}",
+        clips.len()
+    );
+}
+
+/// Why the network is not candle-transformers' own `Whisper`: its tanh-approximated GELU puts
+/// its encoder further from the reference than ours (which must be within 1e-4, above).
+#[test]
+fn candle_transformers_own_model_is_further_from_the_reference() {
+    use candle_transformers::models::whisper::model::Whisper as CandleWhisper;
+    let fx = fixture();
+    let dir = data().join("model");
+    let config =
+        gpuscribe::model::whisper::config::read_config(&dir.join("config.json")).expect("config");
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("load");
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let mut theirs = CandleWhisper::load(&vb, config).expect("candle-transformers load");
+    let mut ours = model();
+    let name = "ja_long";
+    let features = flat(&fx.tensors[&format!("{name}/features")]);
+    let expected = flat(&fx.tensors[&format!("{name}/encoder")]);
+    let mel = Tensor::from_slice(&features, (1, 80, 3000), &Device::Cpu).expect("mel");
+    let their_out = flat(&theirs.encoder.forward(&mel, true).expect("forward"));
+    let our_out = flat(&ours.encode(&features).expect("encode"));
+    let (d_theirs, m) = diff(&their_out, &expected);
+    let (d_ours, _) = diff(&our_out, &expected);
+    println!("encoder max |diff|: candle-transformers {d_theirs}, ours {d_ours} (max {m})");
+    assert!(d_ours < d_theirs, "{d_ours} vs {d_theirs}");
+}
