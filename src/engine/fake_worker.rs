@@ -506,6 +506,8 @@ impl FakeWorker {
                 raw_text: text.clone(),
                 text,
                 segments,
+                tokens: Vec::new(),
+                words: Vec::new(),
             },
             ms: 1.0,
         });

@@ -81,8 +81,8 @@ impl SpeechModel for WhisperModel {
         Ok(())
     }
 
-    fn restore(&mut self) -> Result<(), String> {
-        self.model.restore().map_err(|err| format!("{err:#}"))
+    fn restore(&mut self) -> Result<(), RunError> {
+        self.model.restore().map_err(|err| run_error(&err))
     }
 
     fn weight_bytes(&self) -> u64 {
