@@ -37,7 +37,8 @@ pub struct TranscribeArgs {
     #[arg(long, value_enum, default_value = "txt")]
     pub format: ExportFormat,
     /// A folder with model.pt (or model.safetensors), am.mvn, the .bpe.model and config.yaml;
-    /// without it the release model is taken from the Hugging Face cache, downloading it once.
+    /// without it the release model is taken from the Hugging Face cache, downloading and
+    /// verifying it once (see `gpuscribe model`).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
     /// Write `<stem>.<format>` files into this folder instead of printing.
@@ -89,8 +90,13 @@ pub fn run(
     target: DeviceTarget,
     gpus: Vec<GpuFree>,
 ) -> anyhow::Result<usize> {
+    // The engine does not download: the model store fetches and verifies the release first.
+    let model_dir = match &args.model_dir {
+        Some(dir) => dir.clone(),
+        None => crate::cli_model::ensure_release_model()?,
+    };
     let config = EngineConfig {
-        model_dir: args.model_dir.clone(),
+        model_dir: Some(model_dir),
         precision: args.precision,
         target,
         ..EngineConfig::default()

@@ -22,10 +22,12 @@
 pub mod app;
 pub mod audio;
 pub mod cli;
+pub mod cli_model;
 pub mod cli_transcribe;
 pub mod engine;
 pub mod gpu;
 pub mod model;
+pub mod model_store;
 
 /// The application id shared by the window (`with_app_id`), the `.desktop` file and AppStream.
 pub const APP_ID: &str = "io.github.gpuscribe.GpuScribe";

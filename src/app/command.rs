@@ -49,6 +49,10 @@ pub enum Command {
     SetModelDir(Option<PathBuf>),
     /// Show the folder dialog for the model.
     ChooseModelDir,
+    /// Download (or resume downloading) the release model.
+    DownloadModel,
+    /// Stop the model download.
+    CancelModelDownload,
     /// Empty the message log.
     ClearLog,
 }
