@@ -184,9 +184,14 @@ fn a_cancelled_download_resumes_from_its_partial_file() {
     let partial = repo_dir(hub.path())
         .join("blobs")
         .join(format!("{}.incomplete", server.sha256(MODEL)));
-    let kept = std::fs::metadata(&partial).expect("partial file kept").len();
+    let kept = std::fs::metadata(&partial)
+        .expect("partial file kept")
+        .len();
     assert!(kept > 0 && kept < size, "kept {kept}");
-    assert!(ready_dir(&cfg).is_err(), "not visible before it is complete");
+    assert!(
+        ready_dir(&cfg).is_err(),
+        "not visible before it is complete"
+    );
 
     let model = ready(download(cfg).0);
     assert_eq!(
@@ -229,7 +234,13 @@ fn a_stalled_server_gives_an_error_within_the_timeout() {
     assert!(matches!(err, StoreError::Network { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains(MODEL) && text.contains(REPO), "{text}");
-    assert!(!repo_dir(hub.path()).join("snapshots").join(COMMIT).join(MODEL).exists());
+    assert!(
+        !repo_dir(hub.path())
+            .join("snapshots")
+            .join(COMMIT)
+            .join(MODEL)
+            .exists()
+    );
     assert!(ready_dir(&cfg).is_err());
 }
 
@@ -265,7 +276,13 @@ fn a_wrong_sha256_is_refused_and_nothing_enters_the_cache() {
         !blobs.iter().any(|b| b.starts_with(&sha)),
         "the bad bytes stayed: {blobs:?}"
     );
-    assert!(!repo_dir(hub.path()).join("snapshots").join(COMMIT).join(MODEL).exists());
+    assert!(
+        !repo_dir(hub.path())
+            .join("snapshots")
+            .join(COMMIT)
+            .join(MODEL)
+            .exists()
+    );
     assert!(ready_dir(&cfg).is_err());
 }
 

@@ -124,7 +124,8 @@ fn first_run_offers_the_download_and_a_folder() {
     assert_eq!(label, "Download SenseVoice-Small (937 MB)");
     f.harness.get_by_label(&label);
     f.harness.get_by_label(USE_FOLDER_LABEL);
-    f.harness.get_by_label("SenseVoice-Small is not downloaded yet.");
+    f.harness
+        .get_by_label("SenseVoice-Small is not downloaded yet.");
     // Nothing is fetched before it is asked for.
     assert!(server.seen().is_empty(), "{:?}", server.seen());
 }
@@ -146,7 +147,10 @@ fn a_dropped_file_waits_for_the_download_while_frames_keep_coming() {
     f.harness.state_mut().apply(Command::AddPaths(vec![clip()]));
     f.harness.step();
     assert_eq!(f.harness.state().waiting_for_model(), [clip()]);
-    assert!(f.transcribe_requests().is_empty(), "sent before the model was ready");
+    assert!(
+        f.transcribe_requests().is_empty(),
+        "sent before the model was ready"
+    );
 
     // Progress reaches the bar and the waiting row while frames keep coming.
     f.step_until(Duration::from_secs(20), |app| {
@@ -192,7 +196,11 @@ fn a_stalled_download_fails_within_the_timeout_and_the_file_keeps_waiting() {
         matches!(app.model_state(), Some(ModelState::Failed(_)))
     });
     // Two attempts of one 0.8 s read timeout each, plus the back-off.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(frames >= 10, "only {frames} frames while stalled");
     assert!(slowest < FRAME_BUDGET, "a frame took {slowest:?}");
     f.harness.step();
@@ -200,7 +208,10 @@ fn a_stalled_download_fails_within_the_timeout_and_the_file_keeps_waiting() {
     let Some(ModelState::Failed(message)) = f.harness.state().model_state() else {
         unreachable!("checked above");
     };
-    assert!(message.contains("model.pt") && message.contains(REPO), "{message}");
+    assert!(
+        message.contains("model.pt") && message.contains(REPO),
+        "{message}"
+    );
     assert_eq!(f.harness.state().waiting_for_model(), [clip()]);
     assert!(f.transcribe_requests().is_empty());
 }
@@ -242,7 +253,10 @@ fn offline_lists_the_files_and_where_to_put_them() {
     for (name, _) in tiny_files() {
         assert!(message.contains(&name), "{name} not in {message}");
     }
-    assert!(message.contains("models--FunAudioLLM--SenseVoiceSmall"), "{message}");
+    assert!(
+        message.contains("models--FunAudioLLM--SenseVoiceSmall"),
+        "{message}"
+    );
     f.harness.step();
     f.harness.get_by_label(USE_FOLDER_LABEL);
 }

@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::model_store::{
-    FileState, ModelStore, Progress, StoreError, StoreEvent, format_bytes,
-};
+use crate::model_store::{FileState, ModelStore, Progress, StoreError, StoreEvent, format_bytes};
 
 /// What the model bar shows.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,7 +86,10 @@ impl ModelGate {
     /// Holds `path` until the model is ready; starts the download if it can.
     pub fn wait_for_model(&mut self, path: PathBuf) {
         self.waiting.push(path);
-        if matches!(self.state, ModelState::Missing { .. } | ModelState::Failed(_)) {
+        if matches!(
+            self.state,
+            ModelState::Missing { .. } | ModelState::Failed(_)
+        ) {
             self.start_download();
         }
     }

@@ -50,7 +50,9 @@ impl RepoCache {
 
     /// `blobs/<etag>.incomplete`.
     pub fn partial(&self, etag: &str) -> PathBuf {
-        self.repo_dir.join("blobs").join(format!("{etag}.incomplete"))
+        self.repo_dir
+            .join("blobs")
+            .join(format!("{etag}.incomplete"))
     }
 
     /// `snapshots/<commit>`.
@@ -148,7 +150,12 @@ impl RepoCache {
     }
 
     /// Records that `file` of `commit` was verified.
-    pub fn write_record(&self, commit: &str, file: &str, record: &VerifiedRecord) -> io::Result<()> {
+    pub fn write_record(
+        &self,
+        commit: &str,
+        file: &str,
+        record: &VerifiedRecord,
+    ) -> io::Result<()> {
         let path = self.record_file(commit, file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -241,10 +248,7 @@ impl Hashes {
 
     /// `(sha256, git blob sha1)`, lowercase hex.
     pub fn finish(self) -> (String, String) {
-        (
-            hex(&self.sha256.finalize()),
-            hex(&self.git_sha1.finalize()),
-        )
+        (hex(&self.sha256.finalize()), hex(&self.git_sha1.finalize()))
     }
 }
 

@@ -193,7 +193,8 @@ impl<'a> Fetch<'a> {
         if let Some(dir) = partial.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, &e))?;
         }
-        let hashes = self.retrying_mut(|fetch| fetch.download_once(hub, meta, &partial, done_before, total))?;
+        let hashes = self
+            .retrying_mut(|fetch| fetch.download_once(hub, meta, &partial, done_before, total))?;
         let verified = verify(meta, hashes, &self.config.repo);
         if verified.is_err() {
             std::fs::remove_file(&partial).ok();
@@ -255,7 +256,10 @@ impl<'a> Fetch<'a> {
                 Err(err) => {
                     return Err(self.network(
                         meta,
-                        format!("the download stopped after {have} of {} bytes: {err}", meta.size),
+                        format!(
+                            "the download stopped after {have} of {} bytes: {err}",
+                            meta.size
+                        ),
                     ));
                 }
             };
@@ -417,9 +421,9 @@ pub fn cached_model(
             return Err(StoreError::NotCached {
                 offline: config.offline,
                 folder: cache.snapshot_dir(other.as_deref().unwrap_or(&config.revision)),
-            repo: config.repo.clone(),
-            revision: config.revision.clone(),
-            endpoint: config.endpoint.clone(),
+                repo: config.repo.clone(),
+                revision: config.revision.clone(),
+                endpoint: config.endpoint.clone(),
                 missing,
             });
         }
@@ -439,7 +443,9 @@ pub fn cached_model(
                 path,
             });
         };
-        let size = std::fs::metadata(&path).map_err(|e| io_err(&path, &e))?.len();
+        let size = std::fs::metadata(&path)
+            .map_err(|e| io_err(&path, &e))?
+            .len();
         let mut hashes = Hashes::new(size);
         hash_file(&path, &mut hashes, &|| cancel.load(Ordering::Relaxed)).map_err(|e| {
             if cancel.load(Ordering::Relaxed) {

@@ -75,10 +75,7 @@ impl Hub {
 
     /// `{endpoint}/{repo}/resolve/{revision}/{file}`.
     pub fn resolve_url(&self, revision: &str, file: &str) -> String {
-        format!(
-            "{}/{}/resolve/{revision}/{file}",
-            self.endpoint, self.repo
-        )
+        format!("{}/{}/resolve/{revision}/{file}", self.endpoint, self.repo)
     }
 
     fn net_err(&self, file: &str, message: String) -> StoreError {
@@ -235,7 +232,9 @@ impl Hub {
             if start != 0 && start != from {
                 return Err(self.net_err(
                     &meta.file,
-                    format!("asked for bytes from {from} and got a range that does not start there"),
+                    format!(
+                        "asked for bytes from {from} and got a range that does not start there"
+                    ),
                 ));
             }
             let reader = response.into_body().into_reader();

@@ -55,7 +55,12 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 impl RateMeter {
     /// Adds `done` bytes at `now`; returns (bytes/s, time left for `total`).
-    pub fn sample(&mut self, now: Instant, done: u64, total: u64) -> (Option<f64>, Option<Duration>) {
+    pub fn sample(
+        &mut self,
+        now: Instant,
+        done: u64,
+        total: u64,
+    ) -> (Option<f64>, Option<Duration>) {
         if self.samples.back().is_some_and(|(_, d)| *d > done) {
             self.samples.clear();
         }
@@ -200,11 +205,9 @@ impl Worker {
             let event = match request {
                 StoreRequest::Check => self.check(),
                 StoreRequest::Download => self.download(),
-                StoreRequest::Verify => self.finish(cached_model(
-                    &self.config,
-                    Rehash::All,
-                    &self.cancel,
-                )),
+                StoreRequest::Verify => {
+                    self.finish(cached_model(&self.config, Rehash::All, &self.cancel))
+                }
             };
             if self.events.send(event).is_err() {
                 return;

@@ -267,7 +267,10 @@ fn respond(mut stream: TcpStream, state: &State, method: &str, path: &str, range
             return head_only(
                 &mut stream,
                 "404 Not Found",
-                &[("X-Error-Code".into(), "RevisionNotFound".into()), ("Content-Length".into(), "0".into())],
+                &[
+                    ("X-Error-Code".into(), "RevisionNotFound".into()),
+                    ("Content-Length".into(), "0".into()),
+                ],
             );
         }
         let Some(file) = state.files.iter().find(|f| f.name == name) else {
@@ -304,7 +307,11 @@ fn respond(mut stream: TcpStream, state: &State, method: &str, path: &str, range
     {
         return body(stream, state, file, method, range, Vec::new());
     }
-    head_only(&mut stream, "404 Not Found", &[("Content-Length".into(), "0".into())]);
+    head_only(
+        &mut stream,
+        "404 Not Found",
+        &[("Content-Length".into(), "0".into())],
+    );
 }
 
 fn body(
@@ -328,7 +335,10 @@ fn body(
             return head_only(&mut stream, "416 Range Not Satisfiable", &headers);
         }
         Some(s) => {
-            headers.push(("Content-Range".into(), format!("bytes {s}-{}/{len}", len - 1)));
+            headers.push((
+                "Content-Range".into(),
+                format!("bytes {s}-{}/{len}", len - 1),
+            ));
             ("206 Partial Content", s)
         }
         None => ("200 OK", 0),
