@@ -202,7 +202,7 @@ pub fn ensure_release_model() -> anyhow::Result<PathBuf> {
 fn verify(config: &StoreConfig) -> Result<PathBuf, StoreError> {
     let store = spawn(config)?;
     store.verify();
-    wait(store, &mut |_| ())
+    wait(&store, &mut |_| ())
 }
 
 fn spawn(config: &StoreConfig) -> Result<ModelStore, StoreError> {
@@ -212,7 +212,7 @@ fn spawn(config: &StoreConfig) -> Result<ModelStore, StoreError> {
     })
 }
 
-fn wait(store: ModelStore, on_progress: &mut dyn FnMut(&Progress)) -> Result<PathBuf, StoreError> {
+fn wait(store: &ModelStore, on_progress: &mut dyn FnMut(&Progress)) -> Result<PathBuf, StoreError> {
     loop {
         match store.recv_timeout(Duration::from_millis(200)) {
             Some(StoreEvent::Progress(p)) => on_progress(&p),
@@ -238,7 +238,7 @@ fn fetch(config: &StoreConfig, show: bool) -> Result<PathBuf, StoreError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        let result = wait(store, &mut |p| {
+        let result = wait(&store, &mut |p| {
             bar.set_length(p.bytes.total);
             bar.set_position(p.bytes.done);
             bar.set_message(p.bytes.file.clone());
@@ -247,7 +247,7 @@ fn fetch(config: &StoreConfig, show: bool) -> Result<PathBuf, StoreError> {
         return result;
     }
     let mut last: Option<(Instant, String)> = None;
-    wait(store, &mut |p| {
+    wait(&store, &mut |p| {
         if !show {
             return;
         }

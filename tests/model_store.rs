@@ -204,7 +204,7 @@ fn a_cancelled_download_resumes_from_its_partial_file() {
         .into_iter()
         .filter(|s| s.method == "GET" && s.path.starts_with("/cdn/"))
         .filter_map(|s| s.range)
-        .last();
+        .next_back();
     assert_eq!(last_range, Some(format!("bytes={kept}-")));
     // What was sent after the cancel and never written is at most a few chunks.
     assert!(server.served(MODEL) <= size + 256 * 1024);
