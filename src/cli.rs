@@ -74,6 +74,8 @@ pub enum Command {
     },
     /// Transcribe audio files (`--device all` spreads them over every GPU).
     Transcribe(crate::cli_transcribe::TranscribeArgs),
+    /// The release model: status, download, verify (see [`crate::cli_model`]).
+    Model(crate::cli_model::ModelArgs),
     /// Serve the model for the app (started by the engine; not for people).
     #[cfg(not(feature = "cuda"))]
     #[command(hide = true)]

@@ -49,7 +49,8 @@ pub struct TranscribeArgs {
     #[arg(long, value_enum, default_value = "txt")]
     pub format: ExportFormat,
     /// A folder with model.pt (or model.safetensors), am.mvn, the .bpe.model and config.yaml;
-    /// without it the release model is taken from the Hugging Face cache, downloading it once.
+    /// without it the release model is taken from the Hugging Face cache, downloading and
+    /// verifying it once (see `gpuscribe model`).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
     /// Write `<stem>.<format>` files into this folder instead of printing.
@@ -116,8 +117,15 @@ pub fn run(
     if engine == SpeechEngine::SenseVoice && args.translate {
         anyhow::bail!("--translate needs --engine whisper");
     }
+    // The engine does not download: the model store fetches and verifies SenseVoice's release
+    // first (a Whisper folder is named with --model-dir).
+    let model_dir = match (&args.model_dir, &engine) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, SpeechEngine::SenseVoice) => Some(crate::cli_model::ensure_release_model()?),
+        (None, SpeechEngine::Whisper { .. }) => None,
+    };
     let config = EngineConfig {
-        model_dir: args.model_dir.clone(),
+        model_dir,
         engine,
         precision: args.precision,
         target,

@@ -23,11 +23,13 @@
 pub mod app;
 pub mod audio;
 pub mod cli;
+pub mod cli_model;
 pub mod cli_transcribe;
 pub mod engine;
 pub mod faults;
 pub mod gpu;
 pub mod model;
+pub mod model_store;
 pub mod worker;
 
 /// The application id shared by the window (`with_app_id`), the `.desktop` file and AppStream.

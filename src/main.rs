@@ -42,6 +42,16 @@ fn main() -> anyhow::Result<ExitCode> {
         return Ok(transcribe_status(failed, args.files.len()));
     }
 
+    // The model store needs no GPU monitor.
+    if let Some(Command::Model(args)) = &cli.command {
+        let ready = gpuscribe::cli_model::run(args)?;
+        return Ok(if ready {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
     // The egui context exists only once the window does; until then repaints are no-ops and
     // samples wait in the channel.
     let repaint_target: Arc<OnceLock<egui::Context>> = Arc::new(OnceLock::new());
@@ -118,6 +128,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
+        Some(Command::Model(_)) => Ok(ExitCode::SUCCESS),
         None => run_window(feed, device, cuda_visible_devices, cli.open, &repaint_target)
             .map(|()| ExitCode::SUCCESS),
     }
@@ -172,6 +183,7 @@ fn run_window(
                 cuda_visible_devices,
                 recordings_dir: default_recordings_dir(),
                 open_paths,
+                model_store: Some(gpuscribe::model_store::StoreConfig::from_env()),
             };
             Ok(Box::new(GpuScribeApp::new(cc, deps)))
         }),

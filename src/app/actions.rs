@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 use super::command::Command;
 use super::engine_link::{gpu_free_list, target_for};
 use super::inputs::{expand_paths, recording_file_name};
+use super::model_bar::ModelGate;
 use super::recording::RecordState;
 use super::tasks::{self, DialogAnswer, TaskResult};
 use super::{GpuScribeApp, LogLine};
@@ -79,6 +80,19 @@ impl GpuScribeApp {
                 if dir != self.settings.model_dir {
                     self.settings.model_dir = dir;
                     self.restart_engine();
+                    if self.settings.model_dir.is_some() {
+                        self.flush_waiting();
+                    }
+                }
+            }
+            Command::DownloadModel => {
+                if let Some(gate) = &mut self.model {
+                    gate.start_download();
+                }
+            }
+            Command::CancelModelDownload => {
+                if let Some(gate) = &self.model {
+                    gate.cancel();
                 }
             }
             Command::SetEngine(engine) => {
@@ -88,6 +102,30 @@ impl GpuScribeApp {
                 }
             }
             Command::ClearLog => self.log.clear(),
+        }
+    }
+
+    /// Takes the model store's events; once the model is ready (or a folder is chosen), the
+    /// files that waited for it go to the engine.
+    pub(super) fn drain_model(&mut self) {
+        let Some(gate) = &mut self.model else { return };
+        let (lines, became_ready) = gate.drain();
+        for (text, is_error) in lines {
+            self.log_line(text, is_error);
+        }
+        if became_ready {
+            self.flush_waiting();
+        }
+    }
+
+    fn flush_waiting(&mut self) {
+        let files = self
+            .model
+            .as_mut()
+            .map(ModelGate::take_waiting)
+            .unwrap_or_default();
+        if !files.is_empty() {
+            self.queue_files(&files);
         }
     }
 
@@ -161,6 +199,16 @@ impl GpuScribeApp {
 
     /// Queues each file with the current options.
     fn queue_files(&mut self, files: &[PathBuf]) {
+        // The release model not ready yet: the files wait for the store (which starts fetching).
+        if self.settings.model_dir.is_none()
+            && let Some(gate) = &mut self.model
+            && !gate.is_ready()
+        {
+            for path in files {
+                gate.wait_for_model(path.clone());
+            }
+            return;
+        }
         let Some(engine) = &self.engine else {
             self.log_line(
                 "the transcription engine is not running; nothing was queued".to_owned(),

@@ -51,6 +51,10 @@ pub enum Command {
     ChooseModelDir,
     /// Another speech model (SenseVoice-Small or a Whisper size).
     SetEngine(crate::engine::SpeechEngine),
+    /// Download (or resume downloading) the release model.
+    DownloadModel,
+    /// Stop the model download.
+    CancelModelDownload,
     /// Empty the message log.
     ClearLog,
 }

@@ -20,6 +20,8 @@ mod gpu_panel_ui;
 mod gpu_view;
 mod inputs;
 mod jobs;
+mod model_bar;
+mod model_bar_ui;
 mod model_ui;
 mod queue_ui;
 mod record_ui;
@@ -30,6 +32,7 @@ mod toolbar_ui;
 mod transcript_ui;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use eframe::egui;
@@ -43,12 +46,16 @@ pub use fonts::{CJK_FONT_BYTES, CJK_FONT_NAME, install_cjk_font};
 pub use gpu_view::{GpuView, MONITOR_PATIENCE, MonitorState, VanishedGpu};
 pub use inputs::{AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file};
 pub use jobs::{JobList, JobRow, JobStatus, Overall};
+pub use model_bar::{ModelState, download_label};
+pub use model_bar_ui::{USE_FOLDER_LABEL, WAITING_TEXT, progress_text};
 pub use queue_ui::DROP_HINT;
 pub use settings::{PlotWindow, Settings};
 pub use toolbar_ui::{AUTO_LABEL, CPU_LABEL, all_gpus_label, gpu_entry_label};
 
 use crate::engine::{DeviceTarget, EngineConfig, EngineHandle, GpuFree};
 use crate::gpu::{DeviceChoice, GpuFeed, GpuSnapshot, ResolvedDevice, cuda_visible_gpus};
+use crate::model_store::{ModelStore, StoreConfig};
+use model_bar::ModelGate;
 use recording::RecordingView;
 use tasks::Tasks;
 
@@ -72,6 +79,9 @@ pub struct AppDeps {
     pub recordings_dir: PathBuf,
     /// Files and folders to queue as the window opens (`gpuscribe FILE…`).
     pub open_paths: Vec<PathBuf>,
+    /// The model store for the release model (the model bar, and files waiting for the
+    /// download). `None`: no store; files go straight to the engine (tests of the queue).
+    pub model_store: Option<StoreConfig>,
 }
 
 impl AppDeps {
@@ -85,6 +95,7 @@ impl AppDeps {
             cuda_visible_devices: None,
             recordings_dir: default_recordings_dir(),
             open_paths: Vec::new(),
+            model_store: None,
         }
     }
 }
@@ -137,6 +148,8 @@ pub struct GpuScribeApp {
     /// Files named on the command line, queued once the engine knows the GPUs.
     pending_open: Vec<PathBuf>,
     started_at: Instant,
+    /// The release model's store and the files waiting for it (`None`: no store).
+    model: Option<ModelGate>,
 }
 
 impl GpuScribeApp {
@@ -155,7 +168,19 @@ impl GpuScribeApp {
             cuda_visible_devices,
             recordings_dir,
             open_paths,
+            model_store,
         } = deps;
+        let mut store_error = None;
+        let model = model_store.and_then(|config| {
+            let ctx = cc.egui_ctx.clone();
+            match ModelStore::spawn(config, Arc::new(move || ctx.request_repaint())) {
+                Ok(store) => Some(ModelGate::new(store)),
+                Err(err) => {
+                    store_error = Some(format!("the model-store thread did not start: {err}"));
+                    None
+                }
+            }
+        });
         let model_dir_text = settings
             .model_dir
             .as_ref()
@@ -183,7 +208,11 @@ impl GpuScribeApp {
             model_dir_text,
             pending_open: Vec::new(),
             started_at: Instant::now(),
+            model,
         };
+        if let Some(err) = store_error {
+            app.log_line(err, true);
+        }
         app.start_engine();
         app.sync_sample_interval();
         app.apply(Command::RefreshInputDevices);
@@ -227,6 +256,16 @@ impl GpuScribeApp {
     /// The message log, oldest first.
     pub fn log(&self) -> &[LogLine] {
         &self.log
+    }
+
+    /// What the model bar shows (`None`: no model store).
+    pub fn model_state(&self) -> Option<&ModelState> {
+        self.model.as_ref().map(|m| &m.state)
+    }
+
+    /// Files waiting for the model download.
+    pub fn waiting_for_model(&self) -> &[PathBuf] {
+        self.model.as_ref().map_or(&[], |m| m.waiting.as_slice())
     }
 
     /// "Keep loaded" as the user set it.
@@ -313,6 +352,11 @@ impl GpuScribeApp {
             ResolvedDevice::Cpu(_) => "Runs on the CPU".to_owned(),
         };
         ui.label(RichText::new(target).weak());
+        if self.settings.model_dir.is_none()
+            && let Some(gate) = &self.model
+        {
+            model_bar_ui::model_bar_ui(ui, gate, self.dialog_open, commands);
+        }
         ui.separator();
         record_ui::input_ui(
             ui,
@@ -368,6 +412,7 @@ impl eframe::App for GpuScribeApp {
             ctx.request_repaint_after(Duration::from_millis(100));
         }
         self.drain_engine();
+        self.drain_model();
         for result in self.tasks.drain() {
             self.on_task(result);
         }
