@@ -22,9 +22,11 @@
 pub mod app;
 pub mod audio;
 pub mod cli;
+pub mod cli_listen;
 pub mod cli_transcribe;
 pub mod engine;
 pub mod gpu;
+pub mod live;
 pub mod model;
 
 /// The application id shared by the window (`with_app_id`), the `.desktop` file and AppStream.

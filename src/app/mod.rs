@@ -19,6 +19,7 @@ mod gpu_panel_ui;
 mod gpu_view;
 mod inputs;
 mod jobs;
+mod live_ui;
 mod model_ui;
 mod queue_ui;
 mod record_ui;
@@ -40,7 +41,9 @@ pub use engine_link::{EngineView, Marker, MarkerLog, gpu_free_list, marker_label
 pub use export::{ExportError, default_export_name, export_transcript};
 pub use fonts::{CJK_FONT_BYTES, CJK_FONT_NAME, install_cjk_font};
 pub use gpu_view::{GpuView, MonitorState, VanishedGpu};
-pub use inputs::{AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file};
+pub use inputs::{
+    AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file, recording_file_name,
+};
 pub use jobs::{JobList, JobRow, JobStatus, Overall};
 pub use queue_ui::DROP_HINT;
 pub use settings::{PlotWindow, Settings};
@@ -315,6 +318,7 @@ impl eframe::App for GpuScribeApp {
             self.on_task(result);
         }
         self.drain_recorder();
+        self.drain_live();
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 use super::fit::{ModelShape, max_batch_that_fits, usable_bytes};
 use super::process::{Inbox, WorkerProcess};
 use super::protocol::{
-    DecodeSettings, JobErrorKind, JobId, Precision, WorkerDevice, WorkerEvent, WorkerRequest,
+    DecodeSettings, JobErrorKind, JobId, Pcm16, Precision, WorkerDevice, WorkerEvent, WorkerRequest,
 };
 use super::residency::{Action, Residency, ResidencyEvent, ResidencyMachine};
 use super::segment::MAX_SEGMENT_SECS;
@@ -24,7 +24,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 struct Job {
     id: JobId,
+    /// The file, or a clip's label.
     path: PathBuf,
+    /// A clip held in memory (live transcription) instead of a file.
+    pcm: Option<Pcm16>,
     settings: DecodeSettings,
     /// Devices that already failed this job (UUID, or "cpu").
     tried: Vec<String>,
@@ -146,6 +149,19 @@ impl Scheduler {
             } => self.route(Job {
                 id: job_id,
                 path,
+                pcm: None,
+                settings,
+                tried: Vec::new(),
+            }),
+            Request::TranscribeSamples {
+                job_id,
+                label,
+                pcm,
+                settings,
+            } => self.route(Job {
+                id: job_id,
+                path: PathBuf::from(label),
+                pcm: Some(pcm),
                 settings,
                 tried: Vec::new(),
             }),
@@ -332,7 +348,12 @@ impl Scheduler {
         let action = self.slots[slot]
             .residency
             .on_event(ResidencyEvent::JobQueued, Instant::now());
-        self.slots[slot].queue.push_back(job);
+        if job.pcm.is_some() {
+            // Live audio is waited for by someone speaking: ahead of queued files.
+            self.slots[slot].queue.push_front(job);
+        } else {
+            self.slots[slot].queue.push_back(job);
+        }
         self.apply(slot, action);
         self.dispatch(slot);
     }
@@ -391,11 +412,21 @@ impl Scheduler {
         let Some(job) = self.slots[slot].queue.pop_front() else {
             return;
         };
-        let request = WorkerRequest::Transcribe {
-            job_id: job.id,
-            path: job.path.clone(),
-            settings: job.settings.clone(),
-            batch_budget_s: self.batch_budget_s(slot),
+        let batch_budget_s = self.batch_budget_s(slot);
+        let request = match &job.pcm {
+            None => WorkerRequest::Transcribe {
+                job_id: job.id,
+                path: job.path.clone(),
+                settings: job.settings.clone(),
+                batch_budget_s,
+            },
+            Some(pcm) => WorkerRequest::TranscribeSamples {
+                job_id: job.id,
+                label: job.path.display().to_string(),
+                pcm: pcm.clone(),
+                settings: job.settings.clone(),
+                batch_budget_s,
+            },
         };
         let device = self.slots[slot].device.label();
         let sent = self.slots[slot]

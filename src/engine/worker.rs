@@ -151,6 +151,36 @@ pub fn run_worker<R, W>(
                 job.run(model, decoder, &mut send);
                 model.end_job();
             }
+            WorkerRequest::TranscribeSamples {
+                job_id,
+                label,
+                pcm,
+                settings,
+                batch_budget_s,
+            } => {
+                let Some(model) = model.as_deref_mut() else {
+                    send(WorkerEvent::JobFailed {
+                        job_id,
+                        kind: JobErrorKind::Model,
+                        message: format!("no model loaded on {device_label}"),
+                    });
+                    continue;
+                };
+                // The clip is the job's "file": the same segmenting, batching and events.
+                let clip = move |_: &Path| -> Result<(Vec<f32>, Option<String>), String> {
+                    Ok((pcm.to_f32(), None))
+                };
+                let path = std::path::PathBuf::from(label);
+                let job = Job {
+                    job_id,
+                    path: &path,
+                    settings: &settings,
+                    batch_budget_s,
+                    cancelled: &cancelled,
+                };
+                job.run(model, &clip, &mut send);
+                model.end_job();
+            }
             WorkerRequest::Cancel { .. } => {}
             WorkerRequest::Offload => {
                 let started = Instant::now();
@@ -602,5 +632,27 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_clip_in_memory_is_transcribed_like_a_file_of_its_samples() {
+        let clip = WorkerRequest::TranscribeSamples {
+            job_id: 4,
+            label: "live 1.0–1.5 s".into(),
+            pcm: super::super::protocol::Pcm16::from_f32(&[0.25; 8000]),
+            settings: DecodeSettings::default(),
+            batch_budget_s: 30.0,
+        };
+        let events = run(&[load(), clip, WorkerRequest::Shutdown], 8);
+        let Some(WorkerEvent::Done {
+            job_id, transcript, ..
+        }) = events.last()
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!(*job_id, 4);
+        assert_eq!(transcript.text, "n8000");
+        assert_eq!(transcript.path, Path::new("live 1.0–1.5 s"));
+        assert!((transcript.duration_s - 0.5).abs() < 1e-9);
     }
 }
