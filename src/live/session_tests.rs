@@ -43,13 +43,13 @@ fn each_clip_is_one_utterance_with_partials_before_its_final() {
             let text = answer(&job);
             updates.extend(session.on_result(Ok(text)));
         }
-        lines.extend(updates.drain(..));
+        lines.append(&mut updates);
     }
     session.finish(&mut updates);
     while let Some(job) = session.next_job() {
         updates.extend(session.on_result(Ok(answer(&job))));
     }
-    lines.extend(updates.drain(..));
+    lines.append(&mut updates);
     assert!(session.is_idle());
     let lines: Vec<LiveLine> = lines
         .into_iter()
@@ -77,7 +77,7 @@ fn each_clip_is_one_utterance_with_partials_before_its_final() {
         // Partials of this utterance come before its final, every ≤1 s of audio, growing.
         let partials: Vec<&LiveLine> = lines
             .iter()
-            .take_while(|l| !(l.utterance == line.utterance && !l.partial))
+            .take_while(|l| l.utterance != line.utterance || l.partial)
             .filter(|l| l.utterance == line.utterance)
             .collect();
         assert!(!partials.is_empty(), "no partial for {line:?}");
