@@ -1,5 +1,6 @@
 //! Command-line interface: `gpuscribe` (window), `gpuscribe gpus [--json]` and
-//! `gpuscribe transcribe FILE…` (see [`crate::cli_transcribe`]). Runs on the main
+//! `gpuscribe transcribe FILE…` (see [`crate::cli_transcribe`]), `gpuscribe listen` (see
+//! [`crate::cli_listen`]). Runs on the main
 //! thread before the window opens. Add a subcommand by adding a [`Command`] variant and a match
 //! arm in `main.rs`.
 //!
@@ -76,6 +77,8 @@ pub enum Command {
     Transcribe(crate::cli_transcribe::TranscribeArgs),
     /// The release model: status, download, verify (see [`crate::cli_model`]).
     Model(crate::cli_model::ModelArgs),
+    /// Live captions from a microphone (or a WAV file played at real-time pace).
+    Listen(crate::cli_listen::ListenArgs),
     /// Serve the model for the app (started by the engine; not for people).
     #[cfg(not(feature = "cuda"))]
     #[command(hide = true)]

@@ -126,6 +126,18 @@ fn main() -> anyhow::Result<ExitCode> {
             let failed = gpuscribe::cli_transcribe::run(&args, target, gpus)?;
             Ok(transcribe_status(failed, args.files.len()))
         }
+        Some(Command::Listen(args)) => {
+            let gpus =
+                gpuscribe::cli_transcribe::gpus_for_engine(&first, cuda_visible_devices.as_deref());
+            drop(feed);
+            let target = gpuscribe::cli_transcribe::target(device.as_ref());
+            let summary =
+                gpuscribe::cli_listen::run(&args, target, gpus, &default_recordings_dir())?;
+            if summary.lost > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
         Some(Command::Model(_)) => Ok(ExitCode::SUCCESS),

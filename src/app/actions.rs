@@ -14,6 +14,7 @@ use super::{GpuScribeApp, LogLine};
 use crate::audio::{DeviceList, RecordError, RecordEvent};
 use crate::engine::{EngineConfig, Event, Request};
 use crate::gpu::{GpuStatus, MAX_PLOT_WINDOW};
+use crate::live::Handled;
 
 /// Shown when no file dialog could open.
 const NO_DIALOG: &str =
@@ -270,6 +271,18 @@ impl GpuScribeApp {
                         self.engine_view.markers.record(uuid, kind, at, now);
                     }
                 }
+                job_event
+                    if self.recording.live.as_mut().is_some_and(|live| {
+                        match live.driver.on_event(&job_event) {
+                            Handled::Live(update) => {
+                                if let Some(update) = update {
+                                    live.apply(update);
+                                }
+                                true
+                            }
+                            Handled::NotLive => false,
+                        }
+                    }) => {}
                 job_event => {
                     if let Event::JobFailed {
                         message,
@@ -324,10 +337,18 @@ impl GpuScribeApp {
             }
             TaskResult::RecordingStarted(Err(err)) => {
                 self.recording.state = RecordState::Idle;
+                self.recording.live = None;
                 self.record_error(&err);
             }
             TaskResult::RecordingStopped(result) => {
                 self.recording.state = RecordState::Idle;
+                // The saved file is transcribed as a whole next; its transcript replaces the
+                // live lines.
+                if let Some(live) = self.recording.live.take() {
+                    for problem in live.problems {
+                        self.log_line(problem, true);
+                    }
+                }
                 self.send(Request::Recording(false));
                 match result {
                     Ok(path) => {
@@ -401,8 +422,13 @@ impl GpuScribeApp {
             .recordings_dir
             .join(recording_file_name(SystemTime::now()));
         let device = self.settings.input_device.clone();
+        let (tap, live) = crate::audio::SampleTap::new(crate::audio::TapPolicy::Drop);
+        self.recording.live = Some(super::recording::LiveView::new(
+            live,
+            self.settings.decode.clone(),
+        ));
         let spawned = self.tasks.spawn("record-start", move || {
-            tasks::start_recording(device.as_deref(), path)
+            tasks::start_recording(device.as_deref(), path, Some(tap))
         });
         match spawned {
             Ok(()) => self.recording.state = RecordState::Starting,
@@ -421,6 +447,13 @@ impl GpuScribeApp {
         if let Err(err) = spawned {
             self.recording.state = RecordState::Idle;
             self.log_line(format!("cannot stop recording: {err}"), true);
+        }
+    }
+
+    /// Feeds the live captions: the audio captured since the last frame, the next clip out.
+    pub(super) fn drain_live(&mut self) {
+        if let (Some(live), Some(engine)) = (self.recording.live.as_mut(), self.engine.as_ref()) {
+            live.feed(engine);
         }
     }
 

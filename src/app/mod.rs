@@ -22,6 +22,7 @@ mod inputs;
 mod jobs;
 mod model_bar;
 mod model_bar_ui;
+mod live_ui;
 mod model_ui;
 mod queue_ui;
 mod record_ui;
@@ -44,7 +45,9 @@ pub use engine_link::{EngineView, Marker, MarkerLog, gpu_free_list, marker_label
 pub use export::{ExportError, default_export_name, export_transcript};
 pub use fonts::{CJK_FONT_BYTES, CJK_FONT_NAME, install_cjk_font};
 pub use gpu_view::{GpuView, MONITOR_PATIENCE, MonitorState, VanishedGpu};
-pub use inputs::{AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file};
+pub use inputs::{
+    AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file, recording_file_name,
+};
 pub use jobs::{JobList, JobRow, JobStatus, Overall};
 pub use model_bar::{ModelState, download_label};
 pub use model_bar_ui::{USE_FOLDER_LABEL, WAITING_TEXT, progress_text};
@@ -417,6 +420,7 @@ impl eframe::App for GpuScribeApp {
             self.on_task(result);
         }
         self.drain_recorder();
+        self.drain_live();
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files

@@ -45,7 +45,7 @@ pub fn input_ui(ui: &mut egui::Ui, view: &InputView<'_>, commands: &mut Vec<Comm
             RecordState::Idle => {
                 if ui
                     .button(RECORD_LABEL)
-                    .on_hover_text("Record the microphone, then transcribe the recording")
+                    .on_hover_text("Record the microphone with live captions; the recording is transcribed when you stop")
                     .clicked()
                 {
                     commands.push(Command::StartRecording);
@@ -83,6 +83,14 @@ pub fn input_ui(ui: &mut egui::Ui, view: &InputView<'_>, commands: &mut Vec<Comm
     microphone_ui(ui, view, commands);
     if let Some(error) = &view.recording.error {
         ui.colored_label(ERROR_COLOR, format!("⚠ {error}"));
+    }
+    if let Some(live) = view
+        .recording
+        .live
+        .as_ref()
+        .filter(|_| view.recording.is_recording())
+    {
+        super::live_ui::live_ui(ui, live);
     }
 }
 

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::audio::{DeviceList, Level, RecorderHandle};
+use crate::audio::{DeviceList, Level, RecorderHandle, TapReceiver};
+use crate::engine::{DecodeSettings, EngineHandle};
+use crate::live::{LiveConfig, LiveDriver, LiveLine, LiveUpdate};
 
 /// Where the recorder stands.
 #[derive(Default)]
@@ -28,6 +30,74 @@ pub struct RecordingView {
     pub devices: Option<DeviceList>,
     /// The last recording error, shown until the next attempt.
     pub error: Option<String>,
+    /// Live captions of the recording in progress.
+    pub live: Option<LiveView>,
+}
+
+/// Live captions while recording: the tap from the capture thread, the live session on the
+/// engine, and the lines so far. Lives from Record until the recording is handed over.
+pub struct LiveView {
+    /// The live session.
+    pub driver: LiveDriver,
+    /// Audio from the capture thread.
+    pub tap: TapReceiver,
+    /// Finished utterances, in order.
+    pub finals: Vec<LiveLine>,
+    /// The utterance being spoken, as last decoded.
+    pub partial: Option<LiveLine>,
+    /// Utterances that failed or were dropped, for the log.
+    pub problems: Vec<String>,
+}
+
+impl LiveView {
+    /// A view over `tap`, transcribing with `settings`.
+    pub fn new(tap: TapReceiver, settings: DecodeSettings) -> Self {
+        Self {
+            driver: LiveDriver::new(LiveConfig::default(), settings),
+            tap,
+            finals: Vec::new(),
+            partial: None,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Takes the audio captured since the last frame and sends the next clip if the model is
+    /// free. UI thread; cheap (the VAD runs at thousands of times real time).
+    pub fn feed(&mut self, engine: &EngineHandle) {
+        let mut updates = Vec::new();
+        for chunk in self.tap.chunks.try_iter() {
+            self.driver.push(&chunk, &mut updates);
+        }
+        for update in updates {
+            self.apply(update);
+        }
+        self.driver.pump(engine);
+    }
+
+    /// Shows an update: a final replaces the partial of its utterance.
+    pub fn apply(&mut self, update: LiveUpdate) {
+        match update {
+            LiveUpdate::Line(line) if line.partial => self.partial = Some(line),
+            LiveUpdate::Line(line) => {
+                if self
+                    .partial
+                    .as_ref()
+                    .is_some_and(|p| p.utterance <= line.utterance)
+                {
+                    self.partial = None;
+                }
+                self.finals.push(line);
+            }
+            LiveUpdate::Failed {
+                start, end, message, ..
+            } => self
+                .problems
+                .push(format!("live: {start:.1}–{end:.1} s failed: {message}")),
+            LiveUpdate::Skipped { start, end, .. } => self.problems.push(format!(
+                "live: {start:.1}–{end:.1} s skipped (transcription fell behind; the recording keeps it)"
+            )),
+        }
+    }
 }
 
 impl RecordingView {
@@ -47,5 +117,49 @@ impl RecordingView {
             RecordState::Recording(handle) => Some((handle.elapsed(), handle.level())),
             RecordState::Idle | RecordState::Starting | RecordState::Stopping => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{SampleTap, TapPolicy};
+
+    fn line(utterance: u64, partial: bool, text: &str) -> LiveUpdate {
+        LiveUpdate::Line(LiveLine {
+            utterance,
+            start: utterance as f64,
+            end: utterance as f64 + 0.5,
+            text: text.into(),
+            partial,
+            language: "en".into(),
+            emotion: String::new(),
+            event: String::new(),
+            raw_text: text.into(),
+        })
+    }
+
+    #[test]
+    fn a_final_replaces_its_partial_and_a_later_partial_stays() {
+        let (_tap, rx) = SampleTap::new(TapPolicy::Drop);
+        let mut view = LiveView::new(rx, DecodeSettings::default());
+        view.apply(line(0, true, "hel"));
+        assert_eq!(view.partial.as_ref().map(|l| l.text.as_str()), Some("hel"));
+        view.apply(line(0, false, "hello"));
+        assert!(view.partial.is_none());
+        view.apply(line(1, true, "wor"));
+        view.apply(line(0, false, "late duplicate"));
+        assert_eq!(view.partial.as_ref().map(|l| l.text.as_str()), Some("wor"));
+        assert_eq!(view.finals.len(), 2);
+        view.apply(LiveUpdate::Skipped {
+            utterance: 2,
+            start: 3.0,
+            end: 4.0,
+        });
+        assert!(
+            view.problems[0].contains("3.0–4.0 s skipped"),
+            "{:?}",
+            view.problems
+        );
     }
 }

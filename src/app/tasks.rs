@@ -146,8 +146,12 @@ pub fn save_export(transcript: &FileTranscript, format: ExportFormat) -> TaskRes
     })
 }
 
-/// Opens the input device and starts writing `wav_path`.
-pub fn start_recording(device_id: Option<&str>, wav_path: PathBuf) -> TaskResult {
+/// Opens the input device and starts writing `wav_path`; `tap` gets a live copy.
+pub fn start_recording(
+    device_id: Option<&str>,
+    wav_path: PathBuf,
+    tap: Option<crate::audio::SampleTap>,
+) -> TaskResult {
     if let Some(dir) = wav_path.parent()
         && let Err(source) = std::fs::create_dir_all(dir)
     {
@@ -156,5 +160,5 @@ pub fn start_recording(device_id: Option<&str>, wav_path: PathBuf) -> TaskResult
             source: hound::Error::IoError(source),
         }));
     }
-    TaskResult::RecordingStarted(Recorder::start(device_id, &wav_path))
+    TaskResult::RecordingStarted(Recorder::start_with_tap(device_id, &wav_path, tap))
 }

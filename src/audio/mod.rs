@@ -28,6 +28,7 @@ pub mod devices;
 pub mod level;
 pub mod record;
 pub mod resample;
+pub mod tap;
 pub mod wav_sink;
 
 pub use decode::{
@@ -37,6 +38,7 @@ pub use devices::{DeviceList, InputDevice};
 pub use level::{Level, LevelMeter};
 pub use record::{FLUSH_INTERVAL, RecordError, RecordEvent, Recorder, RecorderHandle};
 pub use resample::MonoResampler;
+pub use tap::{SampleTap, TapPolicy, TapReceiver};
 
 /// The sample rate SenseVoice expects, and that [`decode_file`] produces.
 pub const MODEL_SAMPLE_RATE_HZ: u32 = 16_000;

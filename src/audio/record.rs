@@ -22,6 +22,7 @@ use cpal::{FromSample, Sample, SizedSample};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::level::{Level, LevelAccumulator, LevelMeter};
+use super::tap::SampleTap;
 use super::wav_sink::{SinkEnd, StreamFault, WavSink, run_sink_loop};
 
 /// How often the WAV header is rewritten while recording (at most this much is lost on a crash).
@@ -140,6 +141,16 @@ impl Recorder {
     /// device's rate, into a new WAV file at `wav_path`. Returns once audio is flowing, or with
     /// the reason it could not start.
     pub fn start(device_id: Option<&str>, wav_path: &Path) -> Result<RecorderHandle, RecordError> {
+        Self::start_with_tap(device_id, wav_path, None)
+    }
+
+    /// [`start`](Self::start), also handing every recorded sample to `tap` (at 16 kHz) for
+    /// live transcription. The tap never slows the recording down.
+    pub fn start_with_tap(
+        device_id: Option<&str>,
+        wav_path: &Path,
+        tap: Option<SampleTap>,
+    ) -> Result<RecorderHandle, RecordError> {
         let level = Arc::new(LevelMeter::new());
         let counters = Arc::new(Counters::default());
         let (startup_tx, startup_rx) = bounded::<Result<Started, RecordError>>(1);
@@ -151,6 +162,7 @@ impl Recorder {
             wav_path: wav_path.to_owned(),
             level: Arc::clone(&level),
             counters: Arc::clone(&counters),
+            tap,
         };
         let thread = std::thread::Builder::new()
             .name("audio-capture".into())
@@ -288,12 +300,13 @@ struct CaptureJob {
     wav_path: PathBuf,
     level: Arc<LevelMeter>,
     counters: Arc<Counters>,
+    tap: Option<SampleTap>,
 }
 
 impl CaptureJob {
     /// The capture thread's body: open, record until stopped, finalise.
     fn run(
-        self,
+        mut self,
         startup_tx: &Sender<Result<Started, RecordError>>,
         stop_rx: &Receiver<()>,
         events_tx: &Sender<RecordEvent>,
@@ -351,7 +364,7 @@ impl CaptureJob {
         }
     }
 
-    fn open(&self) -> Result<Opened, RecordError> {
+    fn open(&mut self) -> Result<Opened, RecordError> {
         let host = cpal::default_host();
         let device = match &self.device_id {
             None => host
@@ -372,7 +385,10 @@ impl CaptureJob {
             rtrb::RingBuffer::<f32>::new(sample_rate_hz as usize * RING_SECONDS);
         let (fault_tx, fault_rx) = bounded::<StreamFault>(4);
         // Create the file before the stream so a bad path fails before the microphone opens.
-        let sink = WavSink::create(&self.wav_path, sample_rate_hz, FLUSH_INTERVAL)?;
+        let mut sink = WavSink::create(&self.wav_path, sample_rate_hz, FLUSH_INTERVAL)?;
+        if let Some(tap) = self.tap.take() {
+            sink.set_tap(tap);
+        }
         self.counters
             .sample_rate_hz
             .store(u64::from(sample_rate_hz), Ordering::Relaxed);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use super::record::{RecordError, RecordEvent};
+use super::tap::SampleTap;
 
 /// How long the loop sleeps when there is nothing to do.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -33,6 +34,8 @@ pub struct WavSink {
     frames_written: u64,
     last_flush: Instant,
     flush_interval: Duration,
+    /// A copy of every sample written, for live transcription.
+    tap: Option<SampleTap>,
 }
 
 impl WavSink {
@@ -60,7 +63,17 @@ impl WavSink {
             frames_written: 0,
             last_flush: Instant::now(),
             flush_interval,
+            tap: None,
         })
+    }
+
+    /// Also hands every sample written to `tap` (live transcription). A rate the tap cannot
+    /// resample leaves the recording as it is, without the tap.
+    pub fn set_tap(&mut self, mut tap: SampleTap) {
+        match tap.set_rate(self.sample_rate_hz) {
+            Ok(()) => self.tap = Some(tap),
+            Err(err) => tracing::warn!("live transcription is off for this recording: {err}"),
+        }
     }
 
     /// Seconds of audio written so far.
@@ -93,6 +106,10 @@ impl WavSink {
                 });
             }
         }
+        if let Some(tap) = self.tap.as_mut() {
+            tap.feed(first);
+            tap.feed(second);
+        }
         chunk.commit_all();
         self.frames_written += available as u64;
         Ok(available)
@@ -119,7 +136,12 @@ impl WavSink {
     /// Writes the final header and closes the file. Returns the path and the seconds recorded.
     pub fn finish(self) -> Result<(PathBuf, f64), RecordError> {
         let recorded_s = self.recorded_s();
-        let Self { writer, path, .. } = self;
+        let Self {
+            writer, path, tap, ..
+        } = self;
+        if let Some(tap) = tap {
+            tap.finish();
+        }
         writer.finalize().map_err(|source| RecordError::WriteWav {
             path: path.clone(),
             source,

@@ -45,7 +45,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::{Deserialize, Serialize};
 
 pub use policy::{DeviceKey, PinnedFallback, WatchdogConfig};
-pub use protocol::{DecodeSettings, JobId, Precision};
+pub use protocol::{DecodeSettings, JobId, Pcm16, Precision};
 pub use residency::{Action, IdlePolicy, Residency, ResidencyConfig};
 pub use speech_engine::SpeechEngine;
 pub use transcript::{ExportFormat, FileTranscript, Segment, TokenTime, WordTime};
@@ -150,6 +150,19 @@ pub enum Request {
         job_id: JobId,
         /// The audio file.
         path: PathBuf,
+        /// Decode options.
+        settings: DecodeSettings,
+    },
+    /// Transcribe a clip held in memory (live transcription; the id comes from
+    /// [`EngineHandle::transcribe_samples`]). Answered with the same events as a file; it goes
+    /// to the front of its device's queue.
+    TranscribeSamples {
+        /// The job's id.
+        job_id: JobId,
+        /// What messages call the clip, e.g. "live audio 3.2–5.0 s".
+        label: String,
+        /// 16 kHz mono audio.
+        pcm: Pcm16,
         /// Decode options.
         settings: DecodeSettings,
     },
@@ -364,6 +377,18 @@ impl EngineHandle {
         self.send(Request::Transcribe {
             job_id,
             path,
+            settings,
+        });
+        job_id
+    }
+
+    /// Queues a clip of 16 kHz mono audio held in memory; returns its job id.
+    pub fn transcribe_samples(&self, label: String, pcm: Pcm16, settings: DecodeSettings) -> JobId {
+        let job_id = self.next_job_id.fetch_add(1, Ordering::Relaxed);
+        self.send(Request::TranscribeSamples {
+            job_id,
+            label,
+            pcm,
             settings,
         });
         job_id

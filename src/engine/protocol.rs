@@ -6,8 +6,10 @@
 //! [`JobErrorKind`] or [`LoadErrorKind`]; the engine never looks inside a message's text.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::transcript::{FileTranscript, Segment};
 
@@ -77,6 +79,72 @@ impl Default for DecodeSettings {
     }
 }
 
+/// A clip of 16 kHz mono audio held in memory (live transcription), as 16-bit PCM: what a
+/// recording holds on disk, and a quarter of the bytes of `f32` JSON numbers on the pipe.
+/// On the wire it is one base64 string of little-endian `i16`s.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pcm16(Arc<[i16]>);
+
+impl Pcm16 {
+    /// Quantises `[-1, 1]` samples (out-of-range values saturate).
+    pub fn from_f32(samples: &[f32]) -> Self {
+        Self(
+            samples
+                .iter()
+                .map(|&s| (s * 32_768.0).round().clamp(-32_768.0, 32_767.0) as i16)
+                .collect(),
+        )
+    }
+
+    /// The samples as `f32` in `[-1, 1)`, as the decoder produces them from a 16-bit WAV.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.0.iter().map(|&s| f32::from(s) / 32_768.0).collect()
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Pcm16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pcm16({} samples)", self.0.len())
+    }
+}
+
+impl Serialize for Pcm16 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = self.0.iter().flat_map(|s| s.to_le_bytes()).collect();
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+impl<'de> Deserialize<'de> for Pcm16 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)?;
+        if bytes.len() % 2 != 0 {
+            return Err(serde::de::Error::custom(
+                "16-bit PCM needs an even number of bytes",
+            ));
+        }
+        Ok(Self(
+            bytes
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ))
+    }
+}
+
 /// Engine → worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WorkerRequest {
@@ -100,6 +168,19 @@ pub enum WorkerRequest {
         /// Decode options.
         settings: DecodeSettings,
         /// Longest padded batch, in seconds of audio (segments × longest segment).
+        batch_budget_s: f64,
+    },
+    /// Transcribe a clip held in memory (live transcription); answered like `Transcribe`.
+    TranscribeSamples {
+        /// The job.
+        job_id: JobId,
+        /// What messages call the clip (it has no file).
+        label: String,
+        /// The audio.
+        pcm: Pcm16,
+        /// Decode options.
+        settings: DecodeSettings,
+        /// Longest padded batch, in seconds of audio.
         batch_budget_s: f64,
     },
     /// Stop the running job: the worker's request reader sets a flag that the job checks between
@@ -427,6 +508,13 @@ mod tests {
                 settings: DecodeSettings::default(),
                 batch_budget_s: 120.0,
             },
+            WorkerRequest::TranscribeSamples {
+                job_id: 8,
+                label: "live 0.0–1.0 s".into(),
+                pcm: Pcm16::from_f32(&[0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -0.25]),
+                settings: DecodeSettings::default(),
+                batch_budget_s: 30.0,
+            },
             WorkerRequest::Shutdown,
         ];
         for request in requests {
@@ -435,5 +523,23 @@ mod tests {
             let back: WorkerRequest = from_line(line.trim_end().as_bytes()).expect("parse");
             assert_eq!(back, request);
         }
+    }
+
+    #[test]
+    fn pcm16_round_trips_16_bit_samples_exactly_and_rejects_odd_bytes() {
+        let original: Vec<f32> = [-32_768i16, -1, 0, 1, 12_345, 32_767]
+            .iter()
+            .map(|&s| f32::from(s) / 32_768.0)
+            .collect();
+        let pcm = Pcm16::from_f32(&original);
+        let json = serde_json::to_string(&pcm).expect("serialise");
+        let back: Pcm16 = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.to_f32(), original);
+        assert_eq!(
+            Pcm16::from_f32(&[3.0, -3.0]).to_f32(),
+            [32_767.0 / 32_768.0, -1.0]
+        );
+        let err = serde_json::from_str::<Pcm16>("\"AAEC\"").expect_err("3 bytes");
+        assert!(err.to_string().contains("even number"), "{err}");
     }
 }

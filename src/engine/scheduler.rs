@@ -29,7 +29,8 @@ use super::policy::{
 };
 use super::process::{Inbox, SendError, WorkerLink, WorkerPort};
 use super::protocol::{
-    DecodeSettings, JobErrorKind, JobId, LoadErrorKind, WorkerDevice, WorkerEvent, WorkerRequest,
+    DecodeSettings, JobErrorKind, JobId, LoadErrorKind, Pcm16, WorkerDevice, WorkerEvent,
+    WorkerRequest,
 };
 use super::residency::{Action, Residency, ResidencyEvent, ResidencyMachine};
 use super::{DeviceTarget, EngineConfig, Event, GpuFree, MarkerKind, Request, SlotStatus, Waker};
@@ -64,7 +65,10 @@ impl LatestGpus {
 #[derive(Clone, Debug)]
 pub(super) struct Job {
     id: JobId,
+    /// The file, or a clip's label.
     path: PathBuf,
+    /// A clip held in memory (live transcription) instead of a file.
+    pcm: Option<Pcm16>,
     settings: DecodeSettings,
     /// Devices that already failed this job (out of memory, unusable).
     tried: Vec<DeviceKey>,
@@ -352,6 +356,19 @@ impl Scheduler {
             } => self.to_place.push_back(Job {
                 id: job_id,
                 path,
+                pcm: None,
+                settings,
+                tried: Vec::new(),
+            }),
+            Request::TranscribeSamples {
+                job_id,
+                label,
+                pcm,
+                settings,
+            } => self.route(Job {
+                id: job_id,
+                path: PathBuf::from(label),
+                pcm: Some(pcm),
                 settings,
                 tried: Vec::new(),
                 losses: 0,
@@ -444,7 +461,12 @@ impl Scheduler {
                         self.notice(notice);
                     }
                     let slot = self.slot_for(device);
-                    self.slots[slot].queue.push_back(job);
+                    if job.pcm.is_some() {
+                        // Live audio is waited for by someone speaking: ahead of queued files.
+                        self.slots[slot].queue.push_front(job);
+                    } else {
+                        self.slots[slot].queue.push_back(job);
+                    }
                     self.residency(slot, ResidencyEvent::JobQueued);
                     self.dispatch(slot);
                 }
@@ -492,17 +514,27 @@ impl Scheduler {
         let Some(job) = self.slots[slot].queue.pop_front() else {
             return;
         };
-        let request = WorkerRequest::Transcribe {
-            job_id: job.id,
-            path: job.path.clone(),
-            settings: job.settings.clone(),
-            batch_budget_s: policy::batch_budget_s(
-                &self.slots[slot].device,
-                &self.gpus,
-                self.config.precision,
-                self.config.vram_margin,
-                self.config.max_batch,
-            ),
+        let batch_budget_s = policy::batch_budget_s(
+            &self.slots[slot].device,
+            &self.gpus,
+            self.config.precision,
+            self.config.vram_margin,
+            self.config.max_batch,
+        );
+        let request = match &job.pcm {
+            None => WorkerRequest::Transcribe {
+                job_id: job.id,
+                path: job.path.clone(),
+                settings: job.settings.clone(),
+                batch_budget_s,
+            },
+            Some(pcm) => WorkerRequest::TranscribeSamples {
+                job_id: job.id,
+                label: job.path.display().to_string(),
+                pcm: pcm.clone(),
+                settings: job.settings.clone(),
+                batch_budget_s,
+            },
         };
         match self.send(slot, &request) {
             Ok(()) => {

@@ -244,6 +244,39 @@ where
                 model.end_job();
                 out.send(&event);
             }
+            WorkerRequest::TranscribeSamples {
+                job_id,
+                label,
+                pcm,
+                settings,
+                batch_budget_s,
+            } => {
+                let Some(model) = model.as_deref_mut() else {
+                    out.send(&WorkerEvent::JobFailed {
+                        job_id,
+                        kind: JobErrorKind::BadModel,
+                        message: format!("no model loaded on {device_label} for {label}"),
+                    });
+                    continue;
+                };
+                // The clip is the job's "file": the same segmenting, batching and events.
+                let clip = move |_: &Path,
+                                 _: &mut dyn FnMut()|
+                      -> Result<(Vec<f32>, Option<String>), String> {
+                    Ok((pcm.to_f32(), None))
+                };
+                let path = std::path::PathBuf::from(label);
+                let job = Job {
+                    job_id,
+                    path: &path,
+                    settings: &settings,
+                    batch_budget_s,
+                    cancelled: &cancelled,
+                };
+                let event = job.run(model, &clip, &mut out);
+                model.end_job();
+                out.send(&event);
+            }
             WorkerRequest::Cancel { .. } => {}
             WorkerRequest::Offload => {
                 let started = Instant::now();
@@ -969,5 +1002,27 @@ mod tests {
         let (kind, message) = failed.expect("the bad file fails");
         assert_eq!(kind, JobErrorKind::BadInput);
         assert!(message.contains("caf\u{fffd}.wav"), "{message}");
+    }
+
+    #[test]
+    fn a_clip_in_memory_is_transcribed_like_a_file_of_its_samples() {
+        let clip = WorkerRequest::TranscribeSamples {
+            job_id: 4,
+            label: "live 1.0–1.5 s".into(),
+            pcm: crate::engine::protocol::Pcm16::from_f32(&[0.25; 8000]),
+            settings: DecodeSettings::default(),
+            batch_budget_s: 30.0,
+        };
+        let events = run(&[load(), clip, WorkerRequest::Shutdown], 8);
+        let Some(WorkerEvent::Done {
+            job_id, transcript, ..
+        }) = events.last()
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!(*job_id, 4);
+        assert_eq!(transcript.text, "n8000");
+        assert_eq!(transcript.path, Path::new("live 1.0–1.5 s"));
+        assert!((transcript.duration_s - 0.5).abs() < 1e-9);
     }
 }

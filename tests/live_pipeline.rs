@@ -1,0 +1,221 @@
+//! The live pipeline end to end on the CPU: the spoken fixtures played through the capture path
+//! (ring buffer, sink loop, WAV copy, live tap) at real-time pace, cut by the VAD, transcribed by
+//! the real `gpuscribe-worker` with the tiny FunASR-made model; and `gpuscribe listen`.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use gpuscribe::engine::batch::transcribe_files;
+use gpuscribe::engine::{
+    DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, IdlePolicy, ResidencyConfig,
+};
+use gpuscribe::live::{LiveConfig, LiveDriver, LiveLine, LiveUpdate, Pace, WavFeed, run_live};
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice")
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        model_dir: Some(data().join("tiny")),
+        target: DeviceTarget::Cpu,
+        residency: ResidencyConfig {
+            offload: IdlePolicy::Never,
+            release_after_secs: None,
+        },
+        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_gpuscribe-worker"))),
+        ..EngineConfig::default()
+    }
+}
+
+fn read_wav(path: &Path) -> Vec<i16> {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    reader.samples::<i16>().map(Result::unwrap).collect()
+}
+
+fn write_wav(path: &Path, samples: &[i16]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        writer.write_sample(s).unwrap();
+    }
+    writer.finalize().unwrap();
+}
+
+/// The three fixtures, 0.5 s of silence before, 1 s after each: 9.9 s of audio.
+fn spoken_wav(dir: &Path) -> (PathBuf, Vec<i16>) {
+    let mut samples = vec![0i16; 8_000];
+    for name in ["en_short", "zh_mid", "ja_long"] {
+        samples.extend(read_wav(&data().join("audio").join(format!("{name}.wav"))));
+        samples.extend(vec![0i16; 16_000]);
+    }
+    let path = dir.join("spoken.wav");
+    write_wav(&path, &samples);
+    (path, samples)
+}
+
+/// What the offline path (`transcribe` of a file) makes of each line's stretch of the audio.
+fn offline_texts(dir: &Path, samples: &[i16], lines: &[&LiveLine]) -> Vec<String> {
+    let paths: Vec<PathBuf> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let from = (line.start * 16_000.0).round() as usize;
+            let to = ((line.end * 16_000.0).round() as usize).min(samples.len());
+            let path = dir.join(format!("cut{i}.wav"));
+            write_wav(&path, &samples[from..to]);
+            path
+        })
+        .collect();
+    transcribe_files(
+        &paths,
+        config(),
+        Vec::new(),
+        &DecodeSettings::default(),
+        &mut |_| {},
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| r.unwrap().raw_text)
+    .collect()
+}
+
+#[test]
+fn live_lines_come_while_the_audio_plays_and_finals_equal_offline_text_of_their_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wav, samples) = spoken_wav(dir.path());
+    let engine = EngineHandle::spawn(config(), Arc::new(|| {})).unwrap();
+    let settings = DecodeSettings::default();
+    gpuscribe::live::warm_up(&engine, &settings, &mut |_| {}).unwrap();
+
+    let copy = dir.path().join("copy.wav");
+    let feed = WavFeed::start(&wav, Pace::RealTime, &copy).unwrap();
+    let started = Instant::now();
+    let mut driver = LiveDriver::new(LiveConfig::default(), settings);
+    let mut seen: Vec<(f64, LiveLine)> = Vec::new();
+    run_live(
+        &feed.tap,
+        &engine,
+        &mut driver,
+        &mut |update| match update {
+            LiveUpdate::Line(line) => seen.push((started.elapsed().as_secs_f64(), line.clone())),
+            other => panic!("{other:?}"),
+        },
+        &mut |_| {},
+    );
+    let duration_s = feed.duration_s;
+    let copy = feed.join().unwrap();
+    // The capture path kept every sample (the WAV writer scales by 32767, so loud samples may
+    // come back one step off).
+    let kept = read_wav(&copy);
+    assert_eq!(kept.len(), samples.len());
+    assert!(
+        kept.iter()
+            .zip(&samples)
+            .all(|(a, b)| (i32::from(*a) - i32::from(*b)).abs() <= 1)
+    );
+
+    let finals: Vec<&LiveLine> = seen
+        .iter()
+        .filter(|(_, l)| !l.partial)
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(finals.len(), 3, "{seen:#?}");
+    // Partials and finals came while the audio was still playing.
+    let first_partial = seen.iter().find(|(_, l)| l.partial).expect("a partial");
+    assert!(
+        first_partial.0 < duration_s - 1.0,
+        "{first_partial:?} of {duration_s} s"
+    );
+    let (at, first_final) = seen.iter().find(|(_, l)| !l.partial).unwrap();
+    assert!(*at < duration_s, "first final at {at} s of {duration_s} s");
+    // Each final line, a real-time stream's utterance end plus at most 2 s on these cores.
+    for (at, line) in seen.iter().filter(|(_, l)| !l.partial) {
+        assert!(*at - line.end < 2.0, "{line:?} came at {at} s");
+    }
+    assert!(first_final.text.len() + first_final.raw_text.len() > 0);
+
+    // The live finals are exactly what the offline path makes of the same stretches of audio.
+    // (Offline transcription of the whole 9.9 s file is one ≤30 s segment, a different cut: the
+    // tiny random model's text for it differs, so only the cut-for-cut comparison is exact.)
+    let offline = offline_texts(dir.path(), &samples, &finals);
+    let live: Vec<String> = finals.iter().map(|l| l.raw_text.clone()).collect();
+    assert_eq!(live, offline);
+}
+
+#[test]
+fn listen_from_wav_fast_json_prints_lines_and_finals_match_offline_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wav, samples) = spoken_wav(dir.path());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gpuscribe"))
+        .args([
+            "--device",
+            "cpu",
+            "listen",
+            "--fast",
+            "--json",
+            "--model-dir",
+        ])
+        .arg(data().join("tiny"))
+        .arg("--from-wav")
+        .arg(&wav)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<LiveLine> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for key in [
+                "start", "end", "text", "partial", "language", "emotion", "event",
+            ] {
+                assert!(v.get(key).is_some(), "{key} missing in {l}");
+            }
+            LiveLine {
+                utterance: v["utterance"].as_u64().unwrap(),
+                start: v["start"].as_f64().unwrap(),
+                end: v["end"].as_f64().unwrap(),
+                text: v["text"].as_str().unwrap().to_owned(),
+                partial: v["partial"].as_bool().unwrap(),
+                language: v["language"].as_str().unwrap().to_owned(),
+                emotion: v["emotion"].as_str().unwrap().to_owned(),
+                event: v["event"].as_str().unwrap().to_owned(),
+                raw_text: v["raw_text"].as_str().unwrap().to_owned(),
+            }
+        })
+        .collect();
+    let finals: Vec<&LiveLine> = lines.iter().filter(|l| !l.partial).collect();
+    assert_eq!(finals.len(), 3, "{lines:#?}\n{stderr}");
+    assert!(stderr.contains("3 utterance(s)"), "{stderr}");
+    let offline = offline_texts(dir.path(), &samples, &finals);
+    let live: Vec<String> = finals.iter().map(|l| l.raw_text.clone()).collect();
+    assert_eq!(live, offline);
+}
+
+#[test]
+fn listen_names_a_missing_file() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gpuscribe"))
+        .args([
+            "--device",
+            "cpu",
+            "listen",
+            "--from-wav",
+            "/nonexistent/talk.wav",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/talk.wav"), "{stderr}");
+}
