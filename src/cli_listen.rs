@@ -87,6 +87,7 @@ pub fn run(
         language: args.language.clone(),
         use_itn: args.itn,
         rich: args.rich,
+        translate: false,
     };
     // Check the input before the model loads.
     if let Some(path) = &args.from_wav

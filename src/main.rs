@@ -103,32 +103,14 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Transcribe(args)) => {
-            // Auto waits a little for the GPU list, then runs on what it has.
-            let status = match first {
-                Some(status) => Some(status),
-                None => feed.wait_first(cli::AUTO_GPU_WAIT).cloned(),
-            };
-            let gpus = match &status {
-                Some(status) => gpuscribe::cli_transcribe::gpus_for_engine(
-                    status,
-                    cuda_visible_devices.as_deref(),
-                ),
-                None => {
-                    eprintln!(
-                        "note: GPU monitor not answering after {} s; running without GPUs",
-                        cli::AUTO_GPU_WAIT.as_secs()
-                    );
-                    Vec::new()
-                }
-            };
+            let gpus = gpus_for_engine(first, &mut feed, cuda_visible_devices.as_deref());
             drop(feed);
             let target = gpuscribe::cli_transcribe::target(device.as_ref());
             let failed = gpuscribe::cli_transcribe::run(&args, target, gpus)?;
             Ok(transcribe_status(failed, args.files.len()))
         }
         Some(Command::Listen(args)) => {
-            let gpus =
-                gpuscribe::cli_transcribe::gpus_for_engine(&first, cuda_visible_devices.as_deref());
+            let gpus = gpus_for_engine(first, &mut feed, cuda_visible_devices.as_deref());
             drop(feed);
             let target = gpuscribe::cli_transcribe::target(device.as_ref());
             let summary =
@@ -143,6 +125,28 @@ fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Model(_)) => Ok(ExitCode::SUCCESS),
         None => run_window(feed, device, cuda_visible_devices, cli.open, &repaint_target)
             .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// The GPUs for the engine: Auto waits a little for the monitor's list, then runs on what it has.
+fn gpus_for_engine(
+    first: Option<gpu::GpuStatus>,
+    feed: &mut gpu::GpuFeed,
+    cuda_visible_devices: Option<&str>,
+) -> Vec<gpuscribe::engine::GpuFree> {
+    let status = match first {
+        Some(status) => Some(status),
+        None => feed.wait_first(cli::AUTO_GPU_WAIT).cloned(),
+    };
+    match &status {
+        Some(status) => gpuscribe::cli_transcribe::gpus_for_engine(status, cuda_visible_devices),
+        None => {
+            eprintln!(
+                "note: GPU monitor not answering after {} s; running without GPUs",
+                cli::AUTO_GPU_WAIT.as_secs()
+            );
+            Vec::new()
+        }
     }
 }
 

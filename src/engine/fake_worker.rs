@@ -394,6 +394,11 @@ impl FakeWorker {
                         return exit;
                     }
                 }
+                WorkerRequest::TranscribeSamples { job_id, label, .. } => {
+                    if let Ending::Exit(exit) = self.job(job_id, Path::new(&label)) {
+                        return exit;
+                    }
+                }
                 WorkerRequest::Cancel { .. } => {}
                 WorkerRequest::Offload => self.send(&WorkerEvent::Offloaded { ms: 1.0 }),
                 WorkerRequest::Restore => self.send(&WorkerEvent::Restored { ms: 1.0 }),

@@ -359,13 +359,14 @@ impl Scheduler {
                 pcm: None,
                 settings,
                 tried: Vec::new(),
+                losses: 0,
             }),
             Request::TranscribeSamples {
                 job_id,
                 label,
                 pcm,
                 settings,
-            } => self.route(Job {
+            } => self.to_place.push_back(Job {
                 id: job_id,
                 path: PathBuf::from(label),
                 pcm: Some(pcm),
