@@ -74,6 +74,8 @@ pub(super) struct Job {
     tried: Vec<DeviceKey>,
     /// Workers lost while running (or loading for) this job.
     losses: u32,
+    /// Why it last had to move to another device.
+    moved_because: Option<String>,
 }
 
 struct Running {
@@ -373,6 +375,7 @@ impl Scheduler {
                 settings,
                 tried: Vec::new(),
                 losses: 0,
+                moved_because: None,
             }),
             Request::Cancel(job_id) => self.cancel(job_id),
             Request::UnloadNow => {
@@ -456,7 +459,13 @@ impl Scheduler {
                 engine: &self.config.engine,
             };
             match policy::place(&job.path, &job.tried, &input) {
-                Placement::Fail { message } => self.fail(&job, message),
+                Placement::Fail { message } => {
+                    let message = match &job.moved_because {
+                        Some(why) => format!("{message}; last: {why}"),
+                        None => message,
+                    };
+                    self.fail(&job, message);
+                }
                 Placement::Run { device, notice } => {
                     if let Some(notice) = notice {
                         self.notice(notice);
@@ -710,6 +719,7 @@ impl Scheduler {
                 self.fail(&job, text);
             } else {
                 job.tried.push(key.clone());
+                job.moved_because = Some(format!("cannot load the model on {label}: {message}"));
                 self.to_place.push_back(job);
             }
         }
@@ -1000,6 +1010,7 @@ impl Scheduler {
                             job.path.display()
                         ));
                         job.tried.push(self.slots[slot].key.clone());
+                        job.moved_because = Some(format!("out of memory on {label}"));
                         // Free the device for the other process before retrying elsewhere.
                         self.apply(slot, Some(Action::Release));
                         self.to_place.push_back(job);
