@@ -362,6 +362,7 @@ impl Scheduler {
                 settings,
                 tried: Vec::new(),
                 losses: 0,
+                moved_because: None,
             }),
             Request::TranscribeSamples {
                 job_id,
