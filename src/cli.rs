@@ -70,6 +70,8 @@ pub enum Command {
     },
     /// Transcribe audio files (`--device all` spreads them over every GPU).
     Transcribe(crate::cli_transcribe::TranscribeArgs),
+    /// List, search and export past transcripts (the window's History).
+    History(crate::cli_history::HistoryArgs),
     /// Serve the model for the app (started by the engine; not for people).
     #[cfg(not(feature = "cuda"))]
     #[command(hide = true)]

@@ -22,9 +22,11 @@
 pub mod app;
 pub mod audio;
 pub mod cli;
+pub mod cli_history;
 pub mod cli_transcribe;
 pub mod engine;
 pub mod gpu;
+pub mod library;
 pub mod model;
 
 /// The application id shared by the window (`with_app_id`), the `.desktop` file and AppStream.

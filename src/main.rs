@@ -32,6 +32,12 @@ fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    // The library needs no GPU monitor.
+    if let Some(Command::History(args)) = &cli.command {
+        gpuscribe::cli_history::run(args)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
     // The egui context exists only once the window does; until then repaints are no-ops and
     // samples wait in the channel.
     let repaint_target: Arc<OnceLock<egui::Context>> = Arc::new(OnceLock::new());
@@ -83,6 +89,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
+        Some(Command::History(_)) => Ok(ExitCode::SUCCESS),
         None => run_window(feed, device, cuda_visible_devices, &repaint_target)
             .map(|()| ExitCode::SUCCESS),
     }
@@ -108,6 +115,11 @@ fn run_window(
         ..Default::default()
     };
     let repaint_target = Arc::clone(repaint_target);
+    // Before eframe reads (and later overwrites) it.
+    let notices: Vec<String> = gpuscribe::app::settings_file_path()
+        .and_then(|path| gpuscribe::app::check_settings_file(&path))
+        .into_iter()
+        .collect();
     eframe::run_native(
         gpuscribe::APP_NAME,
         options,
@@ -124,6 +136,8 @@ fn run_window(
                 device_from_cli,
                 cuda_visible_devices,
                 recordings_dir: default_recordings_dir(),
+                library_path: Some(gpuscribe::library::default_library_path()),
+                notices,
             };
             Ok(Box::new(GpuScribeApp::new(cc, deps)))
         }),

@@ -47,10 +47,13 @@ pub enum TaskResult {
     Exported(DialogAnswer<Result<PathBuf, ExportError>>),
     /// A recording started, or could not.
     RecordingStarted(Result<RecorderHandle, RecordError>),
-    /// A recording stopped; `Err` may still hold the kept file (see [`RecordError::DeviceLost`]).
-    RecordingStopped(Result<PathBuf, RecordError>),
+    /// A recording stopped (with the frames it dropped); `Err` may still hold the kept files
+    /// (see [`RecordError::DeviceLost`]).
+    RecordingStopped(Result<crate::audio::Recorded, RecordError>, u64),
     /// The input devices were listed.
     InputDevices(DeviceList),
+    /// The file manager was started, or could not be (why).
+    ShowFile(Result<(), String>),
 }
 
 /// Starts background tasks and collects their results.
@@ -142,4 +145,20 @@ pub fn start_recording(device_id: Option<&str>, wav_path: PathBuf) -> TaskResult
         }));
     }
     TaskResult::RecordingStarted(Recorder::start(device_id, &wav_path))
+}
+
+/// Opens the folder holding `path` in the file manager (`xdg-open`); waits for it to start.
+pub fn show_file(path: &std::path::Path) -> TaskResult {
+    let folder = path
+        .parent()
+        .filter(|d| d.is_dir())
+        .map(std::path::Path::to_path_buf);
+    let Some(folder) = folder else {
+        return TaskResult::ShowFile(Err(format!("the folder of {} is gone", path.display())));
+    };
+    TaskResult::ShowFile(match std::process::Command::new("xdg-open").arg(&folder).status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("xdg-open {} failed ({status})", folder.display())),
+        Err(err) => Err(format!("cannot open {}: xdg-open: {err}", folder.display())),
+    })
 }
