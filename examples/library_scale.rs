@@ -22,9 +22,30 @@ use gpuscribe::gpu::GpuFeed;
 use gpuscribe::library::{LIBRARY_FILE, Library, NewJob};
 
 const WORDS: [&str; 24] = [
-    "meeting", "budget", "review", "quarterly", "planning", "customer", "release", "schedule",
-    "design", "hiring", "roadmap", "launch", "report", "feedback", "deadline", "contract",
-    "travel", "training", "security", "invoice", "support", "migration", "interview", "holiday",
+    "meeting",
+    "budget",
+    "review",
+    "quarterly",
+    "planning",
+    "customer",
+    "release",
+    "schedule",
+    "design",
+    "hiring",
+    "roadmap",
+    "launch",
+    "report",
+    "feedback",
+    "deadline",
+    "contract",
+    "travel",
+    "training",
+    "security",
+    "invoice",
+    "support",
+    "migration",
+    "interview",
+    "holiday",
 ];
 const HAN: [&str; 16] = [
     "会议", "预算", "明天", "今天", "客户", "项目", "计划", "报告", "时间", "问题", "公司", "市场",
@@ -133,9 +154,23 @@ fn main() {
     );
     println!("| what | matches | median | slowest of 20 |");
     println!("| --- | ---: | ---: | ---: |");
-    println!("| open the library (migrate check, quick_check, recovery) | | {} | |", ms(open));
-    println!("| first history page ({HISTORY_LIMIT} newest) | {} | {} | |", page.len(), ms(first_page));
-    for query in ["meeting", "会议", "预算 review", "zeppelin", "plan", "会议 budget 明天"] {
+    println!(
+        "| open the library (migrate check, quick_check, recovery) | | {} | |",
+        ms(open)
+    );
+    println!(
+        "| first history page ({HISTORY_LIMIT} newest) | {} | {} | |",
+        page.len(),
+        ms(first_page)
+    );
+    for query in [
+        "meeting",
+        "会议",
+        "预算 review",
+        "zeppelin",
+        "plan",
+        "会议 budget 明天",
+    ] {
         let mut times = Vec::new();
         let mut matches = 0;
         for _ in 0..20 {
@@ -181,7 +216,10 @@ fn main() {
             if history.state == LibraryState::Open && history.entries.len() == page.len() {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "the window never showed rows");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the window never showed rows"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         windows.push((started.elapsed(), frames));

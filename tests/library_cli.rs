@@ -68,7 +68,7 @@ fn states(library: &Library) -> Vec<(PathBuf, JobState)> {
         .into_iter()
         .map(|e| (e.path, e.state))
         .collect();
-    rows.sort();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
     rows
 }
 
@@ -203,7 +203,10 @@ fn history_lists_searches_and_exports() {
         .output()
         .expect("history");
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("standup.wav") && table.contains("budget review"), "{table}");
+    assert!(
+        table.contains("standup.wav") && table.contains("budget review"),
+        "{table}"
+    );
 
     let srt = gpuscribe(&data_dir)
         .args(["history", "export", &id.to_string(), "--format", "srt"])
@@ -238,7 +241,10 @@ fn a_damaged_library_is_kept_and_a_new_one_started() {
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("was damaged"), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no transcripts");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "no transcripts"
+    );
     let kept: Vec<PathBuf> = std::fs::read_dir(&data_dir)
         .expect("list")
         .map(|e| e.expect("entry").path())
@@ -321,7 +327,10 @@ fn the_cli_and_the_window_writer_lose_no_rows_when_writing_at_once() {
         assert!(rows.iter().any(|r| &r.0 == file), "{file:?} missing");
     }
     assert_eq!(
-        library.list(Some("window job"), 1000).expect("search").len(),
+        library
+            .list(Some("window job"), 1000)
+            .expect("search")
+            .len(),
         usize::try_from(WINDOW_JOBS).expect("small")
     );
 }

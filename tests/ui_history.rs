@@ -120,7 +120,8 @@ fn stored(library: &Path, texts: &[(&str, &str)]) {
                 recording: None,
             })
             .expect("add");
-        lib.job_done(id, &transcript(&path, text), 5.0).expect("done");
+        lib.job_done(id, &transcript(&path, text), 5.0)
+            .expect("done");
     }
 }
 

@@ -12,9 +12,9 @@ use super::tasks::{self, DialogAnswer, TaskResult};
 use super::{GpuScribeApp, LogLine};
 use crate::audio::{DeviceList, RecordError, RecordEvent};
 use crate::engine::{EngineConfig, Event, JobId, Request};
+use crate::gpu::{GpuStatus, MAX_PLOT_WINDOW};
 use crate::library::service::{LibraryReply, LibraryRequest};
 use crate::library::{NewJob, device_request_text, model_text};
-use crate::gpu::{GpuStatus, MAX_PLOT_WINDOW};
 
 /// Shown when no file dialog could open.
 const NO_DIALOG: &str =
@@ -125,7 +125,8 @@ impl GpuScribeApp {
                 }
             }
             Command::HistoryUndoDelete => {
-                if let (Some(library), Some(entry)) = (&mut self.library, self.history.deleted.take())
+                if let (Some(library), Some(entry)) =
+                    (&mut self.library, self.history.deleted.take())
                 {
                     library.send(LibraryRequest::Undelete(entry.id));
                     self.history.request_list(library, Instant::now());
@@ -137,13 +138,15 @@ impl GpuScribeApp {
                 }
             }
             Command::HistoryExport(format) => {
-                if let Some(transcript) = self.history.open.as_ref().map(|o| o.transcript.clone())
-                {
+                if let Some(transcript) = self.history.open.as_ref().map(|o| o.transcript.clone()) {
                     self.open_dialog("export", move || tasks::save_export(&transcript, format));
                 }
             }
             Command::ShowFile(path) => {
-                if let Err(err) = self.tasks.spawn("show-file", move || tasks::show_file(&path)) {
+                if let Err(err) = self
+                    .tasks
+                    .spawn("show-file", move || tasks::show_file(&path))
+                {
                     self.log_line(format!("cannot open the file manager: {err}"), true);
                 }
             }

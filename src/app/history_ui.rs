@@ -169,8 +169,7 @@ fn entry_row_ui(
                 } else {
                     ui.label(summary);
                 }
-                if entry.state == JobState::Interrupted && ui.small_button(RESUME_LABEL).clicked()
-                {
+                if entry.state == JobState::Interrupted && ui.small_button(RESUME_LABEL).clicked() {
                     commands.push(Command::HistoryResume(entry.id));
                 }
             });

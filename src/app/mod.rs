@@ -189,7 +189,10 @@ impl GpuScribeApp {
         } = deps;
         let (settings, settings_problem) = settings_file::load_settings(cc.storage);
         // The file check before start-up says the same, with the backup's name.
-        if !notices.iter().any(|n| n.contains(settings_file::SAID_BEFORE)) {
+        if !notices
+            .iter()
+            .any(|n| n.contains(settings_file::SAID_BEFORE))
+        {
             notices.extend(settings_problem);
         }
         let library = library_path.and_then(|path| {
@@ -198,7 +201,11 @@ impl GpuScribeApp {
                 path,
                 std::sync::Arc::new(move || ctx.request_repaint()),
             )
-            .map_err(|err| notices.push(format!("the history is off: cannot start its thread: {err}")))
+            .map_err(|err| {
+                notices.push(format!(
+                    "the history is off: cannot start its thread: {err}"
+                ))
+            })
             .ok()
         });
         let history = HistoryView::new(if library.is_some() {

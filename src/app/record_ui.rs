@@ -84,7 +84,9 @@ pub fn input_ui(ui: &mut egui::Ui, view: &InputView<'_>, commands: &mut Vec<Comm
     if dropped > 0 {
         ui.colored_label(
             ERROR_COLOR,
-            format!("⚠ {dropped} frames dropped: the recording has gaps (the disk could not keep up)"),
+            format!(
+                "⚠ {dropped} frames dropped: the recording has gaps (the disk could not keep up)"
+            ),
         );
     }
     microphone_ui(ui, view, commands);

@@ -42,9 +42,10 @@ pub fn check_settings_file(path: &Path) -> Option<String> {
         Ok(text) => problem(text)?,
         Err(err) => format!("not UTF-8 text: {err}"),
     };
-    let name = path
-        .file_name()
-        .map_or_else(|| SETTINGS_FILE.into(), |n| n.to_string_lossy().into_owned());
+    let name = path.file_name().map_or_else(
+        || SETTINGS_FILE.into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let backup = path.with_file_name(format!("{name}.corrupt-{}", crate::library::now_ms()));
     let kept = match std::fs::copy(path, &backup) {
         Ok(_) => format!("the bad file was kept as {}", backup.display()),
@@ -106,7 +107,10 @@ mod tests {
         map.insert(eframe::APP_KEY.to_owned(), good);
         std::fs::write(&path, ron::to_string(&map).expect("ron")).expect("write");
         assert_eq!(check_settings_file(&path), None);
-        map.insert(eframe::APP_KEY.to_owned(), "(device: 12, plot_window: [)".into());
+        map.insert(
+            eframe::APP_KEY.to_owned(),
+            "(device: 12, plot_window: [)".into(),
+        );
         std::fs::write(&path, ron::to_string(&map).expect("ron")).expect("write");
         let message = check_settings_file(&path).expect("reported");
         assert!(message.contains("the app's settings"), "{message}");

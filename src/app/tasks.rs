@@ -156,9 +156,11 @@ pub fn show_file(path: &std::path::Path) -> TaskResult {
     let Some(folder) = folder else {
         return TaskResult::ShowFile(Err(format!("the folder of {} is gone", path.display())));
     };
-    TaskResult::ShowFile(match std::process::Command::new("xdg-open").arg(&folder).status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(format!("xdg-open {} failed ({status})", folder.display())),
-        Err(err) => Err(format!("cannot open {}: xdg-open: {err}", folder.display())),
-    })
+    TaskResult::ShowFile(
+        match std::process::Command::new("xdg-open").arg(&folder).status() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("xdg-open {} failed ({status})", folder.display())),
+            Err(err) => Err(format!("cannot open {}: xdg-open: {err}", folder.display())),
+        },
+    )
 }

@@ -81,7 +81,11 @@ fn create_unique(
 ) -> Result<(hound::WavWriter<BufWriter<File>>, PathBuf), RecordError> {
     let mut candidate = wanted.to_owned();
     for n in 2..=MAX_NAME_TRIES + 1 {
-        match OpenOptions::new().write(true).create_new(true).open(&candidate) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
             Ok(file) => {
                 let writer = hound::WavWriter::new(BufWriter::new(file), spec(sample_rate_hz))
                     .map_err(|source| RecordError::CreateWav {
@@ -154,7 +158,11 @@ impl WavSink {
         if let Some(writer) = self.writer.take() {
             writer.finalize().map_err(|e| self.write_error(e))?;
         }
-        let first = self.parts.first().cloned().unwrap_or_else(|| self.path.clone());
+        let first = self
+            .parts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.path.clone());
         let wanted = with_suffix(&first, &format!("-part{}", self.parts.len() + 1));
         let (writer, path) = create_unique(&wanted, self.sample_rate_hz)?;
         self.writer = Some(writer);
@@ -191,9 +199,11 @@ impl WavSink {
             // Clamp, then scale to i16: the cast saturates, so out-of-range floats cannot wrap.
             let value = (sample.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
             let Some(writer) = self.writer.as_mut() else {
-                return Err(self.write_error(hound::Error::IoError(std::io::Error::other(
-                    "the recording file is closed",
-                ))));
+                return Err(
+                    self.write_error(hound::Error::IoError(std::io::Error::other(
+                        "the recording file is closed",
+                    ))),
+                );
             };
             if let Err(source) = writer.write_sample(value) {
                 return Err(self.write_error(source));

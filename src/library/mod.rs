@@ -294,7 +294,18 @@ impl Library {
         };
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
-        // Reading the mode forces SQLite to read the header: a non-database fails here.
+        // Reading the version makes SQLite read the header: a non-database fails here. A file
+        // from a newer version is refused before anything (the journal mode too) is changed.
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if found > schema::latest_version() {
+            return Err(LibraryError::TooNew {
+                path: path.to_owned(),
+                found,
+                known: schema::latest_version(),
+            });
+        }
         let _mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(sql)?;
@@ -438,7 +449,9 @@ impl Library {
         let ids: Vec<i64> = {
             let mut stmt = self
                 .conn
-                .prepare("SELECT id FROM jobs WHERE deleted_at_ms IS NOT NULL AND deleted_at_ms < ?1")
+                .prepare(
+                    "SELECT id FROM jobs WHERE deleted_at_ms IS NOT NULL AND deleted_at_ms < ?1",
+                )
                 .map_err(|e| self.sql(e))?;
             stmt.query_map([cutoff], |r| r.get(0))
                 .and_then(Iterator::collect)
@@ -495,7 +508,10 @@ fn move_aside(path: &Path) -> Result<PathBuf, LibraryError> {
         if side.exists() {
             let kept = backup.with_file_name(format!(
                 "{}{suffix}",
-                backup.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                backup
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
             ));
             let _ = std::fs::rename(&side, kept);
         }

@@ -41,7 +41,11 @@ impl JobRecorder {
     }
 
     /// Marks an engine job interrupted (its engine was stopped) and forgets it.
-    pub fn interrupted(&mut self, library: &mut Library, job_id: JobId) -> Result<(), LibraryError> {
+    pub fn interrupted(
+        &mut self,
+        library: &mut Library,
+        job_id: JobId,
+    ) -> Result<(), LibraryError> {
         match self.ids.remove(&job_id) {
             Some(id) => library.job_interrupted(id),
             None => Ok(()),

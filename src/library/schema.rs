@@ -119,12 +119,18 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), LibraryError> {
     let current: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sql)?;
-    for (version, migration) in MIGRATIONS.iter().enumerate().skip(
-        usize::try_from(current).unwrap_or(usize::MAX),
-    ) {
+    for (version, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(usize::MAX))
+    {
         tx.execute_batch(migration).map_err(sql)?;
-        tx.pragma_update(None, "user_version", i64::try_from(version + 1).unwrap_or(i64::MAX))
-            .map_err(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(version + 1).unwrap_or(i64::MAX),
+        )
+        .map_err(sql)?;
     }
     tx.commit().map_err(sql)
 }

@@ -92,7 +92,11 @@ fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
 }
 
 fn mtime_ms(meta: &std::fs::Metadata) -> Option<i64> {
-    let since = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let since = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
     i64::try_from(since.as_millis()).ok()
 }
 
@@ -424,25 +428,23 @@ impl Library {
                 );
                 self.conn
                     .prepare_cached(&sql)
-                    .and_then(|mut stmt| {
-                        stmt.query_map([limit], entry_from_row)?.collect()
-                    })
+                    .and_then(|mut stmt| stmt.query_map([limit], entry_from_row)?.collect())
             }
             Some(text) => {
                 let Some(query) = fts_query(text) else {
                     return Ok(Vec::new());
                 };
                 let sql = format!(
-                    "SELECT {ENTRY_COLUMNS} FROM transcript_fts f JOIN {ENTRY_FROM} ON j.id = f.rowid
+                    "SELECT {ENTRY_COLUMNS} FROM transcript_fts f JOIN jobs j ON j.id = f.rowid
+                     LEFT JOIN transcripts t ON t.job_id = j.id
+                     LEFT JOIN recordings r ON r.id = j.recording_id
                      WHERE transcript_fts MATCH ?1 AND j.deleted_at_ms IS NULL
                      ORDER BY j.created_at_ms DESC, j.id DESC LIMIT ?2"
                 );
-                self.conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut stmt| {
-                        stmt.query_map(params![query, limit], entry_from_row)?
-                            .collect()
-                    })
+                self.conn.prepare_cached(&sql).and_then(|mut stmt| {
+                    stmt.query_map(params![query, limit], entry_from_row)?
+                        .collect()
+                })
             }
         };
         result.map_err(|e| self.sql(e))

@@ -104,7 +104,10 @@ fn jobs_are_written_as_results_arrive_and_read_back() {
     // Full-text search finds a word inside unspaced Chinese text, and the file's name.
     let found = lib.list(Some("会议"), 10).expect("search");
     assert_eq!(found.iter().map(|e| e.id).collect::<Vec<_>>(), [id]);
-    assert_eq!(lib.list(Some("会议"), 10).expect("search")[0].preview, done.text);
+    assert_eq!(
+        lib.list(Some("会议"), 10).expect("search")[0].preview,
+        done.text
+    );
     assert!(lib.list(Some("下午"), 10).expect("search").is_empty());
     assert_eq!(lib.list(Some("会议.wav"), 10).expect("search").len(), 1);
 
@@ -121,8 +124,12 @@ fn english_words_match_by_prefix_and_all_terms_must_match() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
     let a = lib.add_job(&job("a.wav")).expect("add");
-    lib.job_done(a, &transcript("a.wav", "The quarterly meeting starts", 1.0), 1.0)
-        .expect("done");
+    lib.job_done(
+        a,
+        &transcript("a.wav", "The quarterly meeting starts", 1.0),
+        1.0,
+    )
+    .expect("done");
     let b = lib.add_job(&job("b.wav")).expect("add");
     lib.job_done(b, &transcript("b.wav", "A meeting about budgets", 1.0), 1.0)
         .expect("done");
@@ -172,7 +179,12 @@ fn jobs_of_a_dead_session_become_interrupted_and_can_resume() {
     assert_eq!(state(&third, running), JobState::Interrupted);
     assert_eq!(state(&third, queued), JobState::Interrupted);
     assert_eq!(
-        third.get(done).expect("get").expect("present").transcript.text,
+        third
+            .get(done)
+            .expect("get")
+            .expect("present")
+            .transcript
+            .text,
         "kept"
     );
 
@@ -211,7 +223,10 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     }
     let before = std::fs::read(&path).expect("read");
     let err = Library::open(&path).expect_err("too new");
-    assert!(matches!(err, LibraryError::TooNew { found: 99, .. }), "{err}");
+    assert!(
+        matches!(err, LibraryError::TooNew { found: 99, .. }),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&path).expect("read"), before);
 }
 
@@ -240,7 +255,12 @@ fn recording_parts_read_as_one_transcript() {
     let whole = lib.get(ids[0]).expect("get").expect("present");
     assert_eq!(whole.transcript.text, "first second");
     assert_eq!(whole.transcript.duration_s, 20.0);
-    let starts: Vec<f64> = whole.transcript.segments.iter().map(|s| s.start_s).collect();
+    let starts: Vec<f64> = whole
+        .transcript
+        .segments
+        .iter()
+        .map(|s| s.start_s)
+        .collect();
     assert_eq!(starts, [0.0, 10.0]);
 }
 
