@@ -70,7 +70,7 @@ fn synthetic(rng: &mut Rng, i: usize) -> FileTranscript {
     for s in 0..5 {
         let mut text = String::new();
         for _ in 0..12 {
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 text.push_str(HAN[rng.next() % HAN.len()]);
             } else {
                 text.push(' ');

@@ -188,13 +188,13 @@ impl GpuScribeApp {
             self.log_line(text, is_error);
         }
         for (id, job) in resumes {
-            self.resume(id, job);
+            self.resume(id, &job);
         }
         wait
     }
 
     /// Queues a stored job again, under its library row.
-    fn resume(&mut self, library_id: i64, job: NewJob) {
+    fn resume(&mut self, library_id: i64, job: &NewJob) {
         let Some(engine) = &self.engine else {
             self.log_line(
                 "the transcription engine is not running; nothing was queued".to_owned(),

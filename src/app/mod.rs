@@ -204,7 +204,7 @@ impl GpuScribeApp {
             .map_err(|err| {
                 notices.push(format!(
                     "the history is off: cannot start its thread: {err}"
-                ))
+                ));
             })
             .ok()
         });

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use super::{HistoryEntry, JobRecorder, Library, NewJob, StoredJob};
 use crate::engine::{Event, JobId};
@@ -242,11 +242,8 @@ fn serve(
     };
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
-        loop {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok(request) = requests.try_recv() {
+            batch.push(request);
         }
         // Only the newest list request of a batch is answered.
         let last_list = batch

@@ -533,7 +533,7 @@ impl Library {
     /// A recording's parts as one transcript: segments shifted by the parts before them, texts
     /// and raw texts joined.
     fn join_parts(&self, recording_id: i64, into: &mut FileTranscript) -> Result<(), LibraryError> {
-        let parts: Vec<(i64, Option<f64>, Option<String>, Option<String>)> = self
+        let parts: Vec<PartRow> = self
             .conn
             .prepare_cached(
                 "SELECT j.id, j.duration_s, t.text, t.raw_text FROM jobs j
@@ -580,6 +580,9 @@ impl Library {
             .map_err(|e| self.sql(e))
     }
 }
+
+/// A recording part: job id, length, text, raw text.
+type PartRow = (i64, Option<f64>, Option<String>, Option<String>);
 
 fn insert_segments(
     tx: &rusqlite::Transaction<'_>,
