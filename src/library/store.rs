@@ -431,6 +431,8 @@ impl Library {
                     .and_then(|mut stmt| stmt.query_map([limit], entry_from_row)?.collect())
             }
             Some(text) => {
+                // Newest first by id (ids grow with time): FTS5 walks its index backwards and
+                // stops at the limit, instead of sorting every match.
                 let Some(query) = fts_query(text) else {
                     return Ok(Vec::new());
                 };
@@ -439,7 +441,7 @@ impl Library {
                      LEFT JOIN transcripts t ON t.job_id = j.id
                      LEFT JOIN recordings r ON r.id = j.recording_id
                      WHERE transcript_fts MATCH ?1 AND j.deleted_at_ms IS NULL
-                     ORDER BY j.created_at_ms DESC, j.id DESC LIMIT ?2"
+                     ORDER BY f.rowid DESC LIMIT ?2"
                 );
                 self.conn.prepare_cached(&sql).and_then(|mut stmt| {
                     stmt.query_map(params![query, limit], entry_from_row)?
