@@ -79,6 +79,8 @@ pub enum Command {
     Model(crate::cli_model::ModelArgs),
     /// Live captions from a microphone (or a WAV file played at real-time pace).
     Listen(crate::cli_listen::ListenArgs),
+    /// List, search and export past transcripts (the window's History).
+    History(crate::cli_history::HistoryArgs),
     /// Serve the model for the app (started by the engine; not for people).
     #[cfg(not(feature = "cuda"))]
     #[command(hide = true)]

@@ -62,6 +62,9 @@ pub struct TranscribeArgs {
     /// How SRT and VTT cues are cut.
     #[command(flatten)]
     pub cues: CueArgs,
+    /// Do not record these jobs in the transcript library (`gpuscribe history`).
+    #[arg(long)]
+    pub no_history: bool,
 }
 
 /// The GPUs as the engine needs them, from the monitor's first sample.
@@ -137,7 +140,7 @@ pub fn run(
         rich: args.rich,
         translate: args.translate,
     };
-    let mut on_event = |event: &Event| match event {
+    let on_event = |event: &Event| match event {
         Event::Notice(message) => eprintln!("note: {message}"),
         Event::JobStarted { device, .. } => tracing::info!("running on {device}"),
         Event::JobDecoded {
@@ -145,6 +148,14 @@ pub fn run(
             ..
         } => eprintln!("warning: {warning}"),
         _ => {}
+    };
+    // Every job is in the library from the start; each event is written as it arrives.
+    let mut history = crate::library::CliHistory::for_transcribe(args, &config, &settings);
+    let mut on_event = |event: &Event| {
+        if let Some(history) = &mut history {
+            history.on_event(event);
+        }
+        on_event(event);
     };
     let results = transcribe_files(&args.files, config, gpus, &settings, &mut on_event)?;
     let mut failed = 0;

@@ -52,6 +52,12 @@ fn main() -> anyhow::Result<ExitCode> {
         });
     }
 
+    // The library needs no GPU monitor.
+    if let Some(Command::History(args)) = &cli.command {
+        gpuscribe::cli_history::run(args)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
     // The egui context exists only once the window does; until then repaints are no-ops and
     // samples wait in the channel.
     let repaint_target: Arc<OnceLock<egui::Context>> = Arc::new(OnceLock::new());
@@ -122,7 +128,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
-        Some(Command::Model(_)) => Ok(ExitCode::SUCCESS),
+        Some(Command::Model(_) | Command::History(_)) => Ok(ExitCode::SUCCESS),
         None => run_window(feed, device, cuda_visible_devices, cli.open, &repaint_target)
             .map(|()| ExitCode::SUCCESS),
     }
@@ -180,6 +186,11 @@ fn run_window(
         ..Default::default()
     };
     let repaint_target = Arc::clone(repaint_target);
+    // Before eframe reads (and later overwrites) it.
+    let notices: Vec<String> = gpuscribe::app::settings_file_path()
+        .and_then(|path| gpuscribe::app::check_settings_file(&path))
+        .into_iter()
+        .collect();
     eframe::run_native(
         gpuscribe::APP_NAME,
         options,
@@ -200,6 +211,8 @@ fn run_window(
                 recordings_dir: default_recordings_dir(),
                 open_paths,
                 model_store: Some(gpuscribe::model_store::StoreConfig::from_env()),
+                library_path: Some(gpuscribe::library::default_library_path()),
+                notices,
             };
             Ok(Box::new(GpuScribeApp::new(cc, deps)))
         }),

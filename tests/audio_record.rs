@@ -166,3 +166,67 @@ fn unknown_device_fails_to_start_with_a_typed_error() {
         "{text}"
     );
 }
+
+#[test]
+fn past_the_part_limit_the_recording_goes_on_in_a_next_file_without_losing_a_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.wav");
+    let (mut producer, mut consumer) = rtrb::RingBuffer::<f32>::new(8_192);
+    let (stop_tx, stop_rx) = bounded::<()>(1);
+    let (_fault_tx, fault_rx) = bounded::<StreamFault>(1);
+    let (events_tx, _events_rx) = bounded(64);
+    // 1,000 frames (2,000 bytes) per part; 2,500 frames → three files.
+    let mut sink = WavSink::create(&path, RATE_HZ, Duration::from_millis(10))
+        .unwrap()
+        .with_part_limit(2_000);
+    let audio = tone(2_500, 0);
+    for chunk in audio.chunks(300) {
+        producer.push_entire_slice(chunk).unwrap();
+        sink.drain(&mut consumer).unwrap();
+    }
+    stop_tx.send(()).unwrap();
+    run_sink_loop(&mut consumer, &mut sink, &stop_rx, &fault_rx, &events_tx).unwrap();
+    let (parts, recorded_s) = sink.finish_parts().unwrap();
+    assert_eq!(
+        parts,
+        [
+            path.clone(),
+            dir.path().join("long-part2.wav"),
+            dir.path().join("long-part3.wav")
+        ]
+    );
+    assert!((recorded_s - 2_500.0 / f64::from(RATE_HZ)).abs() < 1e-9);
+    let mut joined = Vec::new();
+    let mut lengths = Vec::new();
+    for part in &parts {
+        let (spec, samples) = read_i16(part);
+        assert_eq!((spec.channels, spec.sample_rate), (1, RATE_HZ));
+        lengths.push(samples.len());
+        joined.extend(samples);
+    }
+    assert_eq!(lengths, [1_000, 1_000, 500]);
+    let expected: Vec<i16> = audio.iter().map(|&x| to_i16(x)).collect();
+    assert_eq!(joined, expected, "every frame, in order, across the parts");
+}
+
+#[test]
+fn a_recording_never_overwrites_an_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("20261201-090000.123Z.wav");
+    std::fs::write(&path, b"an earlier recording").unwrap();
+    let (mut producer, mut consumer) = rtrb::RingBuffer::<f32>::new(1_024);
+    let mut first = WavSink::create(&path, RATE_HZ, Duration::from_secs(1)).unwrap();
+    let mut second = WavSink::create(&path, RATE_HZ, Duration::from_secs(1)).unwrap();
+    let taken = dir.path().join("20261201-090000.123Z-2.wav");
+    assert_eq!(first.path(), taken);
+    assert_eq!(second.path(), dir.path().join("20261201-090000.123Z-3.wav"));
+    producer.push_entire_slice(&tone(10, 0)).unwrap();
+    first.drain(&mut consumer).unwrap();
+    producer.push_entire_slice(&tone(20, 0)).unwrap();
+    second.drain(&mut consumer).unwrap();
+    let (second_path, _) = second.finish().unwrap();
+    let (first_path, _) = first.finish().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"an earlier recording");
+    assert_eq!(read_i16(&first_path).1.len(), 10);
+    assert_eq!(read_i16(&second_path).1.len(), 20);
+}

@@ -114,8 +114,8 @@ fn run_child(dir: &Path) {
     // The clock-less plugin delivers audio much faster than real time, so the writer can fall
     // behind and the callback drops frames: that is expected here, and reported.
     eprintln!("dropped frames: {}", handle.dropped_frames());
-    let path = handle.stop().unwrap();
-    let mut reader = hound::WavReader::open(&path).unwrap();
+    let recorded = handle.stop().unwrap();
+    let mut reader = hound::WavReader::open(recorded.path()).unwrap();
     let rate = reader.spec().sample_rate;
     let samples: Vec<f32> = reader
         .samples::<i16>()

@@ -12,9 +12,11 @@ use super::recording::RecordState;
 use super::tasks::{self, DialogAnswer, TaskResult};
 use super::{GpuScribeApp, LogLine};
 use crate::audio::{DeviceList, RecordError, RecordEvent};
-use crate::engine::{EngineConfig, Event, Request};
+use crate::engine::{EngineConfig, Event, JobId, Request};
 use crate::gpu::{GpuStatus, MAX_PLOT_WINDOW};
 use crate::live::Handled;
+use crate::library::service::{LibraryReply, LibraryRequest};
+use crate::library::{NewJob, device_request_text, model_text};
 
 /// Shown when no file dialog could open.
 const NO_DIALOG: &str =
@@ -103,6 +105,72 @@ impl GpuScribeApp {
                 }
             }
             Command::ClearLog => self.log.clear(),
+            Command::SetTab(tab) => {
+                self.tab = tab;
+                if tab == super::LeftTab::History
+                    && let Some(library) = &mut self.library
+                {
+                    self.history.request_list(library, Instant::now());
+                }
+            }
+            Command::HistorySearch(text) => {
+                self.history.search = text;
+                if let Some(library) = &mut self.library {
+                    self.history.request_list(library, Instant::now());
+                }
+            }
+            Command::HistoryOpen(id) => {
+                if let Some(library) = &mut self.library {
+                    self.history.request_open(library, id);
+                }
+            }
+            Command::HistoryClose => {
+                self.history.open = None;
+                self.history.opening = None;
+            }
+            Command::HistoryDelete(id) => {
+                if let Some(library) = &mut self.library {
+                    library.send(LibraryRequest::Delete(id));
+                    let entry = self
+                        .history
+                        .entries
+                        .iter()
+                        .find(|e| e.id == id)
+                        .cloned()
+                        .or_else(|| self.history.open.as_ref().map(|o| o.entry.clone()));
+                    self.history.entries.retain(|e| e.id != id);
+                    if self.history.open.as_ref().is_some_and(|o| o.entry.id == id) {
+                        self.history.open = None;
+                    }
+                    self.history.deleted = entry;
+                }
+            }
+            Command::HistoryUndoDelete => {
+                if let (Some(library), Some(entry)) =
+                    (&mut self.library, self.history.deleted.take())
+                {
+                    library.send(LibraryRequest::Undelete(entry.id));
+                    self.history.request_list(library, Instant::now());
+                }
+            }
+            Command::HistoryResume(id) => {
+                if let Some(library) = &mut self.library {
+                    library.send(LibraryRequest::Resume(id));
+                }
+            }
+            Command::HistoryExport(format) => {
+                if let Some(transcript) = self.history.open.as_ref().map(|o| o.transcript.clone()) {
+                    self.open_dialog("export", move || tasks::save_export(&transcript, format));
+                }
+            }
+            Command::ShowFile(path) => {
+                if let Err(err) = self
+                    .tasks
+                    .spawn("show-file", move || tasks::show_file(&path))
+                {
+                    self.log_line(format!("cannot open the file manager: {err}"), true);
+                }
+            }
         }
     }
 
@@ -128,6 +196,63 @@ impl GpuScribeApp {
         if !files.is_empty() {
             self.queue_files(&files);
         }
+    }
+
+    /// What a new job is recorded with in the library.
+    fn library_job(&self, path: PathBuf) -> NewJob {
+        NewJob {
+            path,
+            settings: self.settings.decode.clone(),
+            device_request: device_request_text(&target_for(self.device_choice())),
+            model: model_text(self.settings.model_dir.as_deref()),
+            recording: None,
+        }
+    }
+
+    /// Takes the library thread's replies; returns when a history refresh is due next.
+    pub(super) fn drain_library(&mut self) -> Option<std::time::Duration> {
+        let library = self.library.as_mut()?;
+        library.flush();
+        let mut lines = Vec::new();
+        let mut resumes = Vec::new();
+        for reply in library.drain() {
+            if let LibraryReply::Resume(id, job) = reply {
+                resumes.push((id, job));
+            } else {
+                lines.extend(self.history.apply(reply));
+            }
+        }
+        let now = Instant::now();
+        let wait = if self.tab == super::LeftTab::History {
+            self.history.reload_if_changed(library);
+            self.history.refresh_if_due(library, now)
+        } else {
+            None
+        };
+        for (text, is_error) in lines {
+            self.log_line(text, is_error);
+        }
+        for (id, job) in resumes {
+            self.resume(id, &job);
+        }
+        wait
+    }
+
+    /// Queues a stored job again, under its library row.
+    fn resume(&mut self, library_id: i64, job: &NewJob) {
+        let Some(engine) = &self.engine else {
+            self.log_line(
+                "the transcription engine is not running; nothing was queued".to_owned(),
+                true,
+            );
+            return;
+        };
+        let job_id = engine.transcribe(job.path.clone(), job.settings.clone());
+        self.jobs.push(job_id, job.path.clone(), Instant::now());
+        if let Some(library) = &mut self.library {
+            library.send(LibraryRequest::Attach { job_id, library_id });
+        }
+        self.log_line(format!("resumed: {}", job.path.display()), false);
     }
 
     fn send(&self, request: Request) {
@@ -174,8 +299,21 @@ impl GpuScribeApp {
                 tracing::warn!("cannot stop the old engine in the background: {err}");
             }
         }
+        let unfinished: Vec<JobId> = self
+            .jobs
+            .rows()
+            .iter()
+            .filter(|r| !r.status.is_finished())
+            .map(|r| r.job_id)
+            .collect();
+        if let Some(library) = &mut self.library
+            && !unfinished.is_empty()
+        {
+            // Kept as interrupted in History, with Resume.
+            library.send(LibraryRequest::Interrupted(unfinished));
+        }
         self.jobs
-            .fail_unfinished("stopped: the model or its folder was changed");
+            .fail_unfinished("stopped: the model or its folder was changed (Resume it in History)");
         self.engine_view.slots.clear();
         self.start_engine();
         let source = self.settings.model_dir.as_ref().map_or_else(
@@ -218,10 +356,52 @@ impl GpuScribeApp {
             return;
         };
         let now = Instant::now();
+        let mut queued = Vec::with_capacity(files.len());
         for path in files {
             let job_id = engine.transcribe(path.clone(), self.settings.decode.clone());
             self.jobs.push(job_id, path.clone(), now);
+            queued.push(job_id);
         }
+        self.record_queued(files, &queued, None);
+    }
+
+    /// Records queued jobs in the library (`recording`: they are the parts of this one).
+    fn record_queued(&mut self, files: &[PathBuf], job_ids: &[JobId], recording: Option<u64>) {
+        let jobs: Vec<NewJob> = files.iter().map(|p| self.library_job(p.clone())).collect();
+        let Some(library) = &mut self.library else {
+            return;
+        };
+        for ((job, &job_id), part) in jobs.into_iter().zip(job_ids).zip(0u32..) {
+            library.send(match recording {
+                Some(token) => LibraryRequest::QueuedPart {
+                    job_id,
+                    job,
+                    token,
+                    part,
+                },
+                None => LibraryRequest::Queued { job_id, job },
+            });
+        }
+    }
+
+    /// Queues a recording's parts, recorded as parts of it.
+    fn queue_recording(&mut self, parts: &[PathBuf], token: Option<u64>) {
+        let Some(engine) = &self.engine else {
+            self.log_line(
+                "the transcription engine is not running; the recording was kept but not queued"
+                    .to_owned(),
+                true,
+            );
+            return;
+        };
+        let now = Instant::now();
+        let mut queued = Vec::with_capacity(parts.len());
+        for path in parts {
+            let job_id = engine.transcribe(path.clone(), self.settings.decode.clone());
+            self.jobs.push(job_id, path.clone(), now);
+            queued.push(job_id);
+        }
+        self.record_queued(parts, &queued, token);
     }
 
     pub(super) fn drain_gpu_feed(&mut self) {
@@ -284,6 +464,9 @@ impl GpuScribeApp {
                         }
                     }) => {}
                 job_event => {
+                    if let Some(library) = &mut self.library {
+                        library.send(LibraryRequest::Event(job_event.clone()));
+                    }
                     if let Event::JobFailed {
                         message,
                         cancelled: false,
@@ -331,6 +514,17 @@ impl GpuScribeApp {
             }
             TaskResult::RecordingStarted(Ok(handle)) => {
                 if matches!(self.recording.state, RecordState::Starting) {
+                    let token = self.next_recording_token;
+                    self.next_recording_token += 1;
+                    if let Some(library) = &mut self.library {
+                        library.send(LibraryRequest::RecordingStarted {
+                            token,
+                            path: handle.wav_path().to_owned(),
+                            input_device: handle.device_name().to_owned(),
+                            sample_rate_hz: handle.sample_rate_hz(),
+                        });
+                    }
+                    self.recording_token = Some(token);
                     self.recording.state = RecordState::Recording(handle);
                     self.send(Request::Recording(true));
                 }
@@ -340,7 +534,7 @@ impl GpuScribeApp {
                 self.recording.live = None;
                 self.record_error(&err);
             }
-            TaskResult::RecordingStopped(result) => {
+            TaskResult::RecordingStopped(result, dropped_frames) => {
                 self.recording.state = RecordState::Idle;
                 // The saved file is transcribed as a whole next; its transcript replaces the
                 // live lines.
@@ -350,23 +544,51 @@ impl GpuScribeApp {
                     }
                 }
                 self.send(Request::Recording(false));
-                match result {
-                    Ok(path) => {
-                        self.log_line(format!("recorded: {}", path.display()), false);
-                        self.queue_files(&[path]);
+                let token = self.recording_token.take();
+                let dropped = if dropped_frames > 0 {
+                    format!(" ({dropped_frames} frames dropped: the disk could not keep up)")
+                } else {
+                    String::new()
+                };
+                let (parts, recorded_s, ok) = match result {
+                    Ok(recorded) => {
+                        self.log_line(
+                            format!("recorded: {}{dropped}", recorded.path().display()),
+                            dropped_frames > 0,
+                        );
+                        (recorded.parts, recorded.recorded_s, true)
                     }
                     Err(err) => {
                         self.record_error(&err);
-                        // What was written before the failure is a valid WAV: transcribe it.
-                        if let RecordError::DeviceLost { path, .. }
-                        | RecordError::WriteWav { path, .. } = &err
-                            && path.is_file()
-                        {
-                            self.queue_files(std::slice::from_ref(path));
-                        }
+                        // What was written before the failure is valid WAV: transcribe it.
+                        let kept = match err {
+                            RecordError::DeviceLost {
+                                parts, recorded_s, ..
+                            } => (parts, recorded_s),
+                            RecordError::WriteWav { path, .. } if path.is_file() => {
+                                (vec![path], 0.0)
+                            }
+                            _ => (Vec::new(), 0.0),
+                        };
+                        (kept.0, kept.1, false)
                     }
+                };
+                self.recording.last_dropped_frames = dropped_frames;
+                if let (Some(library), Some(token)) = (&mut self.library, token) {
+                    library.send(LibraryRequest::RecordingFinished {
+                        token,
+                        duration_s: recorded_s,
+                        dropped_frames,
+                        parts: u32::try_from(parts.len()).unwrap_or(u32::MAX),
+                        ok,
+                    });
+                }
+                if !parts.is_empty() {
+                    self.queue_recording(&parts, token);
                 }
             }
+            TaskResult::ShowFile(Err(message)) => self.log_line(message, true),
+            TaskResult::ShowFile(Ok(())) => {}
             TaskResult::InputDevices(devices) => self.recording.devices = Some(devices),
             TaskResult::Panicked { task, message } => {
                 match task.as_str() {
@@ -418,6 +640,7 @@ impl GpuScribeApp {
             return;
         }
         self.recording.error = None;
+        self.recording.last_dropped_frames = 0;
         let path = self
             .recordings_dir
             .join(recording_file_name(SystemTime::now()));
@@ -442,7 +665,9 @@ impl GpuScribeApp {
         };
         self.recording.state = RecordState::Stopping;
         let spawned = self.tasks.spawn("record-stop", move || {
-            TaskResult::RecordingStopped(handle.stop())
+            let dropped = handle.dropped_frames();
+            let result = handle.stop();
+            TaskResult::RecordingStopped(result, dropped)
         });
         if let Err(err) = spawned {
             self.recording.state = RecordState::Idle;

@@ -57,4 +57,22 @@ pub enum Command {
     CancelModelDownload,
     /// Empty the message log.
     ClearLog,
+    /// Show the transcription tab or the history.
+    SetTab(super::LeftTab),
+    /// Search the history (empty: list everything).
+    HistorySearch(String),
+    /// Open a stored transcript.
+    HistoryOpen(i64),
+    /// Back to the history list.
+    HistoryClose,
+    /// Delete a stored transcript (Undo brings it back).
+    HistoryDelete(i64),
+    /// Bring the last deleted transcript back.
+    HistoryUndoDelete,
+    /// Queue a stored job again with the options it had.
+    HistoryResume(i64),
+    /// Save the opened stored transcript (asks where).
+    HistoryExport(ExportFormat),
+    /// Open the folder holding this file.
+    ShowFile(PathBuf),
 }

@@ -60,22 +60,23 @@ fn collect_audio(dir: &Path, depth_left: usize, out: &mut Vec<PathBuf>) {
 }
 
 /// The default recordings folder: `<data dir>/recordings` (e.g.
-/// `~/.local/share/gpuscribe/recordings`), or the temp folder where there is no home.
+/// `~/.local/share/gpuscribe/recordings`; see [`crate::library::data_dir`]).
 pub fn default_recordings_dir() -> PathBuf {
-    directories::ProjectDirs::from("io.github", "gpuscribe", "GpuScribe").map_or_else(
-        || std::env::temp_dir().join("gpuscribe-recordings"),
-        |dirs| dirs.data_dir().join("recordings"),
-    )
+    crate::library::data_dir().join("recordings")
 }
 
-/// A new recording's file name from the wall clock, in UTC: `20261123-142501Z.wav`.
+/// A new recording's file name from the wall clock, in UTC, to the millisecond:
+/// `20261123-142501.123Z.wav`. Two recordings in the same millisecond still get two files: the
+/// writer takes the next free `-2`, `-3`, … name and never truncates one.
 pub fn recording_file_name(now: SystemTime) -> String {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let millis = since.subsec_millis();
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
     format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}Z.wav",
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}.{millis:03}Z.wav",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
@@ -127,8 +128,8 @@ mod tests {
     #[test]
     fn recording_names_are_utc_timestamps() {
         // 2024-02-29 23:59:58 UTC, checked with `date -u -d @1709251198`.
-        let at = UNIX_EPOCH + Duration::from_secs(1_709_251_198);
-        assert_eq!(recording_file_name(at), "20240229-235958Z.wav");
-        assert_eq!(recording_file_name(UNIX_EPOCH), "19700101-000000Z.wav");
+        let at = UNIX_EPOCH + Duration::from_millis(1_709_251_198_042);
+        assert_eq!(recording_file_name(at), "20240229-235958.042Z.wav");
+        assert_eq!(recording_file_name(UNIX_EPOCH), "19700101-000000.000Z.wav");
     }
 }

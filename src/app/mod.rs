@@ -18,6 +18,8 @@ mod fonts;
 mod format;
 mod gpu_panel_ui;
 mod gpu_view;
+mod history;
+mod history_ui;
 mod inputs;
 mod jobs;
 mod model_bar;
@@ -28,6 +30,7 @@ mod queue_ui;
 mod record_ui;
 mod recording;
 mod settings;
+mod settings_file;
 mod tasks;
 mod toolbar_ui;
 mod transcript_ui;
@@ -45,6 +48,11 @@ pub use engine_link::{EngineView, Marker, MarkerLog, gpu_free_list, marker_label
 pub use export::{ExportError, default_export_name, export_transcript};
 pub use fonts::{CJK_FONT_BYTES, CJK_FONT_NAME, install_cjk_font};
 pub use gpu_view::{GpuView, MONITOR_PATIENCE, MonitorState, VanishedGpu};
+pub use history::{HISTORY_LIMIT, HistoryView, LibraryState};
+pub use history_ui::{
+    AGAIN_LABEL, BACK_LABEL, DELETE_LABEL, RESUME_LABEL, SEARCH_HINT, SHOW_FILE_LABEL, UNDO_LABEL,
+    entry_summary,
+};
 pub use inputs::{
     AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file, recording_file_name,
 };
@@ -53,6 +61,7 @@ pub use model_bar::{ModelState, download_label};
 pub use model_bar_ui::{USE_FOLDER_LABEL, WAITING_TEXT, progress_text};
 pub use queue_ui::DROP_HINT;
 pub use settings::{PlotWindow, Settings};
+pub use settings_file::{SETTINGS_FILE, check_settings_file, settings_file_path};
 pub use toolbar_ui::{AUTO_LABEL, CPU_LABEL, all_gpus_label, gpu_entry_label};
 
 use crate::engine::{DeviceTarget, EngineConfig, EngineHandle, GpuFree};
@@ -85,6 +94,11 @@ pub struct AppDeps {
     /// The model store for the release model (the model bar, and files waiting for the
     /// download). `None`: no store; files go straight to the engine (tests of the queue).
     pub model_store: Option<StoreConfig>,
+    /// The transcript library to open (`None`: no history, nothing recorded; tests that do not
+    /// look at history leave it out so they never touch the user's library).
+    pub library_path: Option<PathBuf>,
+    /// Problems found before the window opened (a damaged settings file, …), shown in the log.
+    pub notices: Vec<String>,
 }
 
 impl AppDeps {
@@ -99,6 +113,28 @@ impl AppDeps {
             recordings_dir: default_recordings_dir(),
             open_paths: Vec::new(),
             model_store: None,
+            library_path: None,
+            notices: Vec::new(),
+        }
+    }
+}
+
+/// The left panel's tabs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeftTab {
+    /// Input, options, queue and transcript.
+    #[default]
+    Transcribe,
+    /// Past transcripts.
+    History,
+}
+
+impl LeftTab {
+    /// The tab's text.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Transcribe => "Transcription",
+            Self::History => "History",
         }
     }
 }
@@ -153,6 +189,14 @@ pub struct GpuScribeApp {
     started_at: Instant,
     /// The release model's store and the files waiting for it (`None`: no store).
     model: Option<ModelGate>,
+    tab: LeftTab,
+    history: HistoryView,
+    /// The `library` thread; `None` without a library.
+    library: Option<crate::library::service::LibraryService>,
+    /// Names recordings for the library until it has ids for them.
+    next_recording_token: u64,
+    /// The recording running now, by token.
+    recording_token: Option<u64>,
 }
 
 impl GpuScribeApp {
@@ -160,10 +204,6 @@ impl GpuScribeApp {
     /// the input devices in the background.
     pub fn new(cc: &eframe::CreationContext<'_>, deps: AppDeps) -> Self {
         install_cjk_font(&cc.egui_ctx);
-        let settings: Settings = cc
-            .storage
-            .and_then(|storage| eframe::get_value(storage, eframe::APP_KEY))
-            .unwrap_or_default();
         let AppDeps {
             gpu_feed,
             engine,
@@ -172,7 +212,17 @@ impl GpuScribeApp {
             recordings_dir,
             open_paths,
             model_store,
+            library_path,
+            mut notices,
         } = deps;
+        let (settings, settings_problem) = settings_file::load_settings(cc.storage);
+        // The file check before start-up says the same, with the backup's name.
+        if !notices
+            .iter()
+            .any(|n| n.contains(settings_file::SAID_BEFORE))
+        {
+            notices.extend(settings_problem);
+        }
         let mut store_error = None;
         let model = model_store.and_then(|config| {
             let ctx = cc.egui_ctx.clone();
@@ -183,6 +233,24 @@ impl GpuScribeApp {
                     None
                 }
             }
+        });
+        let library = library_path.and_then(|path| {
+            let ctx = cc.egui_ctx.clone();
+            crate::library::service::LibraryService::spawn(
+                path,
+                std::sync::Arc::new(move || ctx.request_repaint()),
+            )
+            .map_err(|err| {
+                notices.push(format!(
+                    "the history is off: cannot start its thread: {err}"
+                ));
+            })
+            .ok()
+        });
+        let history = HistoryView::new(if library.is_some() {
+            LibraryState::Opening
+        } else {
+            LibraryState::Unavailable("no transcript library in this session".to_owned())
         });
         let model_dir_text = settings
             .model_dir
@@ -212,9 +280,17 @@ impl GpuScribeApp {
             pending_open: Vec::new(),
             started_at: Instant::now(),
             model,
+            tab: LeftTab::default(),
+            history,
+            library,
+            next_recording_token: 1,
+            recording_token: None,
         };
         if let Some(err) = store_error {
             app.log_line(err, true);
+        }
+        for notice in notices {
+            app.log_line(notice, true);
         }
         app.start_engine();
         app.sync_sample_interval();
@@ -254,6 +330,16 @@ impl GpuScribeApp {
     /// The transcription queue.
     pub fn jobs(&self) -> &JobList {
         &self.jobs
+    }
+
+    /// The History tab's state.
+    pub fn history(&self) -> &HistoryView {
+        &self.history
+    }
+
+    /// The left panel's tab.
+    pub fn tab(&self) -> LeftTab {
+        self.tab
     }
 
     /// The message log, oldest first.
@@ -345,8 +431,28 @@ impl GpuScribeApp {
         });
     }
 
+    fn left_panel_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
+        ui.horizontal(|ui| {
+            for tab in [LeftTab::Transcribe, LeftTab::History] {
+                if ui
+                    .selectable_label(self.tab == tab, RichText::new(tab.label()).heading())
+                    .clicked()
+                    && self.tab != tab
+                {
+                    commands.push(Command::SetTab(tab));
+                }
+            }
+        });
+        match self.tab {
+            LeftTab::Transcribe => self.transcription_ui(ui, commands),
+            LeftTab::History => {
+                ui.separator();
+                history_ui::history_ui(ui, &self.history, self.dialog_open, commands);
+            }
+        }
+    }
+
     fn transcription_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<Command>) {
-        ui.heading("Transcription");
         let target = match self.resolved_device() {
             ResolvedDevice::Gpu(gpu) => format!("Runs on GPU {} · {}", gpu.nvml_index, gpu.name),
             ResolvedDevice::AllGpus { count } => {
@@ -421,6 +527,9 @@ impl eframe::App for GpuScribeApp {
         }
         self.drain_recorder();
         self.drain_live();
+        if let Some(wait) = self.drain_library() {
+            ctx.request_repaint_after(wait);
+        }
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files
@@ -484,7 +593,7 @@ impl eframe::App for GpuScribeApp {
             .resizable(true)
             .default_size(440.0)
             .min_size(280.0)
-            .show(ui, |ui| self.transcription_ui(ui, &mut commands));
+            .show(ui, |ui| self.left_panel_ui(ui, &mut commands));
         let worker_pids = self.engine_view.worker_pids();
         egui::CentralPanel::default().show(ui, |ui| {
             gpu_panel_ui::gpus_ui(

@@ -80,6 +80,15 @@ pub fn input_ui(ui: &mut egui::Ui, view: &InputView<'_>, commands: &mut Vec<Comm
             );
         }
     });
+    let dropped = view.recording.dropped_frames();
+    if dropped > 0 {
+        ui.colored_label(
+            ERROR_COLOR,
+            format!(
+                "⚠ {dropped} frames dropped: the recording has gaps (the disk could not keep up)"
+            ),
+        );
+    }
     microphone_ui(ui, view, commands);
     if let Some(error) = &view.recording.error {
         ui.colored_label(ERROR_COLOR, format!("⚠ {error}"));

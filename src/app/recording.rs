@@ -30,6 +30,8 @@ pub struct RecordingView {
     pub devices: Option<DeviceList>,
     /// The last recording error, shown until the next attempt.
     pub error: Option<String>,
+    /// Frames the last recording lost (shown until the next one starts).
+    pub last_dropped_frames: u64,
     /// Live captions of the recording in progress.
     pub live: Option<LiveView>,
 }
@@ -116,6 +118,16 @@ impl RecordingView {
         match &self.state {
             RecordState::Recording(handle) => Some((handle.elapsed(), handle.level())),
             RecordState::Idle | RecordState::Starting | RecordState::Stopping => None,
+        }
+    }
+
+    /// Frames lost so far: while recording, the live count; after, the last recording's.
+    pub fn dropped_frames(&self) -> u64 {
+        match &self.state {
+            RecordState::Recording(handle) => handle.dropped_frames(),
+            RecordState::Idle | RecordState::Starting | RecordState::Stopping => {
+                self.last_dropped_frames
+            }
         }
     }
 }

@@ -47,8 +47,9 @@ pub enum TaskResult {
     Exported(DialogAnswer<Result<PathBuf, ExportError>>),
     /// A recording started, or could not.
     RecordingStarted(Result<RecorderHandle, RecordError>),
-    /// A recording stopped; `Err` may still hold the kept file (see [`RecordError::DeviceLost`]).
-    RecordingStopped(Result<PathBuf, RecordError>),
+    /// A recording stopped (with the frames it dropped); `Err` may still hold the kept files
+    /// (see [`RecordError::DeviceLost`]).
+    RecordingStopped(Result<crate::audio::Recorded, RecordError>, u64),
     /// The input devices were listed.
     InputDevices(DeviceList),
     /// The task's thread panicked (the panic hook has the details).
@@ -58,6 +59,8 @@ pub enum TaskResult {
         /// The panic's message.
         message: String,
     },
+    /// The file manager was started, or could not be (why).
+    ShowFile(Result<(), String>),
 }
 
 /// Starts background tasks and collects their results.
@@ -161,4 +164,22 @@ pub fn start_recording(
         }));
     }
     TaskResult::RecordingStarted(Recorder::start_with_tap(device_id, &wav_path, tap))
+}
+
+/// Opens the folder holding `path` in the file manager (`xdg-open`); waits for it to start.
+pub fn show_file(path: &std::path::Path) -> TaskResult {
+    let folder = path
+        .parent()
+        .filter(|d| d.is_dir())
+        .map(std::path::Path::to_path_buf);
+    let Some(folder) = folder else {
+        return TaskResult::ShowFile(Err(format!("the folder of {} is gone", path.display())));
+    };
+    TaskResult::ShowFile(
+        match std::process::Command::new("xdg-open").arg(&folder).status() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("xdg-open {} failed ({status})", folder.display())),
+            Err(err) => Err(format!("cannot open {}: xdg-open: {err}", folder.display())),
+        },
+    )
 }

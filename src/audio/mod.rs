@@ -17,7 +17,7 @@
 //! let _level = handle.level();                            // each frame: rms/peak
 //! let _secs = handle.elapsed();
 //! for _event in handle.events().try_iter() { /* Saved / Failed */ }
-//! let path = handle.stop()?;                              // finalised WAV
+//! let path = handle.stop()?.parts.remove(0);              // finalised WAV
 //! let audio = decode_file(&path, &mut |p| println!("{:?}", p.fraction()))?;
 //! assert_eq!(audio.samples.len() as f64 / 16_000.0, audio.duration_s);
 //! # Ok(()) }
@@ -36,7 +36,7 @@ pub use decode::{
 };
 pub use devices::{DeviceList, InputDevice};
 pub use level::{Level, LevelMeter};
-pub use record::{FLUSH_INTERVAL, RecordError, RecordEvent, Recorder, RecorderHandle};
+pub use record::{FLUSH_INTERVAL, RecordError, RecordEvent, Recorded, Recorder, RecorderHandle};
 pub use resample::MonoResampler;
 pub use tap::{SampleTap, TapPolicy, TapReceiver};
 

@@ -93,14 +93,33 @@ pub enum RecordError {
     DeviceLost {
         /// The host's message.
         message: String,
-        /// The WAV file holding what was recorded.
+        /// The (first) WAV file holding what was recorded.
         path: PathBuf,
+        /// Every part written, in order.
+        parts: Vec<PathBuf>,
         /// Seconds kept.
         recorded_s: f64,
     },
     /// The capture thread could not be started or ended without a result.
     #[error("the audio capture thread failed: {0}")]
     Thread(String),
+}
+
+/// A finished recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    /// The WAV files, in order: one, or more past the WAV size limit (see
+    /// [`super::wav_sink::DEFAULT_PART_LIMIT_BYTES`]); together they are the whole recording.
+    pub parts: Vec<PathBuf>,
+    /// Seconds in all parts.
+    pub recorded_s: f64,
+}
+
+impl Recorded {
+    /// The first part's file.
+    pub fn path(&self) -> &Path {
+        self.parts.first().map_or(Path::new(""), PathBuf::as_path)
+    }
 }
 
 /// What the capture thread reports while recording.
@@ -156,7 +175,7 @@ impl Recorder {
         let (startup_tx, startup_rx) = bounded::<Result<Started, RecordError>>(1);
         let (stop_tx, stop_rx) = bounded::<()>(1);
         let (events_tx, events_rx) = bounded::<RecordEvent>(EVENT_CAPACITY);
-        let (result_tx, result_rx) = bounded::<Result<PathBuf, RecordError>>(1);
+        let (result_tx, result_rx) = bounded::<Result<Recorded, RecordError>>(1);
         let job = CaptureJob {
             device_id: device_id.map(str::to_owned),
             wav_path: wav_path.to_owned(),
@@ -184,7 +203,7 @@ impl Recorder {
                 counters,
                 thread: Some(thread),
                 device_name: started.device_name,
-                wav_path: wav_path.to_owned(),
+                wav_path: started.wav_path,
             }),
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -203,7 +222,7 @@ impl Recorder {
 /// A running recording. Dropping it stops the recording and finalises the file.
 pub struct RecorderHandle {
     stop_tx: Sender<()>,
-    result_rx: Receiver<Result<PathBuf, RecordError>>,
+    result_rx: Receiver<Result<Recorded, RecordError>>,
     events_rx: Receiver<RecordEvent>,
     level: Arc<LevelMeter>,
     counters: Arc<Counters>,
@@ -248,7 +267,12 @@ impl RecorderHandle {
         &self.device_name
     }
 
-    /// The WAV file being written.
+    /// The device's sample rate (the WAV's), once known.
+    pub fn sample_rate_hz(&self) -> u32 {
+        u32::try_from(self.counters.sample_rate_hz.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// The (first) WAV file being written: the name asked for, or a free one next to it.
     pub fn wav_path(&self) -> &Path {
         &self.wav_path
     }
@@ -258,13 +282,13 @@ impl RecorderHandle {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops recording, finalises the WAV header and returns the file's path. If the device was
-    /// lost earlier, returns [`RecordError::DeviceLost`], whose `path` holds what was recorded.
-    pub fn stop(mut self) -> Result<PathBuf, RecordError> {
+    /// Stops recording, finalises the WAV header and returns the files written. If the device
+    /// was lost earlier, returns [`RecordError::DeviceLost`], whose `parts` hold what was recorded.
+    pub fn stop(mut self) -> Result<Recorded, RecordError> {
         self.stop_and_join()
     }
 
-    fn stop_and_join(&mut self) -> Result<PathBuf, RecordError> {
+    fn stop_and_join(&mut self) -> Result<Recorded, RecordError> {
         let _ = self.stop_tx.try_send(());
         let result = self.result_rx.recv().unwrap_or_else(|_| {
             Err(RecordError::Thread(
@@ -292,6 +316,7 @@ impl Drop for RecorderHandle {
 /// What the capture thread reports once the stream runs.
 struct Started {
     device_name: String,
+    wav_path: PathBuf,
 }
 
 /// Everything the capture thread needs; moved into it.
@@ -310,7 +335,7 @@ impl CaptureJob {
         startup_tx: &Sender<Result<Started, RecordError>>,
         stop_rx: &Receiver<()>,
         events_tx: &Sender<RecordEvent>,
-    ) -> Result<PathBuf, RecordError> {
+    ) -> Result<Recorded, RecordError> {
         let opened = match self.open() {
             Ok(opened) => opened,
             Err(err) => {
@@ -329,6 +354,7 @@ impl CaptureJob {
         } = opened;
         let _ = startup_tx.send(Ok(Started {
             device_name: device_name.clone(),
+            wav_path: sink.path().to_owned(),
         }));
         let _ = events_tx.try_send(RecordEvent::Started {
             device_name,
@@ -348,17 +374,20 @@ impl CaptureJob {
                 return Err(err);
             }
         };
-        let (path, recorded_s) = sink.finish()?;
+        let (parts, recorded_s) = sink.finish_parts()?;
+        let path = parts.first().cloned().unwrap_or_default();
         match end {
-            SinkEnd::Stopped => Ok(path),
+            SinkEnd::Stopped => Ok(Recorded { parts, recorded_s }),
             SinkEnd::Fault(fault) => Err(RecordError::DeviceLost {
                 message: fault.message,
                 path,
+                parts,
                 recorded_s,
             }),
             SinkEnd::ProducerGone => Err(RecordError::DeviceLost {
                 message: "the audio stream closed".into(),
                 path,
+                parts,
                 recorded_s,
             }),
         }
@@ -574,10 +603,12 @@ fn clone_for_event(err: &RecordError) -> RecordError {
         RecordError::DeviceLost {
             message,
             path,
+            parts,
             recorded_s,
         } => RecordError::DeviceLost {
             message: message.clone(),
             path: path.clone(),
+            parts: parts.clone(),
             recorded_s: *recorded_s,
         },
         RecordError::CreateWav { path, source } => RecordError::CreateWav {

@@ -1,0 +1,199 @@
+//! Engine events → library rows: the map from the engine's job ids to the library's, shared by
+//! the CLI (`gpuscribe transcribe`) and the window's library thread.
+
+use std::collections::HashMap;
+
+use super::{Library, LibraryError, NewJob};
+use crate::engine::{Event, JobId};
+
+/// Records jobs of one engine as its events arrive.
+#[derive(Debug, Default)]
+pub struct JobRecorder {
+    ids: HashMap<JobId, i64>,
+}
+
+impl JobRecorder {
+    /// A recorder with no jobs yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a queued job under the engine's id; returns the library's id.
+    pub fn queued(
+        &mut self,
+        library: &mut Library,
+        job_id: JobId,
+        job: &NewJob,
+    ) -> Result<i64, LibraryError> {
+        let id = library.add_job(job)?;
+        self.ids.insert(job_id, id);
+        Ok(id)
+    }
+
+    /// Ties an engine job to a library row that already exists (a resumed job).
+    pub fn resumed(&mut self, job_id: JobId, library_id: i64) {
+        self.ids.insert(job_id, library_id);
+    }
+
+    /// The library id of an engine job.
+    pub fn library_id(&self, job_id: JobId) -> Option<i64> {
+        self.ids.get(&job_id).copied()
+    }
+
+    /// Marks an engine job interrupted (its engine was stopped) and forgets it.
+    pub fn interrupted(
+        &mut self,
+        library: &mut Library,
+        job_id: JobId,
+    ) -> Result<(), LibraryError> {
+        match self.ids.remove(&job_id) {
+            Some(id) => library.job_interrupted(id),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes what `event` says about a recorded job; other events are ignored.
+    pub fn on_event(&mut self, library: &mut Library, event: &Event) -> Result<(), LibraryError> {
+        match event {
+            Event::JobStarted { job_id, device } => {
+                if let Some(id) = self.library_id(*job_id) {
+                    library.job_started(id, device)?;
+                }
+            }
+            Event::JobDecoded {
+                job_id, duration_s, ..
+            } => {
+                if let Some(id) = self.library_id(*job_id) {
+                    library.job_decoded(id, *duration_s)?;
+                }
+            }
+            Event::JobProgress {
+                job_id, segments, ..
+            } => {
+                if let Some(id) = self.library_id(*job_id)
+                    && !segments.is_empty()
+                {
+                    library.job_segments(id, segments)?;
+                }
+            }
+            Event::JobDone {
+                job_id,
+                transcript,
+                ms,
+            } => {
+                if let Some(id) = self.ids.remove(job_id) {
+                    library.job_done(id, transcript, *ms)?;
+                }
+            }
+            Event::JobFailed {
+                job_id,
+                message,
+                cancelled,
+            } => {
+                if let Some(id) = self.ids.remove(job_id) {
+                    library.job_failed(id, message, *cancelled)?;
+                }
+            }
+            Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// How a device target is stored (`auto`, `cpu`, `all`, a GPU's UUID).
+pub fn device_request_text(target: &crate::engine::DeviceTarget) -> String {
+    use crate::engine::DeviceTarget;
+    match target {
+        DeviceTarget::Auto => "auto".to_owned(),
+        DeviceTarget::Cpu => "cpu".to_owned(),
+        DeviceTarget::All => "all".to_owned(),
+        DeviceTarget::Gpu { uuid } => uuid.clone(),
+    }
+}
+
+/// How the model is stored: its folder, or the release model's name.
+pub fn model_text(model_dir: Option<&std::path::Path>) -> String {
+    model_dir.map_or_else(
+        || "FunAudioLLM/SenseVoiceSmall".to_owned(),
+        |dir| dir.display().to_string(),
+    )
+}
+
+/// `gpuscribe transcribe`'s history: opens the library, records every file as queued under the
+/// job ids a fresh engine gives them (1, 2, … in submission order, see
+/// [`crate::engine::EngineHandle::transcribe`]), then writes each event. A library that cannot
+/// be used is said once on stderr and transcription goes on without it.
+pub struct CliHistory {
+    library: Library,
+    recorder: JobRecorder,
+    failed: bool,
+}
+
+impl CliHistory {
+    /// Opens the default library and records `files` as queued; `None` (said on stderr) when
+    /// the library cannot be used.
+    pub fn start(files: &[std::path::PathBuf], template: &NewJob) -> Option<Self> {
+        let path = super::default_library_path();
+        let (mut library, report) = match Library::open(&path) {
+            Ok(opened) => opened,
+            Err(err) => {
+                eprintln!("warning: not recorded in the history: {err}");
+                return None;
+            }
+        };
+        for line in report.messages(&path) {
+            eprintln!("note: {line}");
+        }
+        let mut recorder = JobRecorder::new();
+        for (job_id, file) in (1..).zip(files) {
+            let job = NewJob {
+                path: file.clone(),
+                ..template.clone()
+            };
+            if let Err(err) = recorder.queued(&mut library, job_id, &job) {
+                eprintln!("warning: not recorded in the history: {err}");
+                return None;
+            }
+        }
+        Some(Self {
+            library,
+            recorder,
+            failed: false,
+        })
+    }
+
+    /// The library's id of the engine's job.
+    pub fn library_id(&self, job_id: JobId) -> Option<i64> {
+        self.recorder.library_id(job_id)
+    }
+
+    /// Writes one engine event; the first failure is said on stderr, later ones are not.
+    pub fn on_event(&mut self, event: &Event) {
+        if let Err(err) = self.recorder.on_event(&mut self.library, event)
+            && !std::mem::replace(&mut self.failed, true)
+        {
+            eprintln!("warning: the history may be incomplete: {err}");
+        }
+    }
+}
+
+impl CliHistory {
+    /// The history of one `gpuscribe transcribe` run; `None` with `--no-history`.
+    pub fn for_transcribe(
+        args: &crate::cli_transcribe::TranscribeArgs,
+        config: &crate::engine::EngineConfig,
+        settings: &crate::engine::DecodeSettings,
+    ) -> Option<Self> {
+        if args.no_history {
+            return None;
+        }
+        let template = NewJob {
+            path: std::path::PathBuf::new(),
+            settings: settings.clone(),
+            device_request: device_request_text(&config.target),
+            model: model_text(config.model_dir.as_deref()),
+            recording: None,
+        };
+        Self::start(&args.files, &template)
+    }
+}
