@@ -204,7 +204,12 @@ fn start_source(
         .spawn(move || -> anyhow::Result<PathBuf> {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
-            Ok(handle.stop()?)
+            let recorded = handle.stop()?;
+            recorded
+                .parts
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("the recording wrote no file"))
         })?;
     Ok((receiver, Source::Microphone { stopper }))
 }

@@ -468,6 +468,7 @@ impl Library {
                     language: row.get(16)?,
                     use_itn: row.get(17)?,
                     rich: row.get(18)?,
+                    translate: false,
                 };
                 let text: Option<String> = row.get(24)?;
                 let transcript = FileTranscript {
@@ -483,6 +484,8 @@ impl Library {
                     text: text.unwrap_or_default(),
                     raw_text: row.get::<_, Option<String>>(25)?.unwrap_or_default(),
                     segments: Vec::new(),
+                    tokens: Vec::new(),
+                    words: Vec::new(),
                 };
                 Ok((
                     StoredJob {

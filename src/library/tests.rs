@@ -8,6 +8,7 @@ fn job(path: &str) -> NewJob {
             language: "zh".into(),
             use_itn: true,
             rich: false,
+            translate: false,
         },
         device_request: "cpu".into(),
         model: "tests/data/sensevoice/tiny".into(),
@@ -32,6 +33,8 @@ fn transcript(path: &str, text: &str, duration_s: f64) -> FileTranscript {
             emotion: "NEUTRAL".into(),
             event: "Speech".into(),
         }],
+        tokens: Vec::new(),
+        words: Vec::new(),
     }
 }
 
