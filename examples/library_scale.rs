@@ -105,6 +105,8 @@ fn synthetic(rng: &mut Rng, i: usize) -> FileTranscript {
         raw_text: text.clone(),
         text,
         segments,
+        tokens: Vec::new(),
+        words: Vec::new(),
     }
 }
 

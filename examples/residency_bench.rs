@@ -8,13 +8,15 @@
 //! ```
 //! Prints one JSON object per line.
 
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use crossbeam_channel::{Receiver, bounded};
-use gpuscribe::engine::process::{Inbox, WorkerProcess};
-use gpuscribe::engine::protocol::{Precision, WorkerDevice, WorkerEvent, WorkerRequest};
+use anyhow::bail;
+use gpuscribe::engine::process::{ProcessPort, WorkerIo, WorkerPort as _};
+use gpuscribe::engine::protocol::{
+    Precision, WorkerDevice, WorkerEvent, WorkerRequest, from_line, to_line,
+};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 
@@ -54,21 +56,59 @@ fn rss_mib(pid: u32) -> u64 {
         .map_or(0, |kib| kib >> 10)
 }
 
-fn wait(inbox: &Receiver<Inbox>, what: &str) -> anyhow::Result<WorkerEvent> {
-    loop {
-        match inbox
-            .recv_timeout(Duration::from_secs(120))
-            .context(what.to_owned())?
-        {
-            Inbox::Event {
-                event: WorkerEvent::Started { .. },
-                ..
-            } => {}
-            Inbox::Event { event, .. } => return Ok(event),
-            Inbox::Exited { detail, .. } => {
-                bail!("worker exited while waiting for {what}: {detail}")
+/// The worker, spoken to directly over its pipes (no engine in between).
+struct Worker {
+    io: WorkerIo,
+    events: BufReader<Box<dyn Read + Send>>,
+}
+
+impl Worker {
+    fn start(device: &WorkerDevice) -> anyhow::Result<Self> {
+        let mut io = ProcessPort::new(None).start(device)?;
+        let stdout = std::mem::replace(&mut io.stdout, Box::new(std::io::empty()));
+        Ok(Self {
+            io,
+            events: BufReader::new(stdout),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.io.process.pid()
+    }
+
+    fn send(&mut self, request: &WorkerRequest) -> anyhow::Result<()> {
+        writeln!(self.io.stdin, "{}", to_line(request)?)?;
+        self.io.stdin.flush()?;
+        Ok(())
+    }
+
+    /// The next event other than start-up and heartbeats.
+    fn wait(&mut self, what: &str) -> anyhow::Result<WorkerEvent> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if self.events.read_until(b'\n', &mut line)? == 0 {
+                bail!("worker exited while waiting for {what}");
+            }
+            match from_line::<WorkerEvent>(&line) {
+                Ok(WorkerEvent::Started { .. } | WorkerEvent::Heartbeat { .. }) => {}
+                Ok(event) => return Ok(event),
+                Err(err) => bail!("worker wrote garbage while waiting for {what}: {err}"),
             }
         }
+    }
+
+    /// Asks it to exit, waits up to `grace`, then kills it.
+    fn shutdown(mut self, grace: Duration) {
+        self.send(&WorkerRequest::Shutdown).ok();
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if matches!(self.io.process.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.io.process.kill();
     }
 }
 
@@ -81,10 +121,12 @@ fn main() -> anyhow::Result<()> {
     let cycles: usize = cycles.parse()?;
     let nvml = Nvml::init()?;
     let uuid = nvml.device_by_index(index)?.uuid()?;
-    let (tx, inbox) = bounded(64);
-    let command = gpuscribe::engine::process::worker_command(None);
-    let mut worker = WorkerProcess::spawn(&command, false, 0, 1, tx)?;
-    let pid = worker.pid;
+    let device = WorkerDevice::Cuda {
+        ordinal: index as usize,
+        uuid,
+    };
+    let mut worker = Worker::start(&device)?;
+    let pid = worker.pid();
     std::thread::sleep(Duration::from_millis(300));
     println!(
         "{}",
@@ -94,13 +136,10 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     worker.send(&WorkerRequest::Load {
         model_dir: PathBuf::from(model_dir),
-        device: WorkerDevice::Cuda {
-            ordinal: index as usize,
-            uuid,
-        },
+        device,
         precision: Precision::Bf16,
     })?;
-    let loaded = wait(&inbox, "Loaded")?;
+    let loaded = worker.wait("Loaded")?;
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     println!(
         "{}",
@@ -112,13 +151,13 @@ fn main() -> anyhow::Result<()> {
     let (mut loaded_mib, mut offloaded_mib, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for cycle in 0..cycles {
         worker.send(&WorkerRequest::Offload)?;
-        match wait(&inbox, "Offloaded")? {
+        match worker.wait("Offloaded")? {
             WorkerEvent::Offloaded { ms } => offload_ms.push(ms),
             other => bail!("cycle {cycle}: expected Offloaded, got {other:?}"),
         }
         offloaded_mib.push(pid_mib(&nvml, index, pid)?);
         worker.send(&WorkerRequest::Restore)?;
-        match wait(&inbox, "Restored")? {
+        match worker.wait("Restored")? {
             WorkerEvent::Restored { ms } => restore_ms.push(ms),
             other => bail!("cycle {cycle}: expected Restored, got {other:?}"),
         }
@@ -146,7 +185,7 @@ fn main() -> anyhow::Result<()> {
             "vram_loaded_mib": range(&loaded_mib), "rss_mib": range(&rss)})
     );
     worker.send(&WorkerRequest::Offload)?;
-    wait(&inbox, "Offloaded")?;
+    worker.wait("Offloaded")?;
     println!(
         "{}",
         serde_json::json!({"stage": "offloaded", "vram_mib": pid_mib(&nvml, index, pid)?, "rss_mib": rss_mib(pid)})

@@ -160,6 +160,8 @@ fn sample_transcript(path: &Path, text: &str) -> FileTranscript {
             emotion: "NEUTRAL".into(),
             event: "Speech".into(),
         }],
+        tokens: Vec::new(),
+        words: Vec::new(),
     }
 }
 

@@ -104,6 +104,8 @@ fn transcript(path: &Path, text: &str) -> FileTranscript {
             language: "zh".into(),
             ..Segment::default()
         }],
+        tokens: Vec::new(),
+        words: Vec::new(),
     }
 }
 
