@@ -68,7 +68,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Transcribe audio files (`--device all` spreads them over every GPU).
+    /// Transcribe audio files (`--device all` spreads them over every GPU), or one shard of a
+    /// list as a task of a Slurm array or Kubernetes Indexed Job.
+    #[command(after_help = crate::cli_transcribe::EXIT_STATUS_HELP)]
     Transcribe(crate::cli_transcribe::TranscribeArgs),
     /// Serve the model for the app (started by the engine; not for people).
     #[cfg(not(feature = "cuda"))]

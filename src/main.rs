@@ -45,13 +45,25 @@ fn main() -> anyhow::Result<ExitCode> {
     };
     let mut feed = gpu::spawn_default_monitor(gpu::DEFAULT_SAMPLE_INTERVAL, repaint)
         .context("starting the gpu-monitor thread")?;
-    let first = cli::first_status(&mut feed)?;
+    // For `transcribe`, a node that cannot tell its devices cannot work: say so in its exit status.
+    let transcribing = matches!(cli.command, Some(Command::Transcribe(_)));
+    let node_failed = |err: &dyn std::fmt::Display| {
+        eprintln!("error: this node cannot work: {err}");
+        ExitCode::from(gpuscribe::cli_transcribe::EXIT_NODE_FAILED)
+    };
+    let first = match cli::first_status(&mut feed) {
+        Err(err) if transcribing => return Ok(node_failed(&err)),
+        first => first?,
+    };
     let cuda_visible_devices = gpu::cuda_visible_devices_from_env();
-    let device = cli::validate_device(
+    let device = match cli::validate_device(
         cli.device.as_deref(),
         &first,
         cuda_visible_devices.as_deref(),
-    )?;
+    ) {
+        Err(err) if transcribing => return Ok(node_failed(&err)),
+        device => device?,
+    };
 
     match cli.command {
         Some(Command::Gpus { json }) => {
@@ -74,12 +86,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 gpuscribe::cli_transcribe::gpus_for_engine(&first, cuda_visible_devices.as_deref());
             drop(feed);
             let target = gpuscribe::cli_transcribe::target(device.as_ref());
-            let failed = gpuscribe::cli_transcribe::run(&args, target, gpus)?;
-            if failed > 0 {
-                eprintln!("{failed} of {} file(s) failed", args.files.len());
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(gpuscribe::cli_transcribe::run(&args, target, gpus))
         }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
