@@ -142,6 +142,81 @@ pub fn target(choice: Option<&DeviceChoice>) -> DeviceTarget {
 /// How long the engine may stay silent (no event at all) before the node counts as stuck.
 const ENGINE_SILENCE: Duration = Duration::from_secs(3600);
 
+/// The engine's worker protocol is JSON, which cannot carry a path that is not UTF-8: such
+/// inputs go to the engine as a symbolic link with a plain name in a private folder.
+#[derive(Default)]
+struct Aliases {
+    dir: Option<PathBuf>,
+    links: HashMap<usize, PathBuf>,
+}
+
+impl Aliases {
+    fn engine_path(&mut self, index: usize, input: &Path) -> PathBuf {
+        if input.to_str().is_some() {
+            return input.to_owned();
+        }
+        match self.link(index, input) {
+            Ok(link) => link,
+            Err(err) => {
+                tracing::warn!("cannot alias {}: {err}", input.display());
+                input.to_owned()
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    fn link(&mut self, index: usize, input: &Path) -> std::io::Result<PathBuf> {
+        let dir = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = std::env::temp_dir().join(format!(
+                    "gpuscribe-inputs-{}-{}",
+                    std::process::id(),
+                    outputs::unix_ms()
+                ));
+                std::fs::create_dir_all(&dir)?;
+                self.dir = Some(dir.clone());
+                dir
+            }
+        };
+        let extension = input
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let link = dir.join(format!("input-{index}.{extension}"));
+        std::os::unix::fs::symlink(std::path::absolute(input)?, &link)?;
+        self.links.insert(index, link.clone());
+        Ok(link)
+    }
+
+    #[cfg(not(unix))]
+    fn link(&mut self, _index: usize, _input: &Path) -> std::io::Result<PathBuf> {
+        Err(std::io::Error::other("paths that are not UTF-8 need Unix"))
+    }
+
+    fn is_aliased(&self, index: usize) -> bool {
+        self.links.contains_key(&index)
+    }
+
+    /// `message` with the link's name replaced by the input's.
+    fn unalias(&self, index: usize, message: &str, input: &Path) -> String {
+        match self.links.get(&index) {
+            Some(link) => {
+                message.replace(&link.display().to_string(), &input.display().to_string())
+            }
+            None => message.to_owned(),
+        }
+    }
+}
+
+impl Drop for Aliases {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            std::fs::remove_dir_all(dir).ok();
+        }
+    }
+}
+
 /// Why this node cannot work.
 struct NodeFailure(String);
 
@@ -249,7 +324,9 @@ pub fn run(args: &TranscribeArgs, target: DeviceTarget, gpus: Vec<GpuFree>) -> E
         }
     };
     if args.shard.is_some() && args.output_dir.is_none() {
-        eprintln!("error: --shard needs --output-dir (the shards of a job write their outputs there)");
+        eprintln!(
+            "error: --shard needs --output-dir (the shards of a job write their outputs there)"
+        );
         return ExitCode::from(EXIT_USAGE);
     }
     let mut summary = Summary::new(shard, outputs::unix_ms());
@@ -277,8 +354,7 @@ fn finish(
     summary_path: Option<&Path>,
     started: Instant,
 ) -> ExitCode {
-    let node_failed =
-        node_error.is_some() || summary.failed.iter().any(|f| f.cause == Cause::Node);
+    let node_failed = node_error.is_some() || summary.failed.iter().any(|f| f.cause == Cause::Node);
     (summary.status, summary.exit_code) = if node_failed {
         ("node_failed", EXIT_NODE_FAILED)
     } else if !summary.failed.is_empty() {
@@ -395,7 +471,10 @@ impl Run<'_> {
         }
         if let Some(dir) = &self.args.model_dir {
             crate::model::files::ModelFiles::from_dir(dir).map_err(|err| {
-                NodeFailure(format!("the model folder {} is unusable: {err}", dir.display()))
+                NodeFailure(format!(
+                    "the model folder {} is unusable: {err}",
+                    dir.display()
+                ))
             })?;
         }
         if self.args.require_gpu {
@@ -406,16 +485,26 @@ impl Run<'_> {
                 ));
             }
             if gpus.is_empty() {
-                return Err(NodeFailure("--require-gpu: no usable NVIDIA GPU".to_owned()));
+                return Err(NodeFailure(
+                    "--require-gpu: no usable NVIDIA GPU".to_owned(),
+                ));
             }
         }
         Ok(())
     }
 
-    fn work(&mut self, shard: Shard, target: DeviceTarget, gpus: Vec<GpuFree>) -> Result<(), NodeFailure> {
+    fn work(
+        &mut self,
+        shard: Shard,
+        target: DeviceTarget,
+        gpus: Vec<GpuFree>,
+    ) -> Result<(), NodeFailure> {
         let items = self.plan(shard)?;
         if let Err(failure) = self.preflight(&gpus) {
-            self.summary.not_run = items.iter().map(|i| JsonPath::from(i.input.as_path())).collect();
+            self.summary.not_run = items
+                .iter()
+                .map(|i| JsonPath::from(i.input.as_path()))
+                .collect();
             return Err(failure);
         }
         let mut to_run = VecDeque::new();
@@ -477,6 +566,7 @@ impl Run<'_> {
             .map_err(|err| NodeFailure(format!("cannot start the engine thread: {err}")))?;
         engine.send(Request::Gpus(gpus));
         let mut flight: HashMap<JobId, (usize, String)> = HashMap::new();
+        let mut aliases = Aliases::default();
         let total = to_run.len();
         let mut finished = 0usize;
         // The engine says why a device failed in a notice; a node failure quotes the latest.
@@ -486,7 +576,8 @@ impl Run<'_> {
                 let Some(index) = to_run.pop_front() else {
                     break;
                 };
-                let job = engine.transcribe(items[index].input.clone(), settings.clone());
+                let path = aliases.engine_path(index, &items[index].input);
+                let job = engine.transcribe(path, settings.clone());
                 flight.insert(job, (index, String::new()));
             }
             if flight.is_empty() {
@@ -523,7 +614,9 @@ impl Run<'_> {
                             "--require-gpu: {} would run on the CPU (no GPU could take it)",
                             items[index].input.display()
                         ));
-                        flight.keys().for_each(|&id| engine.send(Request::Cancel(id)));
+                        flight
+                            .keys()
+                            .for_each(|&id| engine.send(Request::Cancel(id)));
                     }
                 }
                 Event::JobDecoded {
@@ -532,12 +625,16 @@ impl Run<'_> {
                 } => eprintln!("warning: {warning}"),
                 Event::JobDone {
                     job_id,
-                    transcript,
+                    mut transcript,
                     ms,
                 } => {
                     let Some((index, device)) = flight.remove(&job_id) else {
                         continue;
                     };
+                    if aliases.is_aliased(index) {
+                        // JSON holds text: the name as close as UTF-8 gets.
+                        transcript.path = items[index].input.to_string_lossy().into_owned().into();
+                    }
                     finished += 1;
                     let item = &items[index];
                     let done = DoneFile {
@@ -564,7 +661,9 @@ impl Run<'_> {
                         Ok(()) => self.summary.done.push(done),
                         Err(reason) => {
                             self.node_failed(reason.clone());
-                            flight.keys().for_each(|&id| engine.send(Request::Cancel(id)));
+                            flight
+                                .keys()
+                                .for_each(|&id| engine.send(Request::Cancel(id)));
                             self.summary.failed.push(FailedFile {
                                 input: done.input,
                                 reason,
@@ -583,6 +682,7 @@ impl Run<'_> {
                     };
                     finished += 1;
                     let input = &items[index].input;
+                    let message = aliases.unalias(index, &message, input);
                     if cancelled && self.node_error.is_some() {
                         self.summary.not_run.push(JsonPath::from(input.as_path()));
                         continue;
@@ -604,7 +704,9 @@ impl Run<'_> {
                             "{} decodes here, yet transcribing it failed: {message}{context}",
                             input.display()
                         ));
-                        flight.keys().for_each(|&id| engine.send(Request::Cancel(id)));
+                        flight
+                            .keys()
+                            .for_each(|&id| engine.send(Request::Cancel(id)));
                     }
                     self.summary.failed.push(FailedFile {
                         input: JsonPath::from(input.as_path()),

@@ -17,6 +17,10 @@ fn data() -> PathBuf {
 
 /// The binary with a clean environment: CPU, the tiny model, no scheduler variables.
 fn gpuscribe(args: &[&std::ffi::OsStr]) -> Command {
+    gpuscribe_with_model(&data().join("tiny"), args)
+}
+
+fn gpuscribe_with_model(model_dir: &Path, args: &[&std::ffi::OsStr]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuscribe"));
     for var in [
         "GPUSCRIBE_FAKE_GPUS",
@@ -36,7 +40,7 @@ fn gpuscribe(args: &[&std::ffi::OsStr]) -> Command {
         .arg("--device")
         .arg("cpu")
         .arg("--model-dir")
-        .arg(data().join("tiny"))
+        .arg(model_dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -48,7 +52,7 @@ fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
 }
 
-fn run(mut cmd: Command) -> Output {
+fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the binary runs")
 }
 
@@ -61,7 +65,10 @@ fn make_wav(path: &Path, clip: &str, times: usize) {
     let mut reader =
         hound::WavReader::open(data().join("audio").join(format!("{clip}.wav"))).expect("clip");
     let spec = reader.spec();
-    let samples: Vec<i16> = reader.samples::<i16>().map(|s| s.expect("sample")).collect();
+    let samples: Vec<i16> = reader
+        .samples::<i16>()
+        .map(|s| s.expect("sample"))
+        .collect();
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     let mut writer = hound::WavWriter::create(path, spec).expect("create wav");
     for _ in 0..times {
@@ -131,7 +138,7 @@ fn inputs_of(summary: &Value, key: &str) -> Vec<String> {
 /// The whole list in one process: the outputs every sharded run must reproduce.
 fn reference(dir: &Path, list: &Path) -> BTreeMap<OsString, Vec<u8>> {
     let out = dir.join("reference");
-    let output = run(gpuscribe(&[
+    let output = run(&mut gpuscribe(&[
         os("--files-from"),
         list.as_os_str(),
         os("--format"),
@@ -144,6 +151,10 @@ fn reference(dir: &Path, list: &Path) -> BTreeMap<OsString, Vec<u8>> {
 }
 
 fn shard(list: &Path, out: &Path, shard: &str, extra: &[&str]) -> Command {
+    shard_with_model(&data().join("tiny"), list, out, shard, extra)
+}
+
+fn shard_with_model(model: &Path, list: &Path, out: &Path, shard: &str, extra: &[&str]) -> Command {
     let mut args = vec![
         os("--files-from"),
         list.as_os_str(),
@@ -155,7 +166,7 @@ fn shard(list: &Path, out: &Path, shard: &str, extra: &[&str]) -> Command {
         os(shard),
     ];
     args.extend(extra.iter().map(|a| os(a)));
-    gpuscribe(&args)
+    gpuscribe_with_model(model, &args)
 }
 
 #[test]
@@ -208,13 +219,16 @@ fn a_shard_killed_mid_way_completes_on_rerun_with_no_output_corrupt() {
     let expected = reference(dir.path(), &list);
     let out = dir.path().join("out");
 
-    let other = run(shard(&list, &out, "1/2", &[]));
+    let other = run(&mut shard(&list, &out, "1/2", &[]));
     assert_eq!(other.status.code(), Some(0), "{}", stderr_of(&other));
     let before = outputs(&out).len();
     let mut victim = shard(&list, &out, "0/2", &[]).spawn().expect("spawn");
     let start = Instant::now();
     while outputs(&out).len() == before {
-        assert!(start.elapsed() < Duration::from_secs(120), "no output appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no output appeared"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     victim.kill().expect("SIGKILL");
@@ -228,14 +242,21 @@ fn a_shard_killed_mid_way_completes_on_rerun_with_no_output_corrupt() {
         assert_eq!(Some(bytes), expected.get(name), "{name:?} is corrupt");
     }
 
-    let rerun = run(shard(&list, &out, "0/2", &["--skip-existing"]));
+    let rerun = run(&mut shard(&list, &out, "0/2", &["--skip-existing"]));
     assert_eq!(rerun.status.code(), Some(0), "{}", stderr_of(&rerun));
     let summary = summary(&out.join("summary/shard-0-of-2.json"));
     let skipped = inputs_of(&summary, "skipped").len();
     let done = inputs_of(&summary, "done").len();
     assert!(skipped >= 1, "{summary}");
-    assert_eq!(skipped + done, summary["assigned"].as_u64().expect("n") as usize);
-    assert_eq!(skipped, partial.len() - before, "only what was missing ran again");
+    assert_eq!(
+        skipped + done,
+        summary["assigned"].as_u64().expect("n") as usize
+    );
+    assert_eq!(
+        skipped,
+        partial.len() - before,
+        "only what was missing ran again"
+    );
     assert_eq!(outputs(&out), expected);
 }
 
@@ -301,7 +322,11 @@ fn a_bad_file_is_named_in_the_summary_and_exits_3_and_same_stems_do_not_collide(
         .collect();
     assert_eq!(talks.len(), 2, "{files:?}");
     assert_eq!(talks[1].0, "talk.json");
-    assert_eq!(talks[1].1["path"], paths[0].display().to_string(), "the first keeps the name");
+    assert_eq!(
+        talks[1].1["path"],
+        paths[0].display().to_string(),
+        "the first keeps the name"
+    );
     let sources: BTreeSet<String> = talks
         .iter()
         .map(|(_, json)| json["path"].as_str().expect("path").to_owned())
@@ -330,17 +355,20 @@ fn a_node_that_cannot_load_the_model_exits_4_and_a_bad_shard_value_exits_2() {
     let out = dir.path().join("out");
 
     // Missing model folder: nothing is tried; a Slurm array starting at 1 is shard 1 of 2.
-    let mut cmd = shard(&list, &out, "auto", &[]);
+    let mut cmd = shard_with_model(&dir.path().join("no-model"), &list, &out, "auto", &[]);
     cmd.env("SLURM_ARRAY_TASK_ID", "2")
         .env("SLURM_ARRAY_TASK_MIN", "1")
-        .env("SLURM_ARRAY_TASK_COUNT", "2")
-        .arg("--model-dir")
-        .arg(dir.path().join("no-model"));
-    let output = run(cmd);
+        .env("SLURM_ARRAY_TASK_COUNT", "2");
+    let output = run(&mut cmd);
     assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
     let summary_1 = summary(&out.join("summary/shard-1-of-2.json"));
     assert_eq!(summary_1["status"], "node_failed");
-    assert!(summary_1["node_error"].as_str().expect("why").contains("no-model"));
+    assert!(
+        summary_1["node_error"]
+            .as_str()
+            .expect("why")
+            .contains("no-model")
+    );
     assert_eq!(
         inputs_of(&summary_1, "not_run").len(),
         summary_1["assigned"].as_u64().expect("n") as usize
@@ -358,15 +386,15 @@ fn a_node_that_cannot_load_the_model_exits_4_and_a_bad_shard_value_exits_2() {
         std::fs::write(broken.join(name), "not a model").expect("write");
     }
     let summary_path = dir.path().join("summary.json");
-    let mut cmd = shard(&list, &out, "0/1", &[]);
-    cmd.arg("--model-dir")
-        .arg(&broken)
-        .arg("--summary")
-        .arg(&summary_path);
-    let output = run(cmd);
+    let mut cmd = shard_with_model(&broken, &list, &out, "0/1", &[]);
+    cmd.arg("--summary").arg(&summary_path);
+    let output = run(&mut cmd);
     let stderr = stderr_of(&output);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains(&summary_path.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&summary_path.display().to_string()),
+        "{stderr}"
+    );
     let summary = summary(&summary_path);
     assert_eq!(summary["exit_code"], 4);
     let failed = summary["failed"].as_array().expect("failed");
@@ -377,7 +405,12 @@ fn a_node_that_cannot_load_the_model_exits_4_and_a_bad_shard_value_exits_2() {
     assert!(outputs(&out).is_empty(), "no output from a failed node");
 
     for bad in ["auto", "4/4", "x"] {
-        let output = run(shard(&list, &out, bad, &[]));
-        assert_eq!(output.status.code(), Some(2), "{bad}: {}", stderr_of(&output));
+        let output = run(&mut shard(&list, &out, bad, &[]));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{bad}: {}",
+            stderr_of(&output)
+        );
     }
 }

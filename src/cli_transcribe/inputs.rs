@@ -53,7 +53,10 @@ pub fn read_list(source: &Path, nul: bool) -> Result<Vec<PathBuf>, String> {
 pub fn dedupe(paths: Vec<PathBuf>) -> (Vec<PathBuf>, usize) {
     let mut seen = HashSet::new();
     let before = paths.len();
-    let unique: Vec<PathBuf> = paths.into_iter().filter(|p| seen.insert(p.clone())).collect();
+    let unique: Vec<PathBuf> = paths
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .collect();
     let dropped = before - unique.len();
     (unique, dropped)
 }
@@ -173,11 +176,18 @@ mod tests {
         assert_eq!(names[0].clashes_with, None);
         assert_eq!(names[2].name, "other.srt");
         let hash = format!("{:016x}", fnv1a64(b"b/talk.mp3"));
-        assert_eq!(names[1].name, OsString::from(format!("talk.{}.srt", &hash[..8])));
+        assert_eq!(
+            names[1].name,
+            OsString::from(format!("talk.{}.srt", &hash[..8]))
+        );
         assert_eq!(names[1].clashes_with, Some(PathBuf::from("a/talk.wav")));
         let unique: HashSet<&OsString> = names.iter().map(|n| &n.name).collect();
         assert_eq!(unique.len(), 4);
-        assert_eq!(output_names(&paths, "srt"), names, "the same list, the same names");
+        assert_eq!(
+            output_names(&paths, "srt"),
+            names,
+            "the same list, the same names"
+        );
         // A real file whose stem looks like a suffixed name keeps its plain name.
         let tricky = vec![
             PathBuf::from("a/talk.wav"),

@@ -43,7 +43,7 @@ pub fn write_durable(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         sync_dir(dir)
     })();
     if result.is_err() {
-        std::fs::remove_file(&temp).ok();
+        std::fs::remove_file(temp).ok();
     }
     result
 }

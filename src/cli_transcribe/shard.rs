@@ -90,8 +90,8 @@ pub fn parse(
 pub fn from_env(count: Option<u64>, env: &dyn Fn(&str) -> Option<String>) -> Result<Shard, String> {
     if let Some(id) = env("SLURM_ARRAY_TASK_ID") {
         let id = number(&id, "SLURM_ARRAY_TASK_ID")?;
-        let min = env("SLURM_ARRAY_TASK_MIN")
-            .map_or(Ok(0), |v| number(&v, "SLURM_ARRAY_TASK_MIN"))?;
+        let min =
+            env("SLURM_ARRAY_TASK_MIN").map_or(Ok(0), |v| number(&v, "SLURM_ARRAY_TASK_MIN"))?;
         let step = env("SLURM_ARRAY_TASK_STEP")
             .map_or(Ok(1), |v| number(&v, "SLURM_ARRAY_TASK_STEP"))?
             .max(1);
@@ -133,9 +133,11 @@ pub fn from_env(count: Option<u64>, env: &dyn Fn(&str) -> Option<String>) -> Res
         };
         return checked(index, total, &format!("JOB_COMPLETION_INDEX {index}"));
     }
-    Err("--shard auto: neither SLURM_ARRAY_TASK_ID (a Slurm array job) nor \
+    Err(
+        "--shard auto: neither SLURM_ARRAY_TASK_ID (a Slurm array job) nor \
          JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) is set; use --shard K/N"
-        .to_owned())
+            .to_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -147,12 +149,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        move |key| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
-        }
+        move |key| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
     #[test]
@@ -166,10 +163,7 @@ mod tests {
     #[test]
     fn explicit_shards_parse_and_bad_ones_are_refused() {
         let none = env_of(&[]);
-        assert_eq!(
-            parse("2/4", None, &none),
-            Ok(Shard { index: 2, count: 4 })
-        );
+        assert_eq!(parse("2/4", None, &none), Ok(Shard { index: 2, count: 4 }));
         assert_eq!(parse(" 0 / 1 ", None, &none), Ok(Shard::ALL));
         for bad in ["4/4", "1/0", "a/4", "-1/4", "3", ""] {
             assert!(parse(bad, None, &none).is_err(), "{bad}");
