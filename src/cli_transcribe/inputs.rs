@@ -39,13 +39,16 @@ fn path_from_bytes(bytes: &[u8]) -> PathBuf {
 
 /// Reads the list at `source` (`-`: stdin).
 pub fn read_list(source: &Path, nul: bool) -> Result<Vec<PathBuf>, String> {
-    let mut bytes = Vec::new();
-    let result = if source == Path::new("-") {
-        std::io::stdin().lock().read_to_end(&mut bytes)
+    let bytes = if source == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
     } else {
-        std::fs::File::open(source).and_then(|mut f| f.read_to_end(&mut bytes))
-    };
-    result.map_err(|err| format!("cannot read the file list {}: {err}", source.display()))?;
+        std::fs::read(source)
+    }
+    .map_err(|err| format!("cannot read the file list {}: {err}", source.display()))?;
     Ok(parse_list(&bytes, nul))
 }
 
