@@ -73,7 +73,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Transcribe audio files (`--device all` spreads them over every GPU).
+    /// Transcribe audio files (`--device all` spreads them over every GPU), or one shard of a
+    /// list as a task of a Slurm array or Kubernetes Indexed Job.
+    #[command(after_help = crate::cli_transcribe::EXIT_STATUS_HELP)]
     Transcribe(crate::cli_transcribe::TranscribeArgs),
     /// The release model: status, download, verify (see [`crate::cli_model`]).
     Model(crate::cli_model::ModelArgs),

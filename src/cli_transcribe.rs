@@ -1,30 +1,93 @@
-//! `gpuscribe transcribe FILE…`: the engine on the command line.
+//! `gpuscribe transcribe FILE… [--files-from LIST] [--shard K/N|auto]`: the engine on the
+//! command line, and one shard of an array job on a cluster.
 //!
-//! Transcripts go to stdout (JSON: an array with one object per transcribed file) or, with
-//! `--output-dir`, to `<stem>.<format>` files there. Progress, notices and errors go to stderr.
-//! Bad files are reported by name; the others still run; the exit status is non-zero if any failed.
+//! Transcripts go to stdout (in input order; JSON: an array with one object per transcribed file)
+//! or, with `--output-dir`, to `<stem>.<format>` files there, each written durably as soon as its
+//! file is done (see [`outputs`]). Two inputs with the same stem never share an output: the later
+//! one in the list gets `<stem>.<8 hex digits>.<format>` (see [`inputs::output_names`]), said on
+//! stderr. Progress, notices and errors go to stderr. Bad files are reported by name; the others
+//! still run. The exit status tells a scheduler what to retry ([`EXIT_STATUS_HELP`]).
 
+mod inputs;
+pub mod outputs;
+pub mod shard;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::engine::batch::transcribe_files;
 use crate::engine::protocol::Precision;
-use crate::engine::subtitles::CueArgs;
-use crate::engine::transcript::{ExportFormat, FileTranscript, render_with, write_atomic};
-use crate::engine::{DecodeSettings, DeviceTarget, EngineConfig, Event, GpuFree, SpeechEngine};
+use crate::engine::subtitles::{CueArgs, CueRules};
+use crate::engine::transcript::{ExportFormat, FileTranscript, render_with};
+use crate::engine::{
+    DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, Event, GpuFree, JobId, Request,
+    SpeechEngine,
+};
 use crate::gpu::{DeviceChoice, GpuStatus, cuda_ordinal};
+use outputs::{Cause, DoneFile, FailedFile, JsonPath, SkippedFile, Summary};
+use shard::Shard;
 
 /// Languages the model takes as a prompt.
 pub const LANGUAGES: [&str; 7] = ["auto", "zh", "en", "yue", "ja", "ko", "nospeech"];
+
+/// Exit status: the command line itself is wrong (also clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: some files failed because of the files themselves; every other file is done.
+pub const EXIT_SOME_FAILED: u8 = 3;
+/// Exit status: this node could not work (no model, no usable device, outputs not writable).
+pub const EXIT_NODE_FAILED: u8 = 4;
+
+/// The exit statuses, for `--help` and the README.
+pub const EXIT_STATUS_HELP: &str = "Exit status:
+  0  every file of this shard is done (transcribed now, or skipped: its output exists)
+  2  the command line is wrong (e.g. a bad --shard, or --shard auto outside an array job)
+  3  some files failed because of the files themselves (unreadable, not audio; named in the
+     summary's \"failed\" with cause \"input\"); every other file is done; a retry will not help
+  4  this node could not work: no model, no usable device (--require-gpu), the output folder or
+     the list not writable/readable, or the model failing on audio that decodes; files not done
+     are in the summary; retry (elsewhere): with --skip-existing a re-run does only what is missing
+A process killed by a signal (preemption, SIGKILL) leaves no partial output: re-run the shard.";
 
 /// Arguments of `gpuscribe transcribe`.
 #[derive(Debug, Args)]
 pub struct TranscribeArgs {
     /// Audio files (WAV, MP3, FLAC, OGG Vorbis, M4A/AAC).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "files_from")]
     pub files: Vec<PathBuf>,
+    /// Also transcribe the files listed here, one path per line (`-`: stdin). Paths are taken
+    /// byte for byte (names need not be UTF-8); empty lines are skipped; exact repeats run once.
+    #[arg(long, value_name = "LIST")]
+    pub files_from: Option<PathBuf>,
+    /// In --files-from, paths end with a NUL byte (`find -print0`) instead of a newline.
+    #[arg(long, requires = "files_from")]
+    pub null: bool,
+    /// Transcribe only shard K of N (0-based: 0/4 … 3/4) of the files, or `auto`: from
+    /// SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT (Slurm arrays) or JOB_COMPLETION_INDEX (Kubernetes
+    /// Indexed Jobs, with --shard-count). A file's shard is FNV-1a-64(path bytes as listed) mod N:
+    /// the same list always gives the same split. Needs --output-dir.
+    #[arg(long, value_name = "K/N|auto", env = "GPUSCRIBE_SHARD")]
+    pub shard: Option<String>,
+    /// How many shards `--shard auto` has under a Kubernetes Indexed Job (its `completions`);
+    /// also overrides SLURM_ARRAY_TASK_COUNT.
+    #[arg(long, value_name = "N", env = "GPUSCRIBE_SHARD_COUNT")]
+    pub shard_count: Option<u64>,
+    /// Skip files whose output already exists (outputs are written atomically, so one that exists
+    /// is complete): a re-run finishes only what is missing.
+    #[arg(long, requires = "output_dir")]
+    pub skip_existing: bool,
+    /// Write the run's summary JSON here (done, skipped, failed with reasons, audio seconds,
+    /// wall time). Default with --output-dir: DIR/summary/shard-K-of-N.json.
+    #[arg(long, value_name = "PATH")]
+    pub summary: Option<PathBuf>,
+    /// Fail with exit status 4 when no GPU can be used, instead of running on the CPU (for GPU
+    /// nodes of a cluster: a node without a working GPU hands the shard back).
+    #[arg(long)]
+    pub require_gpu: bool,
     /// Spoken language, or auto-detect (SenseVoice: auto zh en yue ja ko nospeech; Whisper: any
     /// of its language codes, e.g. de, fr, es, ru).
     #[arg(long, default_value = "auto")]
@@ -53,7 +116,8 @@ pub struct TranscribeArgs {
     /// verifying it once (see `gpuscribe model`).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
-    /// Write `<stem>.<format>` files into this folder instead of printing.
+    /// Write `<stem>.<format>` files into this folder instead of printing, each as soon as it is
+    /// done.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
     /// Weight precision (auto: bf16 on a GPU, f32 on the CPU).
@@ -92,114 +156,622 @@ pub fn gpus_for_engine(status: &GpuStatus, cuda_visible_devices: Option<&str>) -
 /// Where jobs run: the `--device` choice validated at start-up (`all`: one worker per GPU), or
 /// Auto without one.
 pub fn target(choice: Option<&DeviceChoice>) -> DeviceTarget {
-    choice.map_or(DeviceTarget::Auto, DeviceTarget::from_choice)
+    choice.map_or(DeviceTarget::Auto, crate::app::target_for)
 }
 
-fn output_path(dir: &Path, input: &Path, format: ExportFormat) -> PathBuf {
-    let stem = input
-        .file_stem()
-        .map_or_else(|| "transcript".into(), |s| s.to_string_lossy().into_owned());
-    dir.join(format!("{stem}.{}", format.extension()))
+/// How long the engine may stay silent (no event at all) before the node counts as stuck.
+const ENGINE_SILENCE: Duration = Duration::from_secs(3600);
+
+/// The engine's worker protocol is JSON, which cannot carry a path that is not UTF-8: such
+/// inputs go to the engine as a symbolic link with a plain name in a private folder.
+#[derive(Default)]
+struct Aliases {
+    dir: Option<PathBuf>,
+    links: HashMap<usize, PathBuf>,
 }
 
-/// Runs the command; returns the number of files that failed.
-pub fn run(
-    args: &TranscribeArgs,
-    target: DeviceTarget,
-    gpus: Vec<GpuFree>,
-) -> anyhow::Result<usize> {
-    let engine = SpeechEngine::from_cli(&args.engine, &args.whisper_model)
-        .map_err(|message| anyhow::anyhow!(message))?;
-    if engine == SpeechEngine::SenseVoice && !LANGUAGES.contains(&args.language.as_str()) {
-        anyhow::bail!(
-            "SenseVoice does not know the language {:?}; choose one of {} (or --engine whisper)",
-            args.language,
-            LANGUAGES.join(", ")
-        );
-    }
-    if engine == SpeechEngine::SenseVoice && args.translate {
-        anyhow::bail!("--translate needs --engine whisper");
-    }
-    // The engine does not download: the model store fetches and verifies SenseVoice's release
-    // first (a Whisper folder is named with --model-dir).
-    let model_dir = match (&args.model_dir, &engine) {
-        (Some(dir), _) => Some(dir.clone()),
-        (None, SpeechEngine::SenseVoice) => Some(crate::cli_model::ensure_release_model()?),
-        (None, SpeechEngine::Whisper { .. }) => None,
-    };
-    let config = EngineConfig {
-        model_dir,
-        engine,
-        precision: args.precision,
-        target,
-        ..EngineConfig::default()
-    };
-    let settings = DecodeSettings {
-        language: args.language.clone(),
-        use_itn: args.itn,
-        rich: args.rich,
-        translate: args.translate,
-    };
-    let on_event = |event: &Event| match event {
-        Event::Notice(message) => eprintln!("note: {message}"),
-        Event::JobStarted { device, .. } => tracing::info!("running on {device}"),
-        Event::JobDecoded {
-            warning: Some(warning),
-            ..
-        } => eprintln!("warning: {warning}"),
-        _ => {}
-    };
-    // Every job is in the library from the start; each event is written as it arrives.
-    let mut history = crate::library::CliHistory::for_transcribe(args, &config, &settings);
-    let mut on_event = |event: &Event| {
-        if let Some(history) = &mut history {
-            history.on_event(event);
+impl Aliases {
+    fn engine_path(&mut self, index: usize, input: &Path) -> PathBuf {
+        if input.to_str().is_some() {
+            return input.to_owned();
         }
-        on_event(event);
-    };
-    let results = transcribe_files(&args.files, config, gpus, &settings, &mut on_event)?;
-    let mut failed = 0;
-    let mut done: Vec<FileTranscript> = Vec::new();
-    for (path, result) in args.files.iter().zip(results) {
-        match result {
-            Ok(transcript) => done.push(transcript),
-            Err(message) => {
-                failed += 1;
-                let name = path.display().to_string();
-                if message.contains(&name) {
-                    eprintln!("error: {message}");
-                } else {
-                    eprintln!("error: {name}: {message}");
-                }
+        match self.link(index, input) {
+            Ok(link) => link,
+            Err(err) => {
+                tracing::warn!("cannot alias {}: {err}", input.display());
+                input.to_owned()
             }
         }
     }
-    let rules = args.cues.rules();
-    let mut out = std::io::stdout().lock();
-    if let Some(dir) = &args.output_dir {
-        std::fs::create_dir_all(dir)?;
-        for transcript in &done {
-            let path = output_path(dir, &transcript.path, args.format);
-            write_atomic(
-                &path,
-                render_with(transcript, args.format, &rules).as_bytes(),
-            )
-            .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
-            eprintln!("wrote {}", path.display());
+
+    #[cfg(unix)]
+    fn link(&mut self, index: usize, input: &Path) -> std::io::Result<PathBuf> {
+        let dir = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = std::env::temp_dir().join(format!(
+                    "gpuscribe-inputs-{}-{}",
+                    std::process::id(),
+                    outputs::unix_ms()
+                ));
+                std::fs::create_dir_all(&dir)?;
+                self.dir = Some(dir.clone());
+                dir
+            }
+        };
+        let extension = input
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let link = dir.join(format!("input-{index}.{extension}"));
+        std::os::unix::fs::symlink(std::path::absolute(input)?, &link)?;
+        self.links.insert(index, link.clone());
+        Ok(link)
+    }
+
+    #[cfg(not(unix))]
+    fn link(&mut self, _index: usize, _input: &Path) -> std::io::Result<PathBuf> {
+        Err(std::io::Error::other("paths that are not UTF-8 need Unix"))
+    }
+
+    fn is_aliased(&self, index: usize) -> bool {
+        self.links.contains_key(&index)
+    }
+
+    /// `message` with the link's name replaced by the input's.
+    fn unalias(&self, index: usize, message: &str, input: &Path) -> String {
+        match self.links.get(&index) {
+            Some(link) => {
+                message.replace(&link.display().to_string(), &input.display().to_string())
+            }
+            None => message.to_owned(),
         }
-    } else if args.format == ExportFormat::Json {
-        serde_json::to_writer_pretty(&mut out, &done)?;
-        out.write_all(b"\n")?;
-    } else {
-        let many = done.len() > 1;
-        for transcript in &done {
-            if many {
+    }
+}
+
+impl Drop for Aliases {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            std::fs::remove_dir_all(dir).ok();
+        }
+    }
+}
+
+/// Why this node cannot work.
+struct NodeFailure(String);
+
+/// One file of this shard.
+struct Item {
+    input: PathBuf,
+    /// `None`: stdout.
+    output: Option<PathBuf>,
+}
+
+/// Transcripts printed to stdout in input order, each as soon as the ones before it are out.
+struct StdoutSink {
+    format: ExportFormat,
+    rules: CueRules,
+    headers: bool,
+    next: usize,
+    ready: BTreeMap<usize, Option<FileTranscript>>,
+    printed: usize,
+}
+
+impl StdoutSink {
+    fn new(format: ExportFormat, rules: CueRules, count: usize) -> Self {
+        Self {
+            format,
+            rules,
+            headers: count > 1,
+            next: 0,
+            ready: BTreeMap::new(),
+            printed: 0,
+        }
+    }
+
+    /// Item `index` is finished (`None`: failed, nothing to print).
+    fn offer(&mut self, index: usize, transcript: Option<FileTranscript>) -> std::io::Result<()> {
+        self.ready.insert(index, transcript);
+        while let Some(transcript) = self.ready.remove(&self.next) {
+            self.next += 1;
+            if let Some(transcript) = transcript {
+                self.print(&transcript)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn print(&mut self, transcript: &FileTranscript) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if self.format == ExportFormat::Json {
+            out.write_all(if self.printed == 0 { b"[\n" } else { b",\n" })?;
+            serde_json::to_writer_pretty(&mut out, transcript)?;
+        } else {
+            if self.headers {
                 writeln!(out, "==> {} <==", transcript.path.display())?;
             }
-            out.write_all(render_with(transcript, args.format, &rules).as_bytes())?;
+            out.write_all(render_with(transcript, self.format, &self.rules).as_bytes())?;
+        }
+        self.printed += 1;
+        out.flush()
+    }
+
+    /// Prints what is left, in order, and closes the JSON array.
+    fn finish(&mut self) -> std::io::Result<()> {
+        for transcript in std::mem::take(&mut self.ready).into_values().flatten() {
+            self.print(&transcript)?;
+        }
+        if self.format == ExportFormat::Json {
+            let mut out = std::io::stdout().lock();
+            out.write_all(if self.printed == 0 { b"[]\n" } else { b"\n]\n" })?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve_shard(args: &TranscribeArgs) -> Result<Shard, String> {
+    match &args.shard {
+        None => Ok(Shard::ALL),
+        Some(value) => shard::parse(value, args.shard_count, &|key| std::env::var(key).ok()),
+    }
+}
+
+fn error_line(path: &Path, message: &str) -> String {
+    let name = path.display().to_string();
+    if message.contains(&name) {
+        message.to_owned()
+    } else {
+        format!("{name}: {message}")
+    }
+}
+
+/// Whether a failed file is to blame: if it decodes here, the failure was not the file's.
+fn cause_of_failure(path: &Path) -> Cause {
+    match crate::audio::decode::decode_file(path, &mut |_| {}) {
+        Ok(_) => Cause::Node,
+        Err(_) => Cause::Input,
+    }
+}
+
+/// Runs the command; prints the summary's path and returns the exit status
+/// ([`EXIT_STATUS_HELP`]).
+pub fn run(args: &TranscribeArgs, target: DeviceTarget, gpus: Vec<GpuFree>) -> ExitCode {
+    let started = Instant::now();
+    let shard = match resolve_shard(args) {
+        Ok(shard) => shard,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if args.shard.is_some() && args.output_dir.is_none() {
+        eprintln!(
+            "error: --shard needs --output-dir (the shards of a job write their outputs there)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut summary = Summary::new(shard, outputs::unix_ms());
+    let summary_path = args.summary.clone().or_else(|| {
+        args.output_dir
+            .as_deref()
+            .map(|dir| Summary::default_path(dir, shard))
+    });
+    let mut run = Run {
+        args,
+        summary: &mut summary,
+        node_error: None,
+    };
+    if let Err(NodeFailure(message)) = run.work(shard, target, gpus) {
+        run.node_failed(message);
+    }
+    let node_error = run.node_error.take();
+    finish(summary, node_error, summary_path.as_deref(), started)
+}
+
+/// Settles the exit status, writes the summary and says how it went.
+fn finish(
+    mut summary: Summary,
+    node_error: Option<String>,
+    summary_path: Option<&Path>,
+    started: Instant,
+) -> ExitCode {
+    let node_failed = node_error.is_some() || summary.failed.iter().any(|f| f.cause == Cause::Node);
+    (summary.status, summary.exit_code) = if node_failed {
+        ("node_failed", EXIT_NODE_FAILED)
+    } else if !summary.failed.is_empty() {
+        ("some_failed", EXIT_SOME_FAILED)
+    } else {
+        ("ok", 0)
+    };
+    summary.node_error = node_error;
+    summary.audio_s = summary.done.iter().map(|d| d.audio_s).sum();
+    summary.wall_s = started.elapsed().as_secs_f64();
+    summary.finished_at_unix_ms = outputs::unix_ms();
+    let mut code = summary.exit_code;
+    eprintln!(
+        "shard {}/{}: {} done, {} skipped, {} failed, {} not run; {:.1} s of audio in {:.1} s",
+        summary.shard_index,
+        summary.shard_count,
+        summary.done.len(),
+        summary.skipped.len(),
+        summary.failed.len(),
+        summary.not_run.len(),
+        summary.audio_s,
+        summary.wall_s
+    );
+    if let Some(path) = summary_path {
+        let written = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                let mut json = serde_json::to_vec_pretty(&summary)?;
+                json.push(b'\n');
+                outputs::write_durable(path, &json)
+            });
+        match written {
+            Ok(()) => eprintln!("summary: {}", path.display()),
+            Err(err) => {
+                eprintln!("error: cannot write the summary {}: {err}", path.display());
+                code = EXIT_NODE_FAILED;
+            }
         }
     }
-    Ok(failed)
+    ExitCode::from(code)
+}
+
+struct Run<'a> {
+    args: &'a TranscribeArgs,
+    summary: &'a mut Summary,
+    node_error: Option<String>,
+}
+
+impl Run<'_> {
+    fn node_failed(&mut self, message: String) {
+        if self.node_error.is_none() {
+            eprintln!("error: this node cannot work: {message}");
+            self.node_error = Some(message);
+        }
+    }
+
+    /// The files of this shard, with their outputs.
+    fn plan(&mut self, shard: Shard) -> Result<Vec<Item>, NodeFailure> {
+        let mut all = self.args.files.clone();
+        if let Some(list) = &self.args.files_from {
+            all.extend(inputs::read_list(list, self.args.null).map_err(NodeFailure)?);
+        }
+        let (all, repeats) = inputs::dedupe(all);
+        if repeats > 0 {
+            eprintln!("note: {repeats} repeated path(s) in the input run once");
+        }
+        self.summary.listed = all.len();
+        let names = self
+            .args
+            .output_dir
+            .as_ref()
+            .map(|_| inputs::output_names(&all, self.args.format.extension()));
+        let mut items = Vec::new();
+        for (i, input) in all.into_iter().enumerate() {
+            if !shard.owns(input.as_os_str()) {
+                continue;
+            }
+            let output = match (&self.args.output_dir, &names) {
+                (Some(dir), Some(names)) => {
+                    let name = &names[i];
+                    let output = dir.join(&name.name);
+                    if let Some(first) = &name.clashes_with {
+                        eprintln!(
+                            "note: {} has the same name as {}: its transcript goes to {}",
+                            input.display(),
+                            first.display(),
+                            output.display()
+                        );
+                    }
+                    Some(output)
+                }
+                _ => None,
+            };
+            items.push(Item { input, output });
+        }
+        self.summary.assigned = items.len();
+        Ok(items)
+    }
+
+    /// What must hold before any file is tried: a writable output folder, the model's files,
+    /// a GPU when one is required.
+    fn preflight(&self, gpus: &[GpuFree]) -> Result<(), NodeFailure> {
+        if let Some(dir) = &self.args.output_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| NodeFailure(format!("cannot create {}: {err}", dir.display())))?;
+            let probe = dir.join(format!(".gpuscribe-probe-{}", std::process::id()));
+            outputs::write_durable(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|err| {
+                    NodeFailure(format!("cannot write into {}: {err}", dir.display()))
+                })?;
+        }
+        if let Some(dir) = self.args.model_dir.as_ref().filter(|_| self.args.engine == "sensevoice") {
+            crate::model::files::ModelFiles::from_dir(dir).map_err(|err| {
+                NodeFailure(format!(
+                    "the model folder {} is unusable: {err}",
+                    dir.display()
+                ))
+            })?;
+        }
+        if self.args.require_gpu {
+            if !cfg!(feature = "cuda") {
+                return Err(NodeFailure(
+                    "--require-gpu: this build has no CUDA support (build with --features cuda)"
+                        .to_owned(),
+                ));
+            }
+            if gpus.is_empty() {
+                return Err(NodeFailure(
+                    "--require-gpu: no usable NVIDIA GPU".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn work(
+        &mut self,
+        shard: Shard,
+        target: DeviceTarget,
+        gpus: Vec<GpuFree>,
+    ) -> Result<(), NodeFailure> {
+        let items = self.plan(shard)?;
+        if let Err(failure) = self.preflight(&gpus) {
+            self.summary.not_run = items
+                .iter()
+                .map(|i| JsonPath::from(i.input.as_path()))
+                .collect();
+            return Err(failure);
+        }
+        let mut to_run = VecDeque::new();
+        for (index, item) in items.iter().enumerate() {
+            match &item.output {
+                Some(output) if self.args.skip_existing && outputs::output_exists(output) => {
+                    self.summary.skipped.push(SkippedFile {
+                        input: JsonPath::from(item.input.as_path()),
+                        output: JsonPath::from(output.as_path()),
+                    });
+                }
+                _ => to_run.push_back(index),
+            }
+        }
+        if !self.summary.skipped.is_empty() {
+            eprintln!(
+                "{} file(s) skipped: their outputs exist",
+                self.summary.skipped.len()
+            );
+        }
+        let mut stdout = StdoutSink::new(self.args.format, self.args.cues.rules(), items.len());
+        if !to_run.is_empty() {
+            self.transcribe(&items, to_run, target, gpus, &mut stdout)?;
+        }
+        if self.args.output_dir.is_none()
+            && let Err(err) = stdout.finish()
+        {
+            return Err(NodeFailure(format!("cannot write to stdout: {err}")));
+        }
+        Ok(())
+    }
+
+    /// Runs `to_run` through the engine, a window of jobs at a time, writing each output as its
+    /// file finishes.
+    fn transcribe(
+        &mut self,
+        items: &[Item],
+        mut to_run: VecDeque<usize>,
+        target: DeviceTarget,
+        gpus: Vec<GpuFree>,
+        stdout: &mut StdoutSink,
+    ) -> Result<(), NodeFailure> {
+        let args = self.args;
+        let engine_choice = SpeechEngine::from_cli(&args.engine, &args.whisper_model)
+            .map_err(NodeFailure)?;
+        // The engine does not download: the model store fetches and verifies SenseVoice's
+        // release first (a Whisper folder is named with --model-dir).
+        let model_dir = match (&args.model_dir, &engine_choice) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, SpeechEngine::SenseVoice) => Some(
+                crate::cli_model::ensure_release_model()
+                    .map_err(|err| NodeFailure(format!("{err:#}")))?,
+            ),
+            (None, SpeechEngine::Whisper { .. }) => None,
+        };
+        let config = EngineConfig {
+            model_dir,
+            engine: engine_choice,
+            precision: args.precision,
+            target,
+            ..EngineConfig::default()
+        };
+        let settings = DecodeSettings {
+            language: args.language.clone(),
+            use_itn: args.itn,
+            rich: args.rich,
+            translate: args.translate,
+        };
+        let rules = args.cues.rules();
+        // Every job is in the library from the start, in the order the engine numbers them;
+        // each event is written as it arrives.
+        let submitted: Vec<PathBuf> = to_run.iter().map(|&i| items[i].input.clone()).collect();
+        let mut history =
+            crate::library::CliHistory::for_transcribe(args, &config, &settings, &submitted);
+        // Enough queued per device to keep it busy, few enough that a big list never floods
+        // the engine's bounded channels.
+        let window = 8 + 4 * gpus.len();
+        let engine = EngineHandle::spawn(config, Arc::new(|| {}))
+            .map_err(|err| NodeFailure(format!("cannot start the engine thread: {err}")))?;
+        engine.send(Request::Gpus(gpus));
+        let mut flight: HashMap<JobId, (usize, String)> = HashMap::new();
+        let mut aliases = Aliases::default();
+        let total = to_run.len();
+        let mut finished = 0usize;
+        // The engine says why a device failed in a notice; a node failure quotes the latest.
+        let mut last_notice = String::new();
+        loop {
+            while self.node_error.is_none() && flight.len() < window {
+                let Some(index) = to_run.pop_front() else {
+                    break;
+                };
+                let path = aliases.engine_path(index, &items[index].input);
+                let job = engine.transcribe(path, settings.clone());
+                flight.insert(job, (index, String::new()));
+            }
+            if flight.is_empty() {
+                break;
+            }
+            let Some(event) = engine.recv_timeout(ENGINE_SILENCE) else {
+                self.node_failed(format!(
+                    "the engine gave no sign of life for {} s",
+                    ENGINE_SILENCE.as_secs()
+                ));
+                for (index, _) in flight.into_values() {
+                    self.summary.failed.push(FailedFile {
+                        input: JsonPath::from(items[index].input.as_path()),
+                        reason: "the engine stopped answering".to_owned(),
+                        cause: Cause::Node,
+                    });
+                }
+                break;
+            };
+            if let Some(history) = &mut history {
+                history.on_event(&event);
+            }
+            match event {
+                Event::Notice(message) => {
+                    eprintln!("note: {message}");
+                    last_notice = message;
+                }
+                Event::JobStarted { job_id, device } => {
+                    tracing::info!("running on {device}");
+                    let Some((index, slot)) = flight.get_mut(&job_id) else {
+                        continue;
+                    };
+                    let index = *index;
+                    slot.clone_from(&device);
+                    if args.require_gpu && device == "CPU" {
+                        self.node_failed(format!(
+                            "--require-gpu: {} would run on the CPU (no GPU could take it)",
+                            items[index].input.display()
+                        ));
+                        flight
+                            .keys()
+                            .for_each(|&id| engine.send(Request::Cancel(id)));
+                    }
+                }
+                Event::JobDecoded {
+                    warning: Some(warning),
+                    ..
+                } => eprintln!("warning: {warning}"),
+                Event::JobDone {
+                    job_id,
+                    mut transcript,
+                    ms,
+                } => {
+                    let Some((index, device)) = flight.remove(&job_id) else {
+                        continue;
+                    };
+                    if aliases.is_aliased(index) {
+                        // JSON holds text: the name as close as UTF-8 gets.
+                        transcript.path = items[index].input.to_string_lossy().into_owned().into();
+                    }
+                    finished += 1;
+                    let item = &items[index];
+                    let done = DoneFile {
+                        input: JsonPath::from(item.input.as_path()),
+                        output: item.output.as_deref().map(JsonPath::from),
+                        audio_s: transcript.duration_s,
+                        device,
+                        engine_s: ms / 1000.0,
+                    };
+                    let written = match &item.output {
+                        Some(path) => outputs::write_durable(
+                            path,
+                            render_with(&transcript, args.format, &rules).as_bytes(),
+                        )
+                        .map(|()| {
+                            eprintln!("[{finished}/{total}] wrote {}", path.display());
+                        })
+                        .map_err(|err| format!("cannot write {}: {err}", path.display())),
+                        None => stdout
+                            .offer(index, Some(transcript))
+                            .map_err(|err| format!("cannot write to stdout: {err}")),
+                    };
+                    match written {
+                        Ok(()) => self.summary.done.push(done),
+                        Err(reason) => {
+                            self.node_failed(reason.clone());
+                            flight
+                                .keys()
+                                .for_each(|&id| engine.send(Request::Cancel(id)));
+                            self.summary.failed.push(FailedFile {
+                                input: done.input,
+                                reason,
+                                cause: Cause::Node,
+                            });
+                        }
+                    }
+                }
+                Event::JobFailed {
+                    job_id,
+                    message,
+                    cancelled,
+                } => {
+                    let Some((index, _)) = flight.remove(&job_id) else {
+                        continue;
+                    };
+                    finished += 1;
+                    let input = &items[index].input;
+                    let message = aliases.unalias(index, &message, input);
+                    if cancelled && self.node_error.is_some() {
+                        self.summary.not_run.push(JsonPath::from(input.as_path()));
+                        continue;
+                    }
+                    let reason = error_line(input, &message);
+                    eprintln!("error: {reason}");
+                    let cause = if self.node_error.is_some() {
+                        Cause::Node
+                    } else {
+                        cause_of_failure(input)
+                    };
+                    if cause == Cause::Node {
+                        let context = if last_notice.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (the engine said: {last_notice})")
+                        };
+                        self.node_failed(format!(
+                            "{} decodes here, yet transcribing it failed: {message}{context}",
+                            input.display()
+                        ));
+                        flight
+                            .keys()
+                            .for_each(|&id| engine.send(Request::Cancel(id)));
+                    }
+                    self.summary.failed.push(FailedFile {
+                        input: JsonPath::from(input.as_path()),
+                        reason,
+                        cause,
+                    });
+                    if items[index].output.is_none() {
+                        stdout.offer(index, None).ok();
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.summary.not_run.extend(
+            to_run
+                .into_iter()
+                .map(|index| JsonPath::from(items[index].input.as_path())),
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -37,9 +37,11 @@ fn main() -> anyhow::Result<ExitCode> {
     if let Some(Command::Transcribe(args)) = &cli.command
         && cli::is_cpu_device(cli.device.as_deref())
     {
-        let failed =
-            gpuscribe::cli_transcribe::run(args, gpuscribe::engine::DeviceTarget::Cpu, Vec::new())?;
-        return Ok(transcribe_status(failed, args.files.len()));
+        return Ok(gpuscribe::cli_transcribe::run(
+            args,
+            gpuscribe::engine::DeviceTarget::Cpu,
+            Vec::new(),
+        ));
     }
 
     // The model store needs no GPU monitor.
@@ -71,12 +73,21 @@ fn main() -> anyhow::Result<ExitCode> {
     };
     let mut feed = gpu::spawn_default_monitor(gpu::DEFAULT_SAMPLE_INTERVAL, repaint)
         .context("starting the gpu-monitor thread")?;
+    // For `transcribe`, a node that cannot tell its devices cannot work: say so in its exit status.
+    let transcribing = matches!(cli.command, Some(Command::Transcribe(_)));
+    let node_failed = |err: &dyn std::fmt::Display| {
+        eprintln!("error: this node cannot work: {err}");
+        ExitCode::from(gpuscribe::cli_transcribe::EXIT_NODE_FAILED)
+    };
     // Only what needs the GPU list waits for the monitor: `gpus`, and a `--device` naming GPUs.
     // The window and Auto start without it (NVML may take long, or never answer).
     let needs_gpus = matches!(cli.command, Some(Command::Gpus { .. }))
         || cli::device_names_gpus(cli.device.as_deref());
     let first = if needs_gpus {
-        Some(cli::first_status(&mut feed)?)
+        match cli::first_status(&mut feed) {
+            Err(err) if transcribing => return Ok(node_failed(&err)),
+            first => Some(first?),
+        }
     } else {
         None
     };
@@ -85,11 +96,14 @@ fn main() -> anyhow::Result<ExitCode> {
         0,
         gpu::DriverInfo::default(),
     ));
-    let device = cli::validate_device(
+    let device = match cli::validate_device(
         cli.device.as_deref(),
         first.as_ref().unwrap_or(&no_gpus),
         cuda_visible_devices.as_deref(),
-    )?;
+    ) {
+        Err(err) if transcribing => return Ok(node_failed(&err)),
+        device => device?,
+    };
 
     match cli.command {
         Some(Command::Gpus { json }) => {
@@ -112,8 +126,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let gpus = gpus_for_engine(first, &mut feed, cuda_visible_devices.as_deref());
             drop(feed);
             let target = gpuscribe::cli_transcribe::target(device.as_ref());
-            let failed = gpuscribe::cli_transcribe::run(&args, target, gpus)?;
-            Ok(transcribe_status(failed, args.files.len()))
+            Ok(gpuscribe::cli_transcribe::run(&args, target, gpus))
         }
         Some(Command::Listen(args)) => {
             let gpus = gpus_for_engine(first, &mut feed, cuda_visible_devices.as_deref());
@@ -156,14 +169,6 @@ fn gpus_for_engine(
     }
 }
 
-fn transcribe_status(failed: usize, files: usize) -> ExitCode {
-    if failed > 0 {
-        eprintln!("{failed} of {files} file(s) failed");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
 
 fn run_window(
     gpu_feed: gpu::GpuFeed,

@@ -183,6 +183,7 @@ impl CliHistory {
         args: &crate::cli_transcribe::TranscribeArgs,
         config: &crate::engine::EngineConfig,
         settings: &crate::engine::DecodeSettings,
+        submitted: &[std::path::PathBuf],
     ) -> Option<Self> {
         if args.no_history {
             return None;
@@ -194,6 +195,6 @@ impl CliHistory {
             model: model_text(config.model_dir.as_deref()),
             recording: None,
         };
-        Self::start(&args.files, &template)
+        Self::start(submitted, &template)
     }
 }
