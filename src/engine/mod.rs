@@ -16,6 +16,7 @@ pub mod batch;
 pub mod cuda_stubs;
 pub mod fit;
 mod model_dir;
+pub mod pipeline;
 pub mod process;
 pub mod protocol;
 pub mod residency;

@@ -364,7 +364,7 @@ impl<'a> Machine<'a> {
 
     /// Adds key/value pairs to the dict on top of the stack (copying it first when shared).
     fn set_items(&mut self, pairs: Vec<Value>) -> Result<(), PickleError> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return self.err("SETITEMS with an odd number of values");
         }
         let max_depth = self.limits.max_depth;
