@@ -47,6 +47,9 @@ const MAX_RESERVE_S: f64 = 60.0;
 /// Decoded 16 kHz samples are handed to a streaming sink in chunks of about this many.
 const SINK_CHUNK: usize = 16_000;
 
+/// Where streamed samples go: called with each chunk; `Break` stops decoding.
+pub type SampleSink<'a> = dyn FnMut(&[f32]) -> ControlFlow<()> + 'a;
+
 /// How far decoding must advance between two progress reports.
 const PROGRESS_STEP_S: f64 = 0.5;
 
@@ -238,7 +241,7 @@ pub fn decode_file(
 pub fn decode_file_to(
     path: &Path,
     progress: &mut dyn FnMut(DecodeProgress),
-    sink: &mut dyn FnMut(&[f32]) -> ControlFlow<()>,
+    sink: &mut SampleSink<'_>,
 ) -> Result<DecodedAudio, DecodeError> {
     decode_file_inner(path, progress, Some(sink))
 }
@@ -246,7 +249,7 @@ pub fn decode_file_to(
 fn decode_file_inner(
     path: &Path,
     progress: &mut dyn FnMut(DecodeProgress),
-    sink: Option<&mut dyn FnMut(&[f32]) -> ControlFlow<()>>,
+    sink: Option<&mut SampleSink<'_>>,
 ) -> Result<DecodedAudio, DecodeError> {
     let file = File::open(path).map_err(|source| DecodeError::Open {
         path: path.to_owned(),
@@ -296,7 +299,7 @@ pub fn decode_bytes_to(
     name: &Path,
     extension: Option<&str>,
     progress: &mut dyn FnMut(DecodeProgress),
-    sink: &mut dyn FnMut(&[f32]) -> ControlFlow<()>,
+    sink: &mut SampleSink<'_>,
 ) -> Result<DecodedAudio, DecodeError> {
     let len_bytes = bytes.len() as u64;
     decode_source(
@@ -315,7 +318,7 @@ fn decode_source(
     path: &Path,
     extension: Option<&str>,
     progress: &mut dyn FnMut(DecodeProgress),
-    sink: Option<&mut dyn FnMut(&[f32]) -> ControlFlow<()>>,
+    sink: Option<&mut SampleSink<'_>>,
 ) -> Result<DecodedAudio, DecodeError> {
     if len_bytes == 0 {
         return Err(DecodeError::EmptyFile {
@@ -367,7 +370,7 @@ fn probe_error(path: &Path, err: SymphoniaError) -> DecodeError {
 struct Decoding<'p, 's> {
     path: &'p Path,
     /// Where finished samples go as they come; `None` collects them in `out`.
-    sink: Option<&'s mut dyn FnMut(&[f32]) -> ControlFlow<()>>,
+    sink: Option<&'s mut SampleSink<'s>>,
     /// Samples handed to the sink so far.
     sunk: u64,
     /// The file's size in bytes.
@@ -457,7 +460,7 @@ impl<'p, 's> Decoding<'p, 's> {
             out.reserve(2 * SINK_CHUNK);
         } else if let Some(total) = total_s {
             let plausible_s = (len_bytes as f64 / 1000.0).max(1.0);
-            let reserve_s = total.min(plausible_s).min(MAX_RESERVE_S).max(0.0);
+            let reserve_s = total.min(plausible_s).clamp(0.0, MAX_RESERVE_S);
             out.reserve((reserve_s * f64::from(MODEL_SAMPLE_RATE_HZ)) as usize + 1024);
         }
         Ok(Self {

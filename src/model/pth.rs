@@ -180,7 +180,12 @@ where
         }
     }
     let limits = pickle::Limits::default();
-    let data = read_entry(&mut archive, pkl, None, limits.max_bytes as u64)?;
+    let data = read_entry(
+        &mut archive,
+        pkl,
+        None,
+        (limits.max_bytes as u64).min(file_len),
+    )?;
     let mut refs = pickle::read_state_dict(&data, &NESTED_KEYS, limits)
         .map_err(|e| not_a_checkpoint(format!("{pkl}: {e}")))?;
     drop(data);

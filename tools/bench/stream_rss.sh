@@ -11,9 +11,10 @@ if [ $# -gt 0 ]; then hours=("$@"); else hours=(1 10); fi
 # optimised there too), which is what the recorded runs used.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 profile="${PROFILE:-dev}"
-cargo build --locked --profile "$profile" --example stream_rss >&2
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-bin="$CARGO_TARGET_DIR/$dir/examples/stream_rss"
+bin="${BIN:-$CARGO_TARGET_DIR/$dir/examples/stream_rss}"
+# BIN=path/to/stream_rss skips the build.
+[ -n "${BIN:-}" ] || cargo build --locked --profile "$profile" --example stream_rss >&2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # One minute: 7 s of a 180 Hz tone, 0.4 s of near silence, repeated (pauses for the cutter).
