@@ -246,10 +246,10 @@ pub fn decode_file_to(
     decode_file_inner(path, progress, Some(sink))
 }
 
-fn decode_file_inner(
+fn decode_file_inner<'s>(
     path: &Path,
     progress: &mut dyn FnMut(DecodeProgress),
-    sink: Option<&mut SampleSink<'_>>,
+    sink: Option<&'s mut SampleSink<'s>>,
 ) -> Result<DecodedAudio, DecodeError> {
     let file = File::open(path).map_err(|source| DecodeError::Open {
         path: path.to_owned(),
@@ -312,13 +312,13 @@ pub fn decode_bytes_to(
     )
 }
 
-fn decode_source(
+fn decode_source<'s>(
     source: Box<dyn MediaSource>,
     len_bytes: u64,
     path: &Path,
     extension: Option<&str>,
     progress: &mut dyn FnMut(DecodeProgress),
-    sink: Option<&mut SampleSink<'_>>,
+    sink: Option<&'s mut SampleSink<'s>>,
 ) -> Result<DecodedAudio, DecodeError> {
     if len_bytes == 0 {
         return Err(DecodeError::EmptyFile {
