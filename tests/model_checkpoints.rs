@@ -3,6 +3,9 @@
 //! one error naming the file (and the tensor where there is one), never a panic or a huge
 //! allocation.
 
+// Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
