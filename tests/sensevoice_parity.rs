@@ -332,8 +332,10 @@ fn bad_checkpoints_from_the_fixture() {
     cut[mid..mid + 4096].fill(0);
     let damaged = dir.path().join("damaged.pt");
     std::fs::write(&damaged, &cut).unwrap();
-    // Zeroed bytes inside stored tensor data may still read: it must not panic either way.
-    let _ = HostWeights::load(&damaged);
+    // Zeroed bytes inside stored tensor data fail the entry's CRC-32.
+    let e = HostWeights::load(&damaged).unwrap_err();
+    assert!(matches!(e, WeightsError::Damaged { .. }), "{e}");
+    assert!(e.to_string().contains("damaged.pt"), "{e}");
 
     let files = |weights: PathBuf| ModelFiles {
         weights,

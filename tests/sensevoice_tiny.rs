@@ -301,7 +301,9 @@ fn bad_files_are_errors_not_panics() {
         assert!(
             matches!(
                 e,
-                WeightsError::NotACheckpoint { .. } | WeightsError::Empty { .. }
+                WeightsError::NotACheckpoint { .. }
+                    | WeightsError::Empty { .. }
+                    | WeightsError::Tensor { .. }
             ),
             "{name}: {e}"
         );

@@ -36,9 +36,25 @@ fuzz_target!(|data: &[u8]| {
     let hint = HINTS[usize::from(selector) % HINTS.len()];
     let name = std::path::Path::new("fuzz-input");
     let mut progress_calls = 0_u32;
+    let mut streamed = 0usize;
+    let stream = decode::decode_bytes_to(body.to_vec(), name, hint, &mut |_| {}, &mut |chunk| {
+        streamed += chunk.len();
+        std::ops::ControlFlow::Continue(())
+    });
     if let Ok(audio) = decode::decode_bytes(body.to_vec(), name, hint, &mut |_| progress_calls += 1)
     {
+        // Streaming gives the same amount of audio as collecting it.
+        let s = stream.as_ref().map(|a| a.duration_s).unwrap_or(-1.0);
+        assert!((s - audio.duration_s).abs() < 1e-9 && streamed == audio.samples.len());
         assert!(audio.samples.iter().all(|s| s.is_finite()));
         assert!((audio.duration_s - audio.samples.len() as f64 / 16_000.0).abs() < 1e-9);
+        // Output-size bound derived from the input size (plus the resampler's flush).
+        let limit_s = decode::MAX_AUDIO_BASE_S + body.len() as f64 * decode::MAX_AUDIO_S_PER_BYTE;
+        assert!(
+            audio.duration_s <= limit_s + 1.0,
+            "{} s from {} bytes",
+            audio.duration_s,
+            body.len()
+        );
     }
 });

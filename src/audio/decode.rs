@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Cursor};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;
@@ -24,6 +25,30 @@ use super::resample::{
 /// Longest stretch of silence inserted for one undecodable packet; caps the damage a lying
 /// packet duration in a broken file can do.
 const MAX_GAP_FILL_S: f64 = 2.0;
+
+/// Silence inserted for undecodable packets, in total, is at most this much plus
+/// [`GAP_FILL_S_PER_BYTE`] per byte of packet data read: a container cannot make a few broken
+/// packets claim hours.
+const GAP_FILL_BASE_S: f64 = 2.0;
+/// See [`GAP_FILL_BASE_S`] (20 bytes per second of silence; real audio costs 1 kB/s and more).
+const GAP_FILL_S_PER_BYTE: f64 = 0.05;
+
+/// A file may decode to at most this many seconds plus [`MAX_AUDIO_S_PER_BYTE`] per byte of
+/// its size; more is a lying or hostile file and stops decoding with an error.
+pub const MAX_AUDIO_BASE_S: f64 = 60.0;
+/// See [`MAX_AUDIO_BASE_S`]. The most compact real audio is FLAC of digital silence in its largest
+/// blocks, about 20 bytes per 8 s at 8 kHz (0.4 s per byte).
+pub const MAX_AUDIO_S_PER_BYTE: f64 = 0.5;
+
+/// The output is reserved up front for at most this long a file (the header's length is only a
+/// hint); beyond it the buffer grows as audio arrives.
+const MAX_RESERVE_S: f64 = 60.0;
+
+/// Decoded 16 kHz samples are handed to a streaming sink in chunks of about this many.
+const SINK_CHUNK: usize = 16_000;
+
+/// Where streamed samples go: called with each chunk; `Break` stops decoding.
+pub type SampleSink<'a> = dyn FnMut(&[f32]) -> ControlFlow<()> + 'a;
 
 /// How far decoding must advance between two progress reports.
 const PROGRESS_STEP_S: f64 = 0.5;
@@ -113,6 +138,18 @@ pub enum DecodeError {
         /// The first decoder error.
         reason: String,
     },
+    /// The file decodes to far more audio than its size allows (a lying or hostile file).
+    #[error(
+        "the file decodes to more than {limit_s:.0} s of audio, far more than its {bytes} bytes can hold; it is damaged or not what it claims to be: {path}"
+    )]
+    TooMuchAudio {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// The most audio a file of this size may hold.
+        limit_s: f64,
+    },
     /// The resampler failed (a bug rather than bad input).
     #[error("resampling to 16 kHz failed ({source}): {path}")]
     Resample {
@@ -194,6 +231,26 @@ pub fn decode_file(
     path: &Path,
     progress: &mut dyn FnMut(DecodeProgress),
 ) -> Result<DecodedAudio, DecodeError> {
+    decode_file_inner(path, progress, None)
+}
+
+/// Decodes the file at `path` to 16 kHz mono, handing the samples to `sink` in chunks of about
+/// a second as they are decoded, so memory does not grow with the file's length. The returned
+/// [`DecodedAudio`] has no samples; its `duration_s` counts what went to the sink. When `sink`
+/// breaks, decoding stops there (`ended_early` says so).
+pub fn decode_file_to(
+    path: &Path,
+    progress: &mut dyn FnMut(DecodeProgress),
+    sink: &mut SampleSink<'_>,
+) -> Result<DecodedAudio, DecodeError> {
+    decode_file_inner(path, progress, Some(sink))
+}
+
+fn decode_file_inner<'s>(
+    path: &Path,
+    progress: &mut dyn FnMut(DecodeProgress),
+    sink: Option<&'s mut SampleSink<'s>>,
+) -> Result<DecodedAudio, DecodeError> {
     let file = File::open(path).map_err(|source| DecodeError::Open {
         path: path.to_owned(),
         source,
@@ -213,7 +270,7 @@ pub fn decode_file(
         });
     }
     let extension = path.extension().and_then(|e| e.to_str());
-    decode_source(Box::new(file), len_bytes, path, extension, progress)
+    decode_source(Box::new(file), len_bytes, path, extension, progress, sink)
 }
 
 /// Decodes audio held in memory; `name` is only used in messages and `extension` as a hint.
@@ -232,15 +289,36 @@ pub fn decode_bytes(
         name,
         extension,
         progress,
+        None,
     )
 }
 
-fn decode_source(
+/// [`decode_bytes`] with a streaming sink, as [`decode_file_to`].
+pub fn decode_bytes_to(
+    bytes: Vec<u8>,
+    name: &Path,
+    extension: Option<&str>,
+    progress: &mut dyn FnMut(DecodeProgress),
+    sink: &mut SampleSink<'_>,
+) -> Result<DecodedAudio, DecodeError> {
+    let len_bytes = bytes.len() as u64;
+    decode_source(
+        Box::new(Cursor::new(bytes)),
+        len_bytes,
+        name,
+        extension,
+        progress,
+        Some(sink),
+    )
+}
+
+fn decode_source<'s>(
     source: Box<dyn MediaSource>,
     len_bytes: u64,
     path: &Path,
     extension: Option<&str>,
     progress: &mut dyn FnMut(DecodeProgress),
+    sink: Option<&'s mut SampleSink<'s>>,
 ) -> Result<DecodedAudio, DecodeError> {
     if len_bytes == 0 {
         return Err(DecodeError::EmptyFile {
@@ -260,7 +338,9 @@ fn decode_source(
             MetadataOptions::default(),
         )
         .map_err(|err| probe_error(path, err))?;
-    Decoding::new(format, len_bytes, path)?.run(progress)
+    let mut decoding = Decoding::new(format, len_bytes, path, sink.is_some())?;
+    decoding.sink = sink;
+    decoding.run(progress)
 }
 
 fn probe_error(path: &Path, err: SymphoniaError) -> DecodeError {
@@ -287,8 +367,18 @@ fn probe_error(path: &Path, err: SymphoniaError) -> DecodeError {
 }
 
 /// One decode in progress: the reader, the decoder, the resampler and what was found.
-struct Decoding<'p> {
+struct Decoding<'p, 's> {
     path: &'p Path,
+    /// Where finished samples go as they come; `None` collects them in `out`.
+    sink: Option<&'s mut SampleSink<'s>>,
+    /// Samples handed to the sink so far.
+    sunk: u64,
+    /// The file's size in bytes.
+    len_bytes: u64,
+    /// Bytes of packet data read so far.
+    packet_bytes: u64,
+    /// Seconds of silence inserted for broken packets so far.
+    gap_filled_s: f64,
     format: Box<dyn FormatReader>,
     decoder: Box<dyn symphonia::core::codecs::audio::AudioDecoder>,
     track_id: u32,
@@ -311,11 +401,12 @@ struct Decoding<'p> {
     last_progress_s: f64,
 }
 
-impl<'p> Decoding<'p> {
+impl<'p, 's> Decoding<'p, 's> {
     fn new(
         format: Box<dyn FormatReader>,
         len_bytes: u64,
         path: &'p Path,
+        streaming: bool,
     ) -> Result<Self, DecodeError> {
         let track =
             format
@@ -362,16 +453,23 @@ impl<'p> Decoding<'p> {
             .as_ref()
             .map_or(0, |c| c.count().min(usize::from(u16::MAX)) as u16);
 
-        // Reserve the output once instead of growing it by doubling (which peaks at 1.5x). The
-        // header's length is trusted only as far as the file size makes plausible: even 8 kbit/s
-        // audio is about 1 kB per second, so cap the estimate at 16 kHz x 1 s per 500 bytes.
+        // The header's length is only a hint: reserve for at most a minute (less when the file
+        // is too small to hold that much even at 8 kbit/s, about 1 kB per second), then grow.
         let mut out = Vec::new();
-        if let Some(total) = total_s {
-            let plausible_s = (len_bytes as f64 / 500.0).max(1.0);
-            out.reserve((total.min(plausible_s) * f64::from(MODEL_SAMPLE_RATE_HZ)) as usize + 1024);
+        if streaming {
+            out.reserve(2 * SINK_CHUNK);
+        } else if let Some(total) = total_s {
+            let plausible_s = (len_bytes as f64 / 1000.0).max(1.0);
+            let reserve_s = total.min(plausible_s).clamp(0.0, MAX_RESERVE_S);
+            out.reserve((reserve_s * f64::from(MODEL_SAMPLE_RATE_HZ)) as usize + 1024);
         }
         Ok(Self {
             path,
+            sink: None,
+            sunk: 0,
+            len_bytes,
+            packet_bytes: 0,
+            gap_filled_s: 0.0,
             format,
             decoder,
             track_id,
@@ -433,6 +531,7 @@ impl<'p> Decoding<'p> {
             if packet.track_id != self.track_id {
                 continue;
             }
+            self.packet_bytes = self.packet_bytes.saturating_add(packet.data.len() as u64);
             let dur_s = self.packet_duration_s(packet.dur.get());
             let start_s = self.position_s();
             match self.decoder.decode(&packet) {
@@ -473,6 +572,11 @@ impl<'p> Decoding<'p> {
                     self.record_skip(start_s, dur_s, err.to_string());
                     self.fill_gap(dur_s)?;
                 }
+            }
+            self.check_plausible()?;
+            if !self.flush_to_sink(false) {
+                self.stop_early("stopped by the caller".into());
+                break;
             }
             if self.position_s() - self.last_progress_s >= PROGRESS_STEP_S {
                 self.last_progress_s = self.position_s();
@@ -526,12 +630,47 @@ impl<'p> Decoding<'p> {
         Ok(())
     }
 
-    /// Inserts silence for an undecodable packet so later audio keeps its place in time.
+    /// Stops a file that has produced more audio than its size allows.
+    fn check_plausible(&self) -> Result<(), DecodeError> {
+        let limit_s = MAX_AUDIO_BASE_S + self.len_bytes as f64 * MAX_AUDIO_S_PER_BYTE;
+        if self.position_s() > limit_s {
+            return Err(DecodeError::TooMuchAudio {
+                path: self.path.to_owned(),
+                bytes: self.len_bytes,
+                limit_s,
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands finished samples to the sink (all of them when `all`, else once a chunk is full).
+    /// False when the sink asked to stop.
+    fn flush_to_sink(&mut self, all: bool) -> bool {
+        let Some(sink) = self.sink.as_mut() else {
+            return true;
+        };
+        if self.out.is_empty() || (!all && self.out.len() < SINK_CHUNK) {
+            return true;
+        }
+        let flow = sink(&self.out);
+        self.sunk += self.out.len() as u64;
+        self.out.clear();
+        flow.is_continue()
+    }
+
+    /// Inserts silence for an undecodable packet so later audio keeps its place in time. The
+    /// silence per packet is capped, and so is the total, relative to the bytes read.
     fn fill_gap(&mut self, dur_s: f64) -> Result<(), DecodeError> {
         let Some(resampler) = self.resampler.as_mut() else {
             return Ok(());
         };
-        let frames = (dur_s.min(MAX_GAP_FILL_S) * f64::from(self.source_sample_rate_hz)) as usize;
+        let budget_s = GAP_FILL_BASE_S + self.packet_bytes as f64 * GAP_FILL_S_PER_BYTE;
+        let gap_s = dur_s
+            .min(MAX_GAP_FILL_S)
+            .min(budget_s - self.gap_filled_s)
+            .max(0.0);
+        self.gap_filled_s += gap_s;
+        let frames = (gap_s * f64::from(self.source_sample_rate_hz)) as usize;
         self.mono.clear();
         self.mono.resize(frames, 0.0);
         if let Err(source) = resampler.push(&self.mono, &mut self.out) {
@@ -627,12 +766,14 @@ impl<'p> Decoding<'p> {
         {
             return Err(self.resample_error(source));
         }
+        let _ = self.flush_to_sink(true);
         self.out.shrink_to_fit();
         progress(DecodeProgress {
             decoded_s: self.position_s(),
             total_s: self.total_s,
         });
-        let duration_s = self.out.len() as f64 / f64::from(MODEL_SAMPLE_RATE_HZ);
+        let samples = self.sunk + self.out.len() as u64;
+        let duration_s = samples as f64 / f64::from(MODEL_SAMPLE_RATE_HZ);
         Ok(DecodedAudio {
             samples: self.out,
             source_sample_rate_hz: self.source_sample_rate_hz,

@@ -32,7 +32,8 @@ pub mod tap;
 pub mod wav_sink;
 
 pub use decode::{
-    DecodeError, DecodeProgress, DecodedAudio, EndedEarly, SkippedRange, decode_bytes, decode_file,
+    DecodeError, DecodeProgress, DecodedAudio, EndedEarly, SkippedRange, decode_bytes,
+    decode_bytes_to, decode_file, decode_file_to,
 };
 pub use devices::{DeviceList, InputDevice};
 pub use level::{Level, LevelMeter};

@@ -25,6 +25,7 @@ pub mod cuda_stubs;
 pub mod fake_worker;
 pub mod fit;
 mod model_dir;
+pub mod pipeline;
 pub mod policy;
 pub mod process;
 pub mod protocol;

@@ -40,6 +40,91 @@ pub fn split_at_pauses(samples: &[f32], max_secs: f64, min_secs: f64) -> Vec<Ran
     out
 }
 
+/// A segment cut from a stream: where it starts in the whole audio, and its samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSegment {
+    /// Index of the first sample in the whole audio.
+    pub start: usize,
+    /// The samples (16 kHz mono).
+    pub samples: Vec<f32>,
+}
+
+impl StreamSegment {
+    /// The segment's range in the whole audio.
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.start + self.samples.len()
+    }
+}
+
+/// [`split_at_pauses`] over a stream: samples come in chunks of any size and segments go out as
+/// soon as their cut is known, with the same cut points as the whole-buffer function.
+///
+/// A cut from `start` depends only on `samples[start + min_len .. start + max_len]` and on whether
+/// more than `max_len` samples follow `start`, so the cutter never holds more than `max_len + 1`
+/// samples plus the chunk being pushed (30 s ≈ 1.9 MB).
+#[derive(Debug)]
+pub struct SegmentCutter {
+    max_len: usize,
+    min_len: usize,
+    buf: Vec<f32>,
+    start: usize,
+    emitted: bool,
+}
+
+impl SegmentCutter {
+    /// A cutter with the same parameters as [`split_at_pauses`].
+    pub fn new(max_secs: f64, min_secs: f64) -> Self {
+        let max_len = ((max_secs * SAMPLE_RATE_HZ as f64) as usize).max(1);
+        let min_len = ((min_secs * SAMPLE_RATE_HZ as f64) as usize).min(max_len);
+        Self {
+            max_len,
+            min_len,
+            buf: Vec::with_capacity(max_len + 1),
+            start: 0,
+            emitted: false,
+        }
+    }
+
+    /// Samples held now (never more than `max_len` once `push` returns).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Adds samples; calls `emit` for every segment whose end is now known.
+    pub fn push(&mut self, mut samples: &[f32], emit: &mut dyn FnMut(StreamSegment)) {
+        while !samples.is_empty() {
+            // Take only what is needed to decide the next cut, so the buffer stays bounded
+            // however large the chunk.
+            let room = (self.max_len + 1).saturating_sub(self.buf.len()).max(1);
+            let (now, rest) = samples.split_at(room.min(samples.len()));
+            self.buf.extend_from_slice(now);
+            samples = rest;
+            while self.buf.len() > self.max_len {
+                let cut = quietest_point(&self.buf, self.min_len, self.max_len);
+                let tail = self.buf.split_off(cut);
+                let seg = std::mem::replace(&mut self.buf, tail);
+                self.emit(seg, emit);
+            }
+        }
+    }
+
+    /// Ends the stream: emits the last segment (an empty one when the stream was empty, as
+    /// [`split_at_pauses`] returns `0..0`).
+    pub fn finish(mut self, emit: &mut dyn FnMut(StreamSegment)) {
+        if !self.buf.is_empty() || !self.emitted {
+            let seg = std::mem::take(&mut self.buf);
+            self.emit(seg, emit);
+        }
+    }
+
+    fn emit(&mut self, samples: Vec<f32>, emit: &mut dyn FnMut(StreamSegment)) {
+        let start = self.start;
+        self.start += samples.len();
+        self.emitted = true;
+        emit(StreamSegment { start, samples });
+    }
+}
+
 /// The sample index in `[from, to]` that starts the quietest 100 ms, on a 10 ms grid.
 fn quietest_point(samples: &[f32], from: usize, to: usize) -> usize {
     let frame_energy: Vec<f32> = samples[from..to]
@@ -138,6 +223,75 @@ mod tests {
                 r.end
             );
         }
+    }
+
+    /// Speech-like noise with pauses at irregular places and levels, so cuts land everywhere.
+    fn irregular(total_s: f64, seed: u64) -> Vec<f32> {
+        let n = (total_s * SAMPLE_RATE_HZ as f64) as usize;
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let run = (next() * 9.0 * SAMPLE_RATE_HZ as f64) as usize + 1;
+            let level = if next() < 0.3 { 0.001 * next() } else { next() };
+            for _ in 0..run.min(n - out.len()) {
+                out.push(((next() - 0.5) * level) as f32);
+            }
+        }
+        out
+    }
+
+    fn cut_streaming(samples: &[f32], chunk: usize) -> Vec<StreamSegment> {
+        let mut cutter = SegmentCutter::new(MAX_SEGMENT_SECS, MIN_SEGMENT_SECS);
+        let mut out = Vec::new();
+        let mut peak = 0;
+        for c in samples.chunks(chunk.max(1)) {
+            cutter.push(c, &mut |s| out.push(s));
+            peak = peak.max(cutter.buffered());
+        }
+        assert!(peak <= 30 * SAMPLE_RATE_HZ, "cutter held {peak} samples");
+        cutter.finish(&mut |s| out.push(s));
+        out
+    }
+
+    #[test]
+    fn streaming_cuts_equal_whole_buffer_cuts() {
+        // About 40 minutes of audio in all, fed in chunk sizes from 1 sample to the whole file.
+        for (seed, total_s, chunks) in [
+            (1, 1500.0, vec![1152, 16_000 * 31, 7]),
+            (2, 600.0, vec![480_001, 4096]),
+            (3, 31.0, vec![1, 1000]),
+            (4, 30.0, vec![333]),
+            (5, 0.5, vec![10]),
+        ] {
+            let s = irregular(total_s, seed);
+            let whole = split_at_pauses(&s, MAX_SEGMENT_SECS, MIN_SEGMENT_SECS);
+            assert!(
+                total_s < 100.0 || whole.len() > total_s as usize / 30,
+                "{whole:?}"
+            );
+            for chunk in chunks.into_iter().chain([s.len()]) {
+                let streamed = cut_streaming(&s, chunk);
+                let ranges: Vec<Range<usize>> = streamed.iter().map(StreamSegment::range).collect();
+                assert_eq!(ranges, whole, "seed {seed}, chunk {chunk}");
+                for (seg, r) in streamed.iter().zip(&whole) {
+                    assert_eq!(seg.samples.as_slice(), &s[r.clone()]);
+                }
+            }
+        }
+        // An empty stream is one empty segment, as before.
+        assert_eq!(
+            cut_streaming(&[], 10),
+            vec![StreamSegment {
+                start: 0,
+                samples: vec![]
+            }]
+        );
     }
 
     #[test]

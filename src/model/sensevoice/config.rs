@@ -119,6 +119,19 @@ fn default_lfr_n() -> usize {
     6
 }
 
+/// Largest `config.yaml` accepted (the release's is 1.9 kB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Upper bounds of the dimensions, far above the release model's (in brackets) but low enough
+/// that building tensor names and checking shapes stays instant and no size product overflows.
+const MAX_WIDTH: usize = 8192; // output_size [512]
+const MAX_HEADS: usize = 256; // attention_heads [4]
+const MAX_LINEAR_UNITS: usize = 65_536; // [2048]
+const MAX_BLOCKS: usize = 1024; // num_blocks [50], tp_blocks [20]
+const MAX_KERNEL: usize = 255; // kernel_size [11]
+const MAX_MELS: usize = 1024; // n_mels [80]
+const MAX_LFR: usize = 64; // lfr_m [7], lfr_n [6]
+
 /// The parts of the SenseVoice `config.yaml` that inference needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct SenseVoiceConfig {
@@ -129,11 +142,16 @@ pub struct SenseVoiceConfig {
 }
 
 impl SenseVoiceConfig {
-    /// Reads and checks `config.yaml`.
+    /// Reads and checks `config.yaml` (at most [`MAX_CONFIG_BYTES`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let io = |source| ConfigError::Io {
             path: path.to_owned(),
             source,
+        };
+        let bytes = crate::model::bounded::read_bounded(path, MAX_CONFIG_BYTES).map_err(io)?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_owned(),
+            message: "not UTF-8 text".to_owned(),
         })?;
         Self::from_yaml(&text, path)
     }
@@ -155,6 +173,28 @@ impl SenseVoiceConfig {
         };
         let e = &self.encoder_conf;
         let f = &self.frontend_conf;
+        for (name, value, max) in [
+            ("encoder_conf.output_size", e.output_size, MAX_WIDTH),
+            ("encoder_conf.attention_heads", e.attention_heads, MAX_HEADS),
+            (
+                "encoder_conf.linear_units",
+                e.linear_units,
+                MAX_LINEAR_UNITS,
+            ),
+            ("encoder_conf.num_blocks", e.num_blocks, MAX_BLOCKS),
+            ("encoder_conf.tp_blocks", e.tp_blocks, MAX_BLOCKS),
+            ("encoder_conf.kernel_size", e.kernel_size, MAX_KERNEL),
+            ("encoder_conf.sanm_shfit", e.sanm_shfit, MAX_KERNEL),
+            ("frontend_conf.n_mels", f.n_mels, MAX_MELS),
+            ("frontend_conf.lfr_m", f.lfr_m, MAX_LFR),
+            ("frontend_conf.lfr_n", f.lfr_n, MAX_LFR),
+        ] {
+            if value > max {
+                return Err(invalid(format!(
+                    "{name} is {value}; the largest supported is {max}"
+                )));
+            }
+        }
         if e.output_size == 0
             || e.attention_heads == 0
             || !e.output_size.is_multiple_of(e.attention_heads)
@@ -231,6 +271,53 @@ mod tests {
         let err = SenseVoiceConfig::from_yaml(&bad, Path::new("x/config.yaml")).unwrap_err();
         assert!(err.to_string().contains("x/config.yaml"), "{err}");
         assert!(err.to_string().contains("attention_heads"), "{err}");
+    }
+
+    #[test]
+    fn rejects_absurd_sizes_with_name_and_bound() {
+        for (from, to, field) in [
+            ("num_blocks: 50", "num_blocks: 1000000000000", "num_blocks"),
+            ("tp_blocks: 20", "tp_blocks: 99999", "tp_blocks"),
+            (
+                "output_size: 512",
+                "output_size: 18446744073709551615",
+                "output_size",
+            ),
+            (
+                "linear_units: 2048",
+                "linear_units: 4294967296",
+                "linear_units",
+            ),
+            ("kernel_size: 11", "kernel_size: 100001", "kernel_size"),
+        ] {
+            assert!(RELEASE.contains(from), "{from}");
+            let bad = RELEASE.replace(from, to);
+            let err = SenseVoiceConfig::from_yaml(&bad, Path::new("y/config.yaml")).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, ConfigError::Invalid { .. }), "{msg}");
+            assert!(
+                msg.contains(field) && msg.contains("y/config.yaml"),
+                "{msg}"
+            );
+        }
+        // Too large for usize, or negative: a parse error naming the file, not a panic.
+        for to in ["num_blocks: 99999999999999999999999", "num_blocks: -3"] {
+            let bad = RELEASE.replace("num_blocks: 50", to);
+            let err = SenseVoiceConfig::from_yaml(&bad, Path::new("z/config.yaml")).unwrap_err();
+            assert!(err.to_string().contains("z/config.yaml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn oversized_config_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yaml");
+        let mut big = RELEASE.to_owned();
+        big.push_str(&format!("# {}\n", "x".repeat(MAX_CONFIG_BYTES as usize)));
+        std::fs::write(&p, big).unwrap();
+        let err = SenseVoiceConfig::from_file(&p).unwrap_err();
+        assert!(err.to_string().contains("config.yaml"), "{err}");
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

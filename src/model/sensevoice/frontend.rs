@@ -41,6 +41,9 @@ pub enum CmvnError {
     },
 }
 
+/// Largest `am.mvn` accepted (the release's is 11 kB).
+pub const MAX_CMVN_BYTES: u64 = 4 << 20;
+
 /// Global mean/variance normalisation from `am.mvn`: `feat = (feat + shift) * scale`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cmvn {
@@ -51,11 +54,16 @@ pub struct Cmvn {
 }
 
 impl Cmvn {
-    /// Reads `am.mvn`.
+    /// Reads `am.mvn` (at most [`MAX_CMVN_BYTES`]).
     pub fn from_file(path: &Path) -> Result<Self, CmvnError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CmvnError::Io {
+        let io = |source| CmvnError::Io {
             path: path.to_owned(),
             source,
+        };
+        let bytes = crate::model::bounded::read_bounded(path, MAX_CMVN_BYTES).map_err(io)?;
+        let text = String::from_utf8(bytes).map_err(|_| CmvnError::Parse {
+            path: path.to_owned(),
+            message: "not UTF-8 text".to_owned(),
         })?;
         Self::parse(&text, path)
     }

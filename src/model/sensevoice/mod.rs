@@ -6,6 +6,7 @@
 //! `timestamps`; `transcribe` ties them into [`SenseVoice`]. Everything runs on the calling
 //! thread (the engine worker in the application).
 
+mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]
 mod cuda_ops;

@@ -73,13 +73,19 @@ pub struct Tokenizer {
     path: PathBuf,
 }
 
+/// Largest tokenizer model accepted (the release's is 377 kB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
 impl Tokenizer {
-    /// Reads a `.bpe.model` / `.model` file.
+    /// Reads a `.bpe.model` / `.model` file (at most [`MAX_TOKENIZER_BYTES`]).
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes =
+            crate::model::bounded::read_bounded(path, MAX_TOKENIZER_BYTES).map_err(|source| {
+                TokenizerError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         Self::from_bytes(&bytes, path)
     }
 

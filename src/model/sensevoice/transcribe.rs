@@ -134,8 +134,9 @@ impl SenseVoice {
             });
         }
         let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-        let host = HostWeights::load(&files.weights)?;
-        host.validate(&expected_tensors(&config, tokenizer.vocab_size()))?;
+        let expected = expected_tensors(&config, tokenizer.vocab_size());
+        let host = HostWeights::load_checked(&files.weights, &expected)?;
+        host.validate(&expected)?;
         // Convert once on the host, so that later device moves only copy.
         let host = if dtype == DType::F32 {
             host

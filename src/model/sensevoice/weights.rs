@@ -11,13 +11,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::checkpoint;
 use super::config::SenseVoiceConfig;
 use super::model::EMBED_ROWS;
 
-/// Wrapper keys FunASR's loader accepts around a state dict, probed in this order.
-const NESTED_KEYS: [&str; 3] = ["state_dict", "model_state_dict", "model"];
-/// Prefix left by `DataParallel`/DDP training.
-const MODULE_PREFIX: &str = "module.";
+use crate::model::pth::{MODULE_PREFIX, NESTED_KEYS};
 
 /// Errors loading or checking a checkpoint. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +90,26 @@ pub enum WeightsError {
         /// Its dtype.
         dtype: DType,
     },
+    /// One tensor's declaration is impossible or does not fit its storage.
+    #[error("{path}: tensor {name} {reason}")]
+    Tensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An archive entry is damaged (CRC mismatch, wrong size, short read).
+    #[error("{path} is damaged: the archive entry {entry} {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The zip entry.
+        entry: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A device or conversion error while materialising.
     #[error("cannot place the weights from {path} on the device: {source}")]
     Device {
@@ -151,8 +169,26 @@ pub struct HostWeights {
 
 impl HostWeights {
     /// Reads `model.pt` (PyTorch zip pickle, plain or nested state dict, optional `module.`
-    /// prefix) or a `.safetensors` file into CPU memory, keeping the file's dtypes.
+    /// prefix) or a `.safetensors` file into CPU memory, keeping the file's dtypes. Sizes are
+    /// checked against the file before anything is allocated; see [`HostWeights::load_checked`]
+    /// to also check names and shapes first.
     pub fn load(path: &Path) -> Result<Self, WeightsError> {
+        Self::load_inner(path, None)
+    }
+
+    /// Like [`HostWeights::load`], but checks the declared names, shapes and dtypes against
+    /// `expected` (see [`expected_tensors`]) before reading any tensor data.
+    pub fn load_checked(
+        path: &Path,
+        expected: &[(String, Vec<usize>)],
+    ) -> Result<Self, WeightsError> {
+        Self::load_inner(path, Some(expected))
+    }
+
+    fn load_inner(
+        path: &Path,
+        expected: Option<&[(String, Vec<usize>)]>,
+    ) -> Result<Self, WeightsError> {
         let meta = std::fs::metadata(path).map_err(|source| WeightsError::Io {
             path: path.to_owned(),
             source,
@@ -165,23 +201,17 @@ impl HostWeights {
         }
         let is_safetensors =
             path.extension().is_some_and(|e| e == "safetensors") || sniff_safetensors(path);
-        // candle's readers return errors for every bad file we have tried, but they index into
+        // Every size is checked before use, but the zip and safetensors readers index into
         // untrusted bytes; a panic there must not take the application down.
         let read = std::panic::catch_unwind(|| {
             if is_safetensors {
-                candle_core::safetensors::load(path, &Device::Cpu)
+                checkpoint::read_safetensors(path, expected)
             } else {
-                read_pth(path)
+                checkpoint::read_pt(path, expected)
             }
         });
         let tensors = match read {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                return Err(WeightsError::NotACheckpoint {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                });
-            }
+            Ok(r) => r?,
             Err(_) => {
                 return Err(WeightsError::NotACheckpoint {
                     path: path.to_owned(),
@@ -238,65 +268,12 @@ impl HostWeights {
 
     /// Checks names, shapes and dtypes against `expected` (see [`expected_tensors`]).
     pub fn validate(&self, expected: &[(String, Vec<usize>)]) -> Result<(), WeightsError> {
-        let path = || self.path.clone();
-        let more = |n: usize| {
-            if n > 1 {
-                format!(", and {} more", n - 1)
-            } else {
-                String::new()
-            }
-        };
-        let missing: Vec<&(String, Vec<usize>)> = expected
-            .iter()
-            .filter(|(n, _)| !self.tensors.contains_key(n))
-            .collect();
-        if let Some((name, shape)) = missing.first() {
-            return Err(WeightsError::Missing {
-                path: path(),
-                name: name.clone(),
-                expected: shape.clone(),
-                more: more(missing.len()),
-            });
-        }
-        let known: HashMap<&str, &Vec<usize>> =
-            expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
-        let mut extra: Vec<&String> = self
+        let found: HashMap<&str, (&[usize], DType)> = self
             .tensors
-            .keys()
-            .filter(|k| !known.contains_key(k.as_str()))
+            .iter()
+            .map(|(n, t)| (n.as_str(), (t.dims(), t.dtype())))
             .collect();
-        extra.sort();
-        if let Some(name) = extra.first() {
-            return Err(WeightsError::Unexpected {
-                path: path(),
-                name: (*name).clone(),
-                more: more(extra.len()),
-            });
-        }
-        for (name, shape) in expected {
-            let Some(t) = self.tensors.get(name) else {
-                continue;
-            };
-            if t.dims() != shape.as_slice() {
-                return Err(WeightsError::Shape {
-                    path: path(),
-                    name: name.clone(),
-                    expected: shape.clone(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            if !matches!(
-                t.dtype(),
-                DType::F32 | DType::F16 | DType::BF16 | DType::F64
-            ) {
-                return Err(WeightsError::DType {
-                    path: path(),
-                    name: name.clone(),
-                    dtype: t.dtype(),
-                });
-            }
-        }
-        Ok(())
+        check_against(&self.path, &found, expected)
     }
 
     /// Converts the big tensors to `dtype` on the host, so that later materialisations only
@@ -352,75 +329,65 @@ fn sniff_safetensors(path: &Path) -> bool {
     f.read_exact(&mut head).is_ok() && head[8] == b'{'
 }
 
-/// Reads a zip-format PyTorch checkpoint, probing the wrappers FunASR accepts.
-///
-/// candle's `PthTensors::get` opens and indexes the whole archive again for every tensor
-/// (about a thousand here); this reads the tensor list once and the entries in parallel, one
-/// open archive per worker thread.
-fn read_pth(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
-    let mut infos = candle_core::pickle::read_pth_tensor_info(path, false, None)?;
-    if infos.is_empty() {
-        for k in NESTED_KEYS {
-            // A missing key is an error from candle; just try the next wrapper.
-            if let Ok(nested) = candle_core::pickle::read_pth_tensor_info(path, false, Some(k))
-                && !nested.is_empty()
-            {
-                infos = nested;
-                break;
-            }
+/// Checks tensor names, shapes and dtypes (`found`: name -> (shape, dtype)) against `expected`.
+pub(super) fn check_against(
+    path: &Path,
+    found: &HashMap<&str, (&[usize], DType)>,
+    expected: &[(String, Vec<usize>)],
+) -> Result<(), WeightsError> {
+    let path = || path.to_owned();
+    let more = |n: usize| {
+        if n > 1 {
+            format!(", and {} more", n - 1)
+        } else {
+            String::new()
+        }
+    };
+    let missing: Vec<&(String, Vec<usize>)> = expected
+        .iter()
+        .filter(|(n, _)| !found.contains_key(n.as_str()))
+        .collect();
+    if let Some((name, shape)) = missing.first() {
+        return Err(WeightsError::Missing {
+            path: path(),
+            name: name.clone(),
+            expected: shape.clone(),
+            more: more(missing.len()),
+        });
+    }
+    let known: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let mut extra: Vec<&str> = found
+        .keys()
+        .copied()
+        .filter(|k| !known.contains_key(k))
+        .collect();
+    extra.sort_unstable();
+    if let Some(name) = extra.first() {
+        return Err(WeightsError::Unexpected {
+            path: path(),
+            name: (*name).to_owned(),
+            more: more(extra.len()),
+        });
+    }
+    for (name, shape) in expected {
+        let Some((dims, dtype)) = found.get(name.as_str()) else {
+            continue;
+        };
+        if *dims != shape.as_slice() {
+            return Err(WeightsError::Shape {
+                path: path(),
+                name: name.clone(),
+                expected: shape.clone(),
+                found: dims.to_vec(),
+            });
+        }
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+            return Err(WeightsError::DType {
+                path: path(),
+                name: name.clone(),
+                dtype: *dtype,
+            });
         }
     }
-    infos
-        .par_iter()
-        .map_init(
-            || open_archive(path),
-            |archive, info| {
-                let archive = archive
-                    .as_mut()
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                Ok((info.name.clone(), read_pth_tensor(archive, info)?))
-            },
-        )
-        .collect()
-}
-
-type Archive = zip::ZipArchive<std::io::BufReader<std::fs::File>>;
-
-fn open_archive(path: &Path) -> Result<Archive, zip::result::ZipError> {
-    zip::ZipArchive::new(std::io::BufReader::new(std::fs::File::open(path)?))
-}
-
-/// One tensor's storage from the archive, with the layouts candle's reader accepts: contiguous
-/// from an offset, or Fortran-contiguous (read reversed, then permuted back).
-fn read_pth_tensor(
-    archive: &mut Archive,
-    info: &candle_core::pickle::TensorInfo,
-) -> candle_core::Result<Tensor> {
-    use std::io::Read;
-    let layout = &info.layout;
-    let fortran = layout.is_fortran_contiguous();
-    if !layout.is_contiguous() && !fortran {
-        candle_core::bail!(
-            "{}: cannot read a non-contiguous tensor {layout:?}",
-            info.name
-        );
-    }
-    let elem = info.dtype.size_in_bytes();
-    let count = layout.shape().elem_count();
-    let mut entry = archive.by_name(&info.path)?;
-    let skip = (layout.start_offset() * elem) as u64;
-    if skip > 0 && std::io::copy(&mut entry.by_ref().take(skip), &mut std::io::sink())? < skip {
-        candle_core::bail!("{}: storage ends before the tensor starts", info.name);
-    }
-    let mut bytes = vec![0u8; count * elem];
-    entry.read_exact(&mut bytes)?;
-    let dims = layout.dims();
-    let rank = dims.len();
-    if rank > 1 && fortran {
-        let reversed: Vec<usize> = dims.iter().rev().copied().collect();
-        let t = Tensor::from_raw_buffer(&bytes, info.dtype, &reversed, &Device::Cpu)?;
-        t.permute((0..rank).rev().collect::<Vec<_>>())?.contiguous()
-    } else {
-        Tensor::from_raw_buffer(&bytes, info.dtype, dims, &Device::Cpu)
-    }
+    Ok(())
 }
