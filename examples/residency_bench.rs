@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use crossbeam_channel::{Receiver, bounded};
-use gpuscribe::engine::process::{Inbox, WorkerProcess};
+use gpuscribe::engine::process::{Inbox, ProcessPort, WorkerLink, WorkerPort as _};
 use gpuscribe::engine::protocol::{Precision, WorkerDevice, WorkerEvent, WorkerRequest};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enums::device::UsedGpuMemory;
@@ -65,9 +65,15 @@ fn wait(inbox: &Receiver<Inbox>, what: &str) -> anyhow::Result<WorkerEvent> {
                 ..
             } => {}
             Inbox::Event { event, .. } => return Ok(event),
-            Inbox::Exited { detail, .. } => {
-                bail!("worker exited while waiting for {what}: {detail}")
+            Inbox::Exited {
+                exit, stderr_tail, ..
+            } => {
+                bail!("worker {exit} while waiting for {what}: {stderr_tail}")
             }
+            Inbox::Garbage { detail, .. } => {
+                bail!("worker wrote {detail} while waiting for {what}")
+            }
+            Inbox::Closed { .. } => {}
         }
     }
 }
@@ -82,8 +88,12 @@ fn main() -> anyhow::Result<()> {
     let nvml = Nvml::init()?;
     let uuid = nvml.device_by_index(index)?.uuid()?;
     let (tx, inbox) = bounded(64);
-    let command = gpuscribe::engine::process::worker_command(None);
-    let mut worker = WorkerProcess::spawn(&command, false, 0, 1, tx)?;
+    let device = WorkerDevice::Cuda {
+        ordinal: index as usize,
+        uuid,
+    };
+    let io = ProcessPort::new(None).start(&device)?;
+    let worker = WorkerLink::open(io, 0, 1, &tx)?;
     let pid = worker.pid;
     std::thread::sleep(Duration::from_millis(300));
     println!(
@@ -92,14 +102,13 @@ fn main() -> anyhow::Result<()> {
             "vram_mib": pid_mib(&nvml, index, pid)?, "rss_mib": rss_mib(pid)})
     );
     let started = Instant::now();
-    worker.send(&WorkerRequest::Load {
-        model_dir: PathBuf::from(model_dir),
-        device: WorkerDevice::Cuda {
-            ordinal: index as usize,
-            uuid,
-        },
-        precision: Precision::Bf16,
-    })?;
+    worker
+        .send(&WorkerRequest::Load {
+            model_dir: PathBuf::from(model_dir),
+            device,
+            precision: Precision::Bf16,
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let loaded = wait(&inbox, "Loaded")?;
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     println!(
@@ -111,13 +120,17 @@ fn main() -> anyhow::Result<()> {
     let mut offload_ms = Vec::with_capacity(cycles);
     let (mut loaded_mib, mut offloaded_mib, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for cycle in 0..cycles {
-        worker.send(&WorkerRequest::Offload)?;
+        worker
+            .send(&WorkerRequest::Offload)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         match wait(&inbox, "Offloaded")? {
             WorkerEvent::Offloaded { ms } => offload_ms.push(ms),
             other => bail!("cycle {cycle}: expected Offloaded, got {other:?}"),
         }
         offloaded_mib.push(pid_mib(&nvml, index, pid)?);
-        worker.send(&WorkerRequest::Restore)?;
+        worker
+            .send(&WorkerRequest::Restore)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         match wait(&inbox, "Restored")? {
             WorkerEvent::Restored { ms } => restore_ms.push(ms),
             other => bail!("cycle {cycle}: expected Restored, got {other:?}"),
@@ -145,14 +158,18 @@ fn main() -> anyhow::Result<()> {
             "offload_ms": stats(&offload_ms), "vram_offloaded_mib": range(&offloaded_mib),
             "vram_loaded_mib": range(&loaded_mib), "rss_mib": range(&rss)})
     );
-    worker.send(&WorkerRequest::Offload)?;
+    worker
+        .send(&WorkerRequest::Offload)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     wait(&inbox, "Offloaded")?;
     println!(
         "{}",
         serde_json::json!({"stage": "offloaded", "vram_mib": pid_mib(&nvml, index, pid)?, "rss_mib": rss_mib(pid)})
     );
     let released = Instant::now();
-    worker.shutdown(Duration::from_secs(5));
+    worker.send(&WorkerRequest::Shutdown).ok();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(worker);
     let release_ms = released.elapsed().as_secs_f64() * 1000.0;
     std::thread::sleep(Duration::from_millis(200));
     println!(

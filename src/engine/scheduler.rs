@@ -633,7 +633,7 @@ impl Scheduler {
                     self.slots[slot].worker = Some(Live {
                         link,
                         closed_at: None,
-                    })
+                    });
                 }
                 Err(err) => {
                     let message = format!("cannot start a worker: {err}");
