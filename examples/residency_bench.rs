@@ -8,15 +8,13 @@
 //! ```
 //! Prints one JSON object per line.
 
-use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use gpuscribe::engine::process::{ProcessPort, WorkerIo, WorkerPort as _};
-use gpuscribe::engine::protocol::{
-    Precision, WorkerDevice, WorkerEvent, WorkerRequest, from_line, to_line,
-};
+use anyhow::{Context as _, bail};
+use crossbeam_channel::{Receiver, bounded};
+use gpuscribe::engine::process::{Inbox, ProcessPort, WorkerLink, WorkerPort as _};
+use gpuscribe::engine::protocol::{Precision, WorkerDevice, WorkerEvent, WorkerRequest};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 
@@ -56,59 +54,27 @@ fn rss_mib(pid: u32) -> u64 {
         .map_or(0, |kib| kib >> 10)
 }
 
-/// The worker, spoken to directly over its pipes (no engine in between).
-struct Worker {
-    io: WorkerIo,
-    events: BufReader<Box<dyn Read + Send>>,
-}
-
-impl Worker {
-    fn start(device: &WorkerDevice) -> anyhow::Result<Self> {
-        let mut io = ProcessPort::new(None).start(device)?;
-        let stdout = std::mem::replace(&mut io.stdout, Box::new(std::io::empty()));
-        Ok(Self {
-            io,
-            events: BufReader::new(stdout),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.io.process.pid()
-    }
-
-    fn send(&mut self, request: &WorkerRequest) -> anyhow::Result<()> {
-        writeln!(self.io.stdin, "{}", to_line(request)?)?;
-        self.io.stdin.flush()?;
-        Ok(())
-    }
-
-    /// The next event other than start-up and heartbeats.
-    fn wait(&mut self, what: &str) -> anyhow::Result<WorkerEvent> {
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if self.events.read_until(b'\n', &mut line)? == 0 {
-                bail!("worker exited while waiting for {what}");
+fn wait(inbox: &Receiver<Inbox>, what: &str) -> anyhow::Result<WorkerEvent> {
+    loop {
+        match inbox
+            .recv_timeout(Duration::from_secs(120))
+            .context(what.to_owned())?
+        {
+            Inbox::Event {
+                event: WorkerEvent::Started { .. },
+                ..
+            } => {}
+            Inbox::Event { event, .. } => return Ok(event),
+            Inbox::Exited {
+                exit, stderr_tail, ..
+            } => {
+                bail!("worker {exit} while waiting for {what}: {stderr_tail}")
             }
-            match from_line::<WorkerEvent>(&line) {
-                Ok(WorkerEvent::Started { .. } | WorkerEvent::Heartbeat { .. }) => {}
-                Ok(event) => return Ok(event),
-                Err(err) => bail!("worker wrote garbage while waiting for {what}: {err}"),
+            Inbox::Garbage { detail, .. } => {
+                bail!("worker wrote {detail} while waiting for {what}")
             }
+            Inbox::Closed { .. } => {}
         }
-    }
-
-    /// Asks it to exit, waits up to `grace`, then kills it.
-    fn shutdown(mut self, grace: Duration) {
-        self.send(&WorkerRequest::Shutdown).ok();
-        let until = Instant::now() + grace;
-        while Instant::now() < until {
-            if matches!(self.io.process.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.io.process.kill();
     }
 }
 
@@ -121,12 +87,14 @@ fn main() -> anyhow::Result<()> {
     let cycles: usize = cycles.parse()?;
     let nvml = Nvml::init()?;
     let uuid = nvml.device_by_index(index)?.uuid()?;
+    let (tx, inbox) = bounded(64);
     let device = WorkerDevice::Cuda {
         ordinal: index as usize,
         uuid,
     };
-    let mut worker = Worker::start(&device)?;
-    let pid = worker.pid();
+    let io = ProcessPort::new(None).start(&device)?;
+    let worker = WorkerLink::open(io, 0, 1, &tx)?;
+    let pid = worker.pid;
     std::thread::sleep(Duration::from_millis(300));
     println!(
         "{}",
@@ -134,12 +102,14 @@ fn main() -> anyhow::Result<()> {
             "vram_mib": pid_mib(&nvml, index, pid)?, "rss_mib": rss_mib(pid)})
     );
     let started = Instant::now();
-    worker.send(&WorkerRequest::Load {
-        model_dir: PathBuf::from(model_dir),
-        device,
-        precision: Precision::Bf16,
-    })?;
-    let loaded = worker.wait("Loaded")?;
+    worker
+        .send(&WorkerRequest::Load {
+            model_dir: PathBuf::from(model_dir),
+            device,
+            precision: Precision::Bf16,
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let loaded = wait(&inbox, "Loaded")?;
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     println!(
         "{}",
@@ -150,14 +120,18 @@ fn main() -> anyhow::Result<()> {
     let mut offload_ms = Vec::with_capacity(cycles);
     let (mut loaded_mib, mut offloaded_mib, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for cycle in 0..cycles {
-        worker.send(&WorkerRequest::Offload)?;
-        match worker.wait("Offloaded")? {
+        worker
+            .send(&WorkerRequest::Offload)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        match wait(&inbox, "Offloaded")? {
             WorkerEvent::Offloaded { ms } => offload_ms.push(ms),
             other => bail!("cycle {cycle}: expected Offloaded, got {other:?}"),
         }
         offloaded_mib.push(pid_mib(&nvml, index, pid)?);
-        worker.send(&WorkerRequest::Restore)?;
-        match worker.wait("Restored")? {
+        worker
+            .send(&WorkerRequest::Restore)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        match wait(&inbox, "Restored")? {
             WorkerEvent::Restored { ms } => restore_ms.push(ms),
             other => bail!("cycle {cycle}: expected Restored, got {other:?}"),
         }
@@ -184,14 +158,18 @@ fn main() -> anyhow::Result<()> {
             "offload_ms": stats(&offload_ms), "vram_offloaded_mib": range(&offloaded_mib),
             "vram_loaded_mib": range(&loaded_mib), "rss_mib": range(&rss)})
     );
-    worker.send(&WorkerRequest::Offload)?;
-    worker.wait("Offloaded")?;
+    worker
+        .send(&WorkerRequest::Offload)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    wait(&inbox, "Offloaded")?;
     println!(
         "{}",
         serde_json::json!({"stage": "offloaded", "vram_mib": pid_mib(&nvml, index, pid)?, "rss_mib": rss_mib(pid)})
     );
     let released = Instant::now();
-    worker.shutdown(Duration::from_secs(5));
+    worker.send(&WorkerRequest::Shutdown).ok();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(worker);
     let release_ms = released.elapsed().as_secs_f64() * 1000.0;
     std::thread::sleep(Duration::from_millis(200));
     println!(

@@ -167,7 +167,7 @@ fn two_hundred_jobs_over_misbehaving_workers_all_end_with_a_reason() {
         };
         seen += 1;
         // Cancel a few jobs while things happen.
-        if seen % 40 == 0
+        if seen.is_multiple_of(40)
             && let Some(id) = to_cancel.pop()
         {
             engine.send(Request::Cancel(id));

@@ -236,20 +236,23 @@ fn the_cli_on_the_cpu_transcribes_a_latin1_name_beside_a_good_one() {
 
 /// A WAV of `minutes` of speech (the Japanese clip over and over), so a job runs many passes.
 fn long_clip(dir: &Path, minutes: u32) -> PathBuf {
-    let mut reader = hound::WavReader::open(clip("ja_long")).unwrap();
+    let mut reader = hound::WavReader::open(clip("ja_long")).expect("test setup");
     let spec = reader.spec();
-    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let samples: Vec<i16> = reader
+        .samples::<i16>()
+        .map(|s| s.expect("a sample"))
+        .collect();
     let path = dir.join("long.wav");
-    let mut writer = hound::WavWriter::create(&path, spec).unwrap();
+    let mut writer = hound::WavWriter::create(&path, spec).expect("test setup");
     let wanted = u64::from(minutes) * 60 * u64::from(spec.sample_rate);
     let mut written = 0;
     while written < wanted {
         for s in &samples {
-            writer.write_sample(*s).unwrap();
+            writer.write_sample(*s).expect("test setup");
         }
         written += samples.len() as u64;
     }
-    writer.finalize().unwrap();
+    writer.finalize().expect("test setup");
     path
 }
 
@@ -258,19 +261,19 @@ fn signal(pid: u32, name: &str) {
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status()
-        .unwrap();
+        .expect("test setup");
     assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// Starts a long job on a real worker, sends it `sig` after its first batch, and returns the
 /// notices and whether the job finished, with the signalled pid.
 fn signal_mid_job(sig: &str) -> (Vec<String>, String, u32) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let long = long_clip(dir.path(), 20);
     let mut config = config(IdlePolicy::Never);
     config.watchdog.min_silence = Duration::from_millis(1500);
     config.watchdog.first_pass = Duration::from_secs(5);
-    let engine = EngineHandle::spawn(config, Arc::new(|| {})).unwrap();
+    let engine = EngineHandle::spawn(config, Arc::new(|| {})).expect("test setup");
     let job = engine.transcribe(long, DecodeSettings::default());
     let mut pid = None;
     let mut signalled = None;

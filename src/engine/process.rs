@@ -254,7 +254,8 @@ impl WorkerLink {
         std::thread::Builder::new()
             .name(format!("worker-{slot}-reap"))
             .spawn(move || {
-                let exit = reap(process, &kill_flag);
+                let mut process = process;
+                let exit = reap(process.as_mut(), &kill_flag);
                 // Everything the worker wrote is passed on before its exit is.
                 stdout_done.recv_timeout(DRAIN_AFTER_EXIT).ok();
                 stderr_done.recv_timeout(DRAIN_AFTER_EXIT).ok();
@@ -301,7 +302,7 @@ impl Drop for WorkerLink {
     }
 }
 
-fn reap(mut process: Box<dyn WorkerProcess>, kill: &AtomicBool) -> ExitInfo {
+fn reap(process: &mut dyn WorkerProcess, kill: &AtomicBool) -> ExitInfo {
     let mut killed = false;
     loop {
         if !killed && kill.load(Ordering::SeqCst) {

@@ -586,7 +586,7 @@ impl Scheduler {
     fn on_send_error(&mut self, slot: usize, err: &SendError) {
         match err {
             SendError::Stuck => {
-                self.lose_worker(slot, "stopped reading its requests; killed".to_owned());
+                self.lose_worker(slot, "stopped reading its requests; killed");
             }
             SendError::Gone => {
                 if self.slots[slot].worker.is_none() {
@@ -668,7 +668,7 @@ impl Scheduler {
                     self.slots[slot].worker = Some(Live {
                         link,
                         closed_at: None,
-                    })
+                    });
                 }
                 Err(err) => {
                     let message = format!("cannot start a worker: {err}");
@@ -727,7 +727,7 @@ impl Scheduler {
     }
 
     /// The slot's worker is gone (or is being killed now): its job is retried once, then fails.
-    fn lose_worker(&mut self, slot: usize, reason: String) {
+    fn lose_worker(&mut self, slot: usize, reason: &str) {
         let label = self.slots[slot].device.label();
         // Dropping the link kills the process if it still runs; the reaper collects it.
         drop(self.slots[slot].worker.take());
@@ -737,7 +737,7 @@ impl Scheduler {
             .on_event(ResidencyEvent::WorkerExited, Instant::now());
         self.slots[slot].weight_bytes = 0;
         self.marker(slot, MarkerKind::Release);
-        if let Some(library) = super::cuda_stubs::is_missing_library_error(&reason)
+        if let Some(library) = super::cuda_stubs::is_missing_library_error(reason)
             && self.slots[slot].key != DeviceKey::Cpu
         {
             let message = format!(
@@ -853,7 +853,7 @@ impl Scheduler {
                 self.on_worker_event(slot, event);
             }
             Inbox::Garbage { detail, .. } => {
-                self.lose_worker(slot, format!("wrote {detail}; killed"));
+                self.lose_worker(slot, &format!("wrote {detail}; killed"));
             }
             Inbox::Closed { .. } => {
                 if let Some(live) = self.slots[slot].worker.as_mut() {
@@ -868,7 +868,7 @@ impl Scheduler {
                 } else {
                     format!("{exit}: {stderr_tail}")
                 };
-                self.lose_worker(slot, reason);
+                self.lose_worker(slot, &reason);
             }
         }
     }
@@ -1116,7 +1116,7 @@ impl Scheduler {
             if let Some((at, reason)) = self.deadline(&self.slots[i])
                 && at <= now
             {
-                self.lose_worker(i, reason);
+                self.lose_worker(i, &reason);
             }
         }
         // Retired workers past their grace are killed (dropping the link does it).
