@@ -83,8 +83,14 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
-        None => run_window(feed, device, cuda_visible_devices, cli.open, &repaint_target)
-            .map(|()| ExitCode::SUCCESS),
+        None => run_window(
+            feed,
+            device,
+            cuda_visible_devices,
+            cli.open,
+            &repaint_target,
+        )
+        .map(|()| ExitCode::SUCCESS),
     }
 }
 
