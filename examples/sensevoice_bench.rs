@@ -212,7 +212,11 @@ fn forward(
             let out = model.forward_features(&feats, &prompts, None)?;
             // The ids reach the host, so the time includes the whole GPU queue.
             let ids = out.logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
-            anyhow::ensure!(ids.len() == batch, "forward gave {} rows for {batch}", ids.len());
+            anyhow::ensure!(
+                ids.len() == batch,
+                "forward gave {} rows for {batch}",
+                ids.len()
+            );
             Ok(started.elapsed().as_secs_f64() * 1000.0)
         };
         for _ in 0..2 {

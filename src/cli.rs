@@ -48,7 +48,12 @@ use crate::gpu::{
 
 /// Speech transcription on a shared GPU with SenseVoice-Small, and a live NVIDIA GPU monitor.
 #[derive(Debug, Parser)]
-#[command(name = "gpuscribe", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "gpuscribe",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Where transcription runs: auto, cpu, all (every GPU, one worker each), cuda:N, or a
     /// GPU UUID.

@@ -258,10 +258,24 @@ fn plots_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot, now: Instant, input: &PanelsIn
         .memory
         .map_or(1.0, |m| format::bytes_to_gib(m.total_bytes));
     let window_secs = window.as_secs_f64();
+    let max_used_gib = used.iter().map(|p| p[1]).fold(0.0, f64::max);
+    let y_max = vram_axis_max(max_used_gib, total_gib);
+    let scaled = y_max < total_gib;
 
-    ui.label(RichText::new("VRAM (GiB)").small().weak());
-    small_plot(("vram", &gpu.uuid), window_secs, total_gib).show(ui, |plot| {
-        plot.line(Line::new("total", total).color(Color32::GRAY));
+    ui.label(
+        RichText::new(if scaled {
+            format!("VRAM (GiB, 0–{y_max} of {total_gib:.1})")
+        } else {
+            "VRAM (GiB)".to_owned()
+        })
+        .small()
+        .weak(),
+    );
+    small_plot(("vram", &gpu.uuid), window_secs, y_max).show(ui, |plot| {
+        // On a large GPU the total would flatten everything else against the axis.
+        if !scaled {
+            plot.line(Line::new("total", total).color(Color32::GRAY));
+        }
         plot.line(Line::new("used", used).color(TARGET_COLOR).fill(0.0));
         for marker in input.markers.for_gpu(&gpu.uuid) {
             let x = -now.saturating_duration_since(marker.at).as_secs_f64();
@@ -272,7 +286,7 @@ fn plots_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot, now: Instant, input: &PanelsIn
             let color = marker_color(marker.kind);
             plot.vline(VLine::new(label, x).color(color).width(1.5));
             plot.text(
-                Text::new(label, PlotPoint::new(x, total_gib), label)
+                Text::new(label, PlotPoint::new(x, y_max), label)
                     .color(color)
                     .anchor(egui::Align2::LEFT_TOP),
             );
@@ -283,6 +297,26 @@ fn plots_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot, now: Instant, input: &PanelsIn
         plot.line(Line::new("GPU", util).color(Color32::from_rgb(0x42, 0xa5, 0xf5)));
         plot.line(Line::new("memory", mem_util).color(Color32::from_rgb(0xff, 0xb7, 0x4d)));
     });
+}
+
+/// The top of the VRAM plot: the whole card while the memory in use is a sizeable part of it,
+/// else a round number above the peak in the window, so that 1.6 GiB on a 141 GiB GPU (the model
+/// loading, offloading, releasing) is a visible curve and not a line on the axis.
+fn vram_axis_max(max_used_gib: f64, total_gib: f64) -> f64 {
+    if !(max_used_gib.is_finite() && total_gib.is_finite()) || total_gib <= 0.0 {
+        return total_gib.max(1.0);
+    }
+    if max_used_gib >= 0.4 * total_gib {
+        return total_gib;
+    }
+    let wanted = (max_used_gib * 1.25).max(1.0);
+    let magnitude = 10f64.powf(wanted.log10().floor());
+    let nice = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|step| step * magnitude)
+        .find(|&top| top >= wanted)
+        .unwrap_or(10.0 * magnitude);
+    nice.min(total_gib)
 }
 
 /// A fixed, non-interactive plot so scrolling the panel list never zooms a plot instead.
@@ -382,5 +416,24 @@ mod tests {
         assert_eq!(minutes_seconds(-600.0), "-10:00");
         assert_eq!(minutes_seconds(0.0), "0:00");
         assert_eq!(minutes_seconds(-5.4), "-0:05");
+    }
+
+    #[test]
+    fn the_vram_axis_follows_use_on_a_large_gpu() {
+        // The H200: 1.6 GiB of 140.4 in use → a 2 GiB axis; idle → 1 GiB.
+        assert_eq!(vram_axis_max(1.57, 140.4), 2.0);
+        assert_eq!(vram_axis_max(0.0, 140.4), 1.0);
+        assert_eq!(vram_axis_max(9.0, 140.4), 20.0);
+        assert_eq!(vram_axis_max(41.0, 140.4), 100.0);
+        // A busy card, or a small one, shows all of it.
+        assert_eq!(vram_axis_max(60.0, 140.4), 140.4);
+        assert_eq!(vram_axis_max(3.5, 8.0), 8.0);
+        assert_eq!(vram_axis_max(0.2, 0.5), 0.5);
+        // The peak always fits.
+        for used in [0.3, 1.0, 1.7, 4.9, 12.0, 33.0, 55.9] {
+            let top = vram_axis_max(used, 140.4);
+            assert!((used..=140.4).contains(&top), "{used} → {top}");
+        }
+        assert_eq!(vram_axis_max(f64::NAN, 80.0), 80.0);
     }
 }
