@@ -491,7 +491,12 @@ impl Run<'_> {
                     NodeFailure(format!("cannot write into {}: {err}", dir.display()))
                 })?;
         }
-        if let Some(dir) = self.args.model_dir.as_ref().filter(|_| self.args.engine == "sensevoice") {
+        if let Some(dir) = self
+            .args
+            .model_dir
+            .as_ref()
+            .filter(|_| self.args.engine == "sensevoice")
+        {
             crate::model::files::ModelFiles::from_dir(dir).map_err(|err| {
                 NodeFailure(format!(
                     "the model folder {} is unusable: {err}",
@@ -570,8 +575,8 @@ impl Run<'_> {
         stdout: &mut StdoutSink,
     ) -> Result<(), NodeFailure> {
         let args = self.args;
-        let engine_choice = SpeechEngine::from_cli(&args.engine, &args.whisper_model)
-            .map_err(NodeFailure)?;
+        let engine_choice =
+            SpeechEngine::from_cli(&args.engine, &args.whisper_model).map_err(NodeFailure)?;
         // The engine does not download: the model store fetches and verifies SenseVoice's
         // release first (a Whisper folder is named with --model-dir).
         let model_dir = match (&args.model_dir, &engine_choice) {

@@ -142,8 +142,14 @@ fn main() -> anyhow::Result<ExitCode> {
         #[cfg(not(feature = "cuda"))]
         Some(Command::Worker) => Ok(ExitCode::SUCCESS),
         Some(Command::Model(_) | Command::History(_)) => Ok(ExitCode::SUCCESS),
-        None => run_window(feed, device, cuda_visible_devices, cli.open, &repaint_target)
-            .map(|()| ExitCode::SUCCESS),
+        None => run_window(
+            feed,
+            device,
+            cuda_visible_devices,
+            cli.open,
+            &repaint_target,
+        )
+        .map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -168,7 +174,6 @@ fn gpus_for_engine(
         }
     }
 }
-
 
 fn run_window(
     gpu_feed: gpu::GpuFeed,

@@ -9,12 +9,12 @@ use std::time::Duration;
 use assert_cmd::Command;
 use candle_core::{DType, Device};
 use gpuscribe::engine::batch::transcribe_files;
-use gpuscribe::worker::whisper::options;
 use gpuscribe::engine::{
     DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, Event, IdlePolicy, ResidencyConfig,
     SpeechEngine,
 };
 use gpuscribe::model::whisper::Whisper;
+use gpuscribe::worker::whisper::options;
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/whisper/model")

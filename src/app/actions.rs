@@ -14,9 +14,9 @@ use super::{GpuScribeApp, LogLine};
 use crate::audio::{DeviceList, RecordError, RecordEvent};
 use crate::engine::{EngineConfig, Event, JobId, Request};
 use crate::gpu::{GpuStatus, MAX_PLOT_WINDOW};
-use crate::live::Handled;
 use crate::library::service::{LibraryReply, LibraryRequest};
 use crate::library::{NewJob, device_request_text, model_text};
+use crate::live::Handled;
 
 /// Shown when no file dialog could open.
 const NO_DIALOG: &str =

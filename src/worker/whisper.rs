@@ -9,8 +9,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
-use crate::engine::protocol::{DecodeSettings, Precision, WorkerDevice};
 use super::{RunError, SegmentText, SpeechModel, TimedPiece, is_out_of_memory};
+use crate::engine::protocol::{DecodeSettings, Precision, WorkerDevice};
 use crate::model::whisper::{Whisper, WhisperError, WhisperOptions};
 
 struct WhisperModel {
