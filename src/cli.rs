@@ -48,12 +48,7 @@ use crate::gpu::{
 
 /// Speech transcription on a shared GPU with SenseVoice-Small, and a live NVIDIA GPU monitor.
 #[derive(Debug, Parser)]
-#[command(
-    name = "gpuscribe",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "gpuscribe", version, about)]
 pub struct Cli {
     /// Where transcription runs: auto, cpu, all (every GPU, one worker each), cuda:N, or a
     /// GPU UUID.
@@ -365,6 +360,9 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["gpuscribe", "transcribe", "a.wav"]).expect("subcommand");
         assert!(cli.open.is_empty() && matches!(cli.command, Some(Command::Transcribe(_))));
+        // A global option before the subcommand still leaves it a subcommand.
+        let cli = Cli::try_parse_from(["gpuscribe", "--device", "cpu", "gpus"]).expect("gpus");
+        assert!(cli.open.is_empty() && matches!(cli.command, Some(Command::Gpus { .. })));
     }
 
     #[test]

@@ -338,6 +338,10 @@ fn cause_of_failure(path: &Path) -> Cause {
 /// ([`EXIT_STATUS_HELP`]).
 pub fn run(args: &TranscribeArgs, target: DeviceTarget, gpus: Vec<GpuFree>) -> ExitCode {
     let started = Instant::now();
+    if let Err(message) = check_engine_options(args) {
+        eprintln!("error: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let shard = match resolve_shard(args) {
         Ok(shard) => shard,
         Err(message) => {
@@ -367,6 +371,22 @@ pub fn run(args: &TranscribeArgs, target: DeviceTarget, gpus: Vec<GpuFree>) -> E
     }
     let node_error = run.node_error.take();
     finish(summary, node_error, summary_path.as_deref(), started)
+}
+
+/// The engine exists and knows the language; translation is Whisper's.
+fn check_engine_options(args: &TranscribeArgs) -> Result<(), String> {
+    let engine = SpeechEngine::from_cli(&args.engine, &args.whisper_model)?;
+    if engine == SpeechEngine::SenseVoice && !LANGUAGES.contains(&args.language.as_str()) {
+        return Err(format!(
+            "SenseVoice does not know the language {:?}; choose one of {} (or --engine whisper)",
+            args.language,
+            LANGUAGES.join(", ")
+        ));
+    }
+    if engine == SpeechEngine::SenseVoice && args.translate {
+        return Err("--translate needs --engine whisper".to_owned());
+    }
+    Ok(())
 }
 
 /// Settles the exit status, writes the summary and says how it went.

@@ -126,8 +126,13 @@ fn sigkill_mid_queue_keeps_finished_transcripts_and_marks_the_rest_interrupted()
         .output()
         .expect("clean run");
     assert!(clean.status.success(), "{clean:?}");
-    let expected: Vec<FileTranscript> =
+    let mut expected: Vec<FileTranscript> =
         serde_json::from_slice(&clean.stdout).expect("JSON transcripts");
+    // The library keeps text, tags and segments; token and word times are in the JSON only.
+    for transcript in &mut expected {
+        transcript.tokens.clear();
+        transcript.words.clear();
+    }
     let id = library
         .list(None, 10_000)
         .expect("list")

@@ -262,15 +262,16 @@ fn plots_ui(ui: &mut egui::Ui, gpu: &GpuSnapshot, now: Instant, input: &PanelsIn
     let y_max = vram_axis_max(max_used_gib, total_gib);
     let scaled = y_max < total_gib;
 
-    ui.label(
-        RichText::new(if scaled {
-            format!("VRAM (GiB, 0–{y_max} of {total_gib:.1})")
-        } else {
-            "VRAM (GiB)".to_owned()
-        })
-        .small()
-        .weak(),
-    );
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("VRAM (GiB)").small().weak());
+        if scaled {
+            ui.label(
+                RichText::new(format!("0–{y_max} of {total_gib:.1}"))
+                    .small()
+                    .weak(),
+            );
+        }
+    });
     small_plot(("vram", &gpu.uuid), window_secs, y_max).show(ui, |plot| {
         // On a large GPU the total would flatten everything else against the axis.
         if !scaled {

@@ -113,6 +113,8 @@ struct Slot {
     restore_ms: Option<f64>,
     unavailable: Option<String>,
     longest_pass: Option<Duration>,
+    /// "Release now" came while the worker was busy: release once it is idle.
+    release_requested: bool,
 }
 
 impl Slot {
@@ -386,9 +388,9 @@ impl Scheduler {
             }
             Request::ReleaseNow => {
                 for i in 0..self.slots.len() {
-                    let slot = &self.slots[i];
-                    if slot.worker.is_some() && slot.running.is_none() && slot.waiting.is_none() {
-                        self.apply(i, Some(Action::Release));
+                    if self.slots[i].worker.is_some() {
+                        self.slots[i].release_requested = true;
+                        self.release_if_requested(i);
                     }
                 }
             }
@@ -509,6 +511,7 @@ impl Scheduler {
             restore_ms: None,
             unavailable: None,
             longest_pass: None,
+            release_requested: false,
         });
         self.slots.len() - 1
     }
@@ -634,6 +637,7 @@ impl Scheduler {
 
     /// Tells the slot's worker to exit; it is killed if it has not by the shutdown grace.
     fn retire(&mut self, slot: usize) {
+        self.slots[slot].release_requested = false;
         self.slots[slot].waiting = None;
         if let Some(live) = self.slots[slot].worker.take() {
             live.link.send(&WorkerRequest::Shutdown).ok();
@@ -873,7 +877,28 @@ impl Scheduler {
         }
     }
 
+    /// A "Release now" that waited for the worker to finish what it was doing.
+    fn release_if_requested(&mut self, slot: usize) {
+        let s = &self.slots[slot];
+        if s.release_requested
+            && s.worker.is_some()
+            && s.running.is_none()
+            && s.waiting.is_none()
+            && s.queue.is_empty()
+        {
+            self.slots[slot].release_requested = false;
+            self.apply(slot, Some(Action::Release));
+        }
+    }
+
     fn on_worker_event(&mut self, slot: usize, event: WorkerEvent) {
+        self.handle_worker_event(slot, event);
+        if slot < self.slots.len() {
+            self.release_if_requested(slot);
+        }
+    }
+
+    fn handle_worker_event(&mut self, slot: usize, event: WorkerEvent) {
         let now = Instant::now();
         match event {
             WorkerEvent::Started { .. } | WorkerEvent::Heartbeat { .. } => {}
