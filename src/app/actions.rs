@@ -348,12 +348,20 @@ impl GpuScribeApp {
             }
             return;
         }
+        if let Some(queued) = self.send_jobs(files, "nothing was queued") {
+            self.record_queued(files, &queued, None);
+        }
+    }
+
+    /// Sends each file to the engine with the current options and lists it in the queue; `None`
+    /// (said in the log, with `unqueued`) when the engine is not running.
+    fn send_jobs(&mut self, files: &[PathBuf], unqueued: &str) -> Option<Vec<JobId>> {
         let Some(engine) = &self.engine else {
             self.log_line(
-                "the transcription engine is not running; nothing was queued".to_owned(),
+                format!("the transcription engine is not running; {unqueued}"),
                 true,
             );
-            return;
+            return None;
         };
         let now = Instant::now();
         let mut queued = Vec::with_capacity(files.len());
@@ -362,7 +370,7 @@ impl GpuScribeApp {
             self.jobs.push(job_id, path.clone(), now);
             queued.push(job_id);
         }
-        self.record_queued(files, &queued, None);
+        Some(queued)
     }
 
     /// Records queued jobs in the library (`recording`: they are the parts of this one).
@@ -386,22 +394,9 @@ impl GpuScribeApp {
 
     /// Queues a recording's parts, recorded as parts of it.
     fn queue_recording(&mut self, parts: &[PathBuf], token: Option<u64>) {
-        let Some(engine) = &self.engine else {
-            self.log_line(
-                "the transcription engine is not running; the recording was kept but not queued"
-                    .to_owned(),
-                true,
-            );
-            return;
-        };
-        let now = Instant::now();
-        let mut queued = Vec::with_capacity(parts.len());
-        for path in parts {
-            let job_id = engine.transcribe(path.clone(), self.settings.decode.clone());
-            self.jobs.push(job_id, path.clone(), now);
-            queued.push(job_id);
+        if let Some(queued) = self.send_jobs(parts, "the recording was kept but not queued") {
+            self.record_queued(parts, &queued, token);
         }
-        self.record_queued(parts, &queued, token);
     }
 
     pub(super) fn drain_gpu_feed(&mut self) {

@@ -10,7 +10,7 @@ use super::gpu_panel_ui::ERROR_COLOR;
 use super::history::{HISTORY_LIMIT, HistoryView, LibraryState};
 use super::jobs::file_name;
 use super::queue_ui::clock_secs;
-use super::transcript_ui::{EXPORT_FORMATS, export_label};
+use super::transcript_ui::copy_and_export_ui;
 use crate::library::{HistoryEntry, JobState, StoredJob, format_utc};
 
 /// The search box's hint.
@@ -211,25 +211,13 @@ fn transcript_view_ui(
     let text = job.transcript.text.clone();
     let done = entry.state == JobState::Done;
     ui.horizontal_wrapped(|ui| {
-        if ui
-            .add_enabled(!text.is_empty(), egui::Button::new("Copy"))
-            .on_hover_text("Copy all text to the clipboard")
-            .clicked()
-        {
-            ui.ctx().copy_text(text);
-        }
-        for format in EXPORT_FORMATS {
-            if ui
-                .add_enabled(
-                    done && !dialog_open,
-                    egui::Button::new(export_label(format)),
-                )
-                .on_hover_text(format!("Save as {}", export_label(format)))
-                .clicked()
-            {
-                commands.push(Command::HistoryExport(format));
-            }
-        }
+        copy_and_export_ui(
+            ui,
+            text,
+            done && !dialog_open,
+            commands,
+            Command::HistoryExport,
+        );
     });
     ui.horizontal_wrapped(|ui| {
         if ui

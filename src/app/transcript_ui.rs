@@ -24,6 +24,34 @@ pub const EXPORT_FORMATS: [ExportFormat; 4] = [
     ExportFormat::Json,
 ];
 
+/// **Copy** (all of `text` to the clipboard) and one save button per export format, each giving
+/// `export(format)` when clicked; shared by the transcript view and History.
+pub(super) fn copy_and_export_ui(
+    ui: &mut egui::Ui,
+    text: String,
+    can_export: bool,
+    commands: &mut Vec<Command>,
+    export: fn(ExportFormat) -> Command,
+) {
+    if ui
+        .add_enabled(!text.is_empty(), egui::Button::new("Copy"))
+        .on_hover_text("Copy all text to the clipboard")
+        .clicked()
+    {
+        // Output only: the clipboard is not app state.
+        ui.ctx().copy_text(text);
+    }
+    for format in EXPORT_FORMATS {
+        if ui
+            .add_enabled(can_export, egui::Button::new(export_label(format)))
+            .on_hover_text(format!("Save as {}", export_label(format)))
+            .clicked()
+        {
+            commands.push(export(format));
+        }
+    }
+}
+
 /// The button text of an export format.
 pub fn export_label(format: ExportFormat) -> String {
     format.extension().to_uppercase()
@@ -185,27 +213,13 @@ pub fn transcript_ui(
         {
             ui.label(RichText::new(&t.language).weak());
         }
-        let text = row.text();
-        if ui
-            .add_enabled(!text.is_empty(), egui::Button::new("Copy"))
-            .on_hover_text("Copy all text to the clipboard")
-            .clicked()
-        {
-            // Output only: the clipboard is not app state.
-            ui.ctx().copy_text(text);
-        }
-        for format in EXPORT_FORMATS {
-            if ui
-                .add_enabled(
-                    done && !dialog_open,
-                    egui::Button::new(export_label(format)),
-                )
-                .on_hover_text(format!("Save as {}", export_label(format)))
-                .clicked()
-            {
-                commands.push(Command::Export(format));
-            }
-        }
+        copy_and_export_ui(
+            ui,
+            row.text(),
+            done && !dialog_open,
+            commands,
+            Command::Export,
+        );
     });
     if let JobStatus::Failed(message) = &row.status {
         ui.colored_label(ERROR_COLOR, message);

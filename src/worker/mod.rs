@@ -216,12 +216,32 @@ where
                     }),
                 }
             }
-            WorkerRequest::Transcribe {
-                job_id,
-                path,
-                settings,
-                batch_budget_s,
-            } => {
+            request @ (WorkerRequest::Transcribe { .. }
+            | WorkerRequest::TranscribeSamples { .. }) => {
+                // A clip held in memory (live transcription) is its job's "file": the same
+                // segmenting, batching and events, with a decoder that hands the clip over.
+                let (job_id, path, settings, batch_budget_s, pcm) = match request {
+                    WorkerRequest::TranscribeSamples {
+                        job_id,
+                        label,
+                        pcm,
+                        settings,
+                        batch_budget_s,
+                    } => (
+                        job_id,
+                        PathBuf::from(label),
+                        settings,
+                        batch_budget_s,
+                        Some(pcm),
+                    ),
+                    WorkerRequest::Transcribe {
+                        job_id,
+                        path,
+                        settings,
+                        batch_budget_s,
+                    } => (job_id, path, settings, batch_budget_s, None),
+                    _ => continue,
+                };
                 let Some(model) = model.as_deref_mut() else {
                     out.send(&WorkerEvent::JobFailed {
                         job_id,
@@ -233,6 +253,17 @@ where
                     });
                     continue;
                 };
+                let clip = pcm.map(|pcm| {
+                    move |_: &Path,
+                          _: &mut dyn FnMut()|
+                          -> Result<(Vec<f32>, Option<String>), String> {
+                        Ok((pcm.to_f32(), None))
+                    }
+                });
+                let source: &Decoder = match &clip {
+                    Some(clip) => clip,
+                    None => decoder,
+                };
                 let job = Job {
                     job_id,
                     path: &path,
@@ -240,40 +271,7 @@ where
                     batch_budget_s,
                     cancelled: &cancelled,
                 };
-                let event = job.run(model, decoder, &mut out);
-                model.end_job();
-                out.send(&event);
-            }
-            WorkerRequest::TranscribeSamples {
-                job_id,
-                label,
-                pcm,
-                settings,
-                batch_budget_s,
-            } => {
-                let Some(model) = model.as_deref_mut() else {
-                    out.send(&WorkerEvent::JobFailed {
-                        job_id,
-                        kind: JobErrorKind::BadModel,
-                        message: format!("no model loaded on {device_label} for {label}"),
-                    });
-                    continue;
-                };
-                // The clip is the job's "file": the same segmenting, batching and events.
-                let clip = move |_: &Path,
-                                 _: &mut dyn FnMut()|
-                      -> Result<(Vec<f32>, Option<String>), String> {
-                    Ok((pcm.to_f32(), None))
-                };
-                let path = std::path::PathBuf::from(label);
-                let job = Job {
-                    job_id,
-                    path: &path,
-                    settings: &settings,
-                    batch_budget_s,
-                    cancelled: &cancelled,
-                };
-                let event = job.run(model, &clip, &mut out);
+                let event = job.run(model, source, &mut out);
                 model.end_job();
                 out.send(&event);
             }
