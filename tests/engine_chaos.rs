@@ -25,6 +25,19 @@ const JOBS: usize = 200;
 
 /// The whole run must end within this (it takes a few seconds on a 2-core machine).
 const BOUND: Duration = Duration::from_secs(45);
+/// How much the test process's resident memory may grow over the run.
+const MAX_RSS_GROWTH_KIB: u64 = 128 * 1024;
+
+/// This process's resident memory (VmRSS), KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
 
 /// xorshift64*: a fixed, seeded sequence, so a failure can be replayed.
 struct Rng(u64);
@@ -134,6 +147,7 @@ fn two_hundred_jobs_over_misbehaving_workers_all_end_with_a_reason() {
     engine.send(Request::Gpus(vec![gpu(0), gpu(1)]));
 
     let started = Instant::now();
+    let rss_before = rss_kib();
     let mut expected: HashMap<JobId, (String, Expect)> = HashMap::new();
     let mut to_cancel = Vec::new();
     for i in 0..JOBS {
@@ -201,6 +215,13 @@ fn two_hundred_jobs_over_misbehaving_workers_all_end_with_a_reason() {
         }
     }
     let took = started.elapsed();
+    // Memory stays bounded: 200 jobs, dozens of dead workers and their pipes leave no pile behind.
+    let rss_growth_kib = rss_kib().saturating_sub(rss_before);
+    eprintln!("chaos: resident memory grew by {rss_growth_kib} KiB");
+    assert!(
+        rss_growth_kib < MAX_RSS_GROWTH_KIB,
+        "resident memory grew by {rss_growth_kib} KiB over the run"
+    );
 
     for (id, (name, expect)) in &expected {
         let end = &ended[id];
