@@ -8,7 +8,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr, kernel_name};
 use candle_core::{CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
@@ -536,33 +536,6 @@ pub struct LinearLt {
     pub residual: Option<candle_core::Tensor>,
 }
 
-fn lt_error(
-    err: candle_core::cuda_backend::cudarc::cublaslt::result::CublasError,
-) -> candle_core::Error {
-    candle_core::Error::Msg(format!("cuBLASLt: {err:?}"))
-}
-
-/// One cuBLASLt handle (and its workspace) per device, made on first use.
-fn blas_lt(
-    dev: &CudaDevice,
-) -> Result<std::sync::Arc<candle_core::cuda_backend::cudarc::cublaslt::CudaBlasLT>> {
-    use candle_core::cuda_backend::cudarc::cublaslt::CudaBlasLT;
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock};
-    static HANDLES: OnceLock<Mutex<HashMap<candle_core::cuda_backend::DeviceId, Arc<CudaBlasLT>>>> =
-        OnceLock::new();
-    let mut handles = HANDLES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(h) = handles.get(&dev.id()) {
-        return Ok(h.clone());
-    }
-    let handle = Arc::new(CudaBlasLT::new(dev.cuda_stream()).map_err(lt_error)?);
-    handles.insert(dev.id(), handle.clone());
-    Ok(handle)
-}
-
 impl candle_core::CustomOp3 for LinearLt {
     fn name(&self) -> &'static str {
         "sensevoice-linear-lt"
@@ -589,7 +562,6 @@ impl candle_core::CustomOp3 for LinearLt {
         bias: &CudaStorage,
         b_l: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::cublaslt::{Activation, Matmul, MatmulConfig};
         let k = x_l.shape().dims().last().copied().unwrap_or(0);
         let (n, wk) = w_l.shape().dims2()?;
         let same = x.dtype() == w.dtype() && x.dtype() == bias.dtype();
@@ -602,27 +574,12 @@ impl candle_core::CustomOp3 for LinearLt {
             *last = n;
         }
         let dev = x.device();
-        let lt = blas_lt(dev)?;
-        let cfg = MatmulConfig {
-            // Column-major view: outᵀ [N, M] = W [N, K] (stored as Wᵀ, K × N) × xᵀ [K, M].
-            transa: true,
-            transb: false,
-            transc: false,
-            m: n as u64,
-            n: m as u64,
-            k: k as u64,
-            alpha: 1.0,
-            lda: k as i64,
-            ldb: k as i64,
-            beta: 0.0,
-            ldc: n as i64,
-            stride_a: None,
-            stride_b: None,
-            stride_c: None,
-            stride_bias: None,
-            batch_size: None,
+        let Some(half) = super::cublaslt::Half::of(x.dtype()) else {
+            candle_core::bail!(
+                "linear: the cuBLASLt path is for f16/bf16, got {:?}",
+                x.dtype()
+            );
         };
-        let act = self.relu.then_some(Activation::Relu);
         let residual = match &self.residual {
             Some(r) if self.relu => candle_core::bail!("linear: a residual with ReLU ({r:?})"),
             Some(r) => Some(r.storage_and_layout()),
@@ -634,10 +591,15 @@ impl candle_core::CustomOp3 for LinearLt {
                 candle_core::bail!("linear: residual {layout:?} does not fit [{m}, {n}]");
             }
         }
-        let cfg = MatmulConfig {
-            beta: if residual.is_some() { 1.0 } else { 0.0 },
-            ..cfg
+        let shape = super::cublaslt::Shape {
+            m,
+            n,
+            k,
+            half,
+            relu: self.relu,
+            accumulate: residual.is_some(),
         };
+        let stream = dev.cuda_stream();
         macro_rules! run {
             ($t:ty) => {{
                 let a = contiguous::<$t>(w, w_l, "linear weight")?;
@@ -649,20 +611,26 @@ impl candle_core::CustomOp3 for LinearLt {
                         candle_core::bail!("linear: the residual is not on the GPU");
                     };
                     let r = contiguous::<$t>(r, layout, "linear residual")?;
-                    dev.cuda_stream().memcpy_dtod(&r, &mut out).w()?;
+                    stream.memcpy_dtod(&r, &mut out).w()?;
                 }
-                // SAFETY: the layouts above describe exactly the contiguous buffers passed:
-                // W is N×K, x is M×K, out is M×N (written in full; with beta = 1 it holds a
-                // copy of the residual first), bias has N entries.
-                unsafe { lt.matmul(cfg, &a, &b, &mut out, Some(&bias), act.as_ref()) }
-                    .map_err(lt_error)?;
+                {
+                    let (a_ptr, _a) = a.device_ptr(&stream);
+                    let (b_ptr, _b) = b.device_ptr(&stream);
+                    let (bias_ptr, _bias) = bias.device_ptr(&stream);
+                    let (out_ptr, _out) = out.device_ptr(&stream);
+                    // SAFETY: W is N×K, x is M×K, bias has N and out M×N elements of this
+                    // type (checked above), all on this device and used on its one stream; out
+                    // holds a copy of the residual when `accumulate` is set.
+                    unsafe {
+                        super::cublaslt::matmul_bias(dev, shape, a_ptr, b_ptr, bias_ptr, out_ptr)
+                    }?;
+                }
                 CudaStorage::wrap_cuda_slice(out, dev.clone())
             }};
         }
-        let storage = match x.dtype() {
-            DType::F16 => run!(half::f16),
-            DType::BF16 => run!(half::bf16),
-            other => candle_core::bail!("linear: cuBLASLt path is for f16/bf16, got {other:?}"),
+        let storage = match half {
+            super::cublaslt::Half::F16 => run!(half::f16),
+            super::cublaslt::Half::Bf16 => run!(half::bf16),
         };
         Ok((storage, Shape::from(dims)))
     }

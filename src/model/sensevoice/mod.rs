@@ -9,6 +9,8 @@
 mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]
+mod cublaslt;
+#[cfg(feature = "cuda")]
 mod cuda_ops;
 pub mod decode;
 pub mod encoder;
