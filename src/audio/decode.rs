@@ -614,7 +614,13 @@ impl<'p, 's> Decoding<'p, 's> {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
                 Err(SymphoniaError::IoError(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                    self.stop_early("the file ends in the middle of the audio (truncated)".into());
+                    // Without a stated length (a WAV written to a pipe: "until the end"), the
+                    // end of the file is the end of the audio.
+                    if self.total_s.is_some() {
+                        self.stop_early(
+                            "the file ends in the middle of the audio (truncated)".into(),
+                        );
+                    }
                     break;
                 }
                 Err(SymphoniaError::IoError(source)) => {

@@ -89,7 +89,10 @@ impl SegmentStream {
     /// The latest decoding progress (from the container's duration when it has one, and the
     /// bytes read).
     pub fn progress(&self) -> Option<DecodeProgress> {
-        *self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

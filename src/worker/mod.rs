@@ -1129,10 +1129,18 @@ mod tests {
             })
             .collect();
         assert!(reduced.contains(&(16, 8)), "{reduced:?}");
-        assert!(!roomy.iter().any(|e| matches!(e, WorkerEvent::BatchReduced { .. })));
+        assert!(
+            !roomy
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::BatchReduced { .. }))
+        );
         let want = done_transcript(&roomy, 1);
         assert_eq!(done_transcript(&tight, 1), want);
-        assert!((want.duration_s - 720.0).abs() < 1e-9, "{}", want.duration_s);
+        assert!(
+            (want.duration_s - 720.0).abs() < 1e-9,
+            "{}",
+            want.duration_s
+        );
         assert!(want.segments.len() > 20, "{}", want.segments.len());
         // The decode summary comes once, before the end, with the exact length.
         let decoded: Vec<f64> = tight
