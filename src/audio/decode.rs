@@ -8,6 +8,8 @@ use std::fs::File;
 use std::io::{self, Cursor};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
@@ -39,6 +41,11 @@ pub const MAX_AUDIO_BASE_S: f64 = 60.0;
 /// See [`MAX_AUDIO_BASE_S`]. The most compact real audio is FLAC of digital silence in its largest
 /// blocks, about 20 bytes per 8 s at 8 kHz (0.4 s per byte).
 pub const MAX_AUDIO_S_PER_BYTE: f64 = 0.5;
+
+/// The most audio, in seconds, a file of `len_bytes` may decode to (see [`MAX_AUDIO_BASE_S`]).
+pub fn max_audio_s(len_bytes: u64) -> f64 {
+    MAX_AUDIO_BASE_S + len_bytes as f64 * MAX_AUDIO_S_PER_BYTE
+}
 
 /// The output is reserved up front for at most this long a file (the header's length is only a
 /// hint); beyond it the buffer grows as audio arrives.
@@ -167,13 +174,91 @@ pub struct DecodeProgress {
     pub decoded_s: f64,
     /// The file's length in seconds as its header states it, when it states one.
     pub total_s: Option<f64>,
+    /// Bytes of the file read so far (the reader's position).
+    pub bytes_read: u64,
+    /// The reader's position when the first audio packet was read (after the headers, tags
+    /// and cover art, which hold no audio).
+    pub audio_from_byte: u64,
+    /// The file's size in bytes.
+    pub total_bytes: u64,
 }
 
 impl DecodeProgress {
-    /// Fraction done in `0.0..=1.0`, when the total length is known.
+    /// Fraction done in `0.0..=1.0` of [`DecodeProgress::estimated_total_s`]; `None` before
+    /// anything was decoded of a file whose header states no length.
     pub fn fraction(&self) -> Option<f32> {
-        let total = self.total_s.filter(|t| *t > 0.0)?;
+        let total = self.estimated_total_s().filter(|t| *t > 0.0)?;
         Some((self.decoded_s / total).clamp(0.0, 1.0) as f32)
+    }
+
+    /// The file's length in seconds as far as it can be told now: the header's length when it
+    /// states a believable one, else [`DecodeProgress::bytes_estimate_s`]. Never less than what
+    /// was decoded.
+    ///
+    /// A header's length is not believed when the file's size cannot hold it
+    /// ([`max_audio_s`]), or when, after a tenth of the audio bytes, the bytes read say it is
+    /// off by more than three times (a lying header).
+    pub fn estimated_total_s(&self) -> Option<f64> {
+        let bytes = self.bytes_estimate_s();
+        let header = self.total_s.filter(|t| *t > 0.0).filter(|&header| {
+            if header > max_audio_s(self.total_bytes) {
+                return false;
+            }
+            let audio_bytes = self.total_bytes.saturating_sub(self.audio_from_byte);
+            let read = self.bytes_read.saturating_sub(self.audio_from_byte);
+            match bytes {
+                Some(bytes) if read.saturating_mul(10) >= audio_bytes => {
+                    header <= 3.0 * bytes && header >= bytes / 3.0
+                }
+                _ => true,
+            }
+        });
+        Some(header.or(bytes)?.max(self.decoded_s))
+    }
+
+    /// The file's length in seconds from the bytes alone: the audio decoded so far, plus the
+    /// bytes still to read at the rate (seconds per byte) seen since the first audio packet.
+    pub fn bytes_estimate_s(&self) -> Option<f64> {
+        let read = self.bytes_read.min(self.total_bytes);
+        let audio_read = read.checked_sub(self.audio_from_byte).filter(|&b| b > 0)?;
+        if self.decoded_s <= 0.0 {
+            return None;
+        }
+        let per_byte = self.decoded_s / audio_read as f64;
+        Some(self.decoded_s + (self.total_bytes - read) as f64 * per_byte)
+    }
+}
+
+/// A media source that keeps its read position in a shared counter, so progress can be told
+/// from the bytes read when the container states no length.
+struct Counted {
+    inner: Box<dyn MediaSource>,
+    position: Arc<AtomicU64>,
+}
+
+impl io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.position.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl io::Seek for Counted {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let at = self.inner.seek(pos)?;
+        self.position.store(at, Ordering::Relaxed);
+        Ok(at)
+    }
+}
+
+impl MediaSource for Counted {
+    fn is_seekable(&self) -> bool {
+        self.inner.is_seekable()
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        self.inner.byte_len()
     }
 }
 
@@ -325,7 +410,12 @@ fn decode_source<'s>(
             path: path.to_owned(),
         });
     }
-    let mss = MediaSourceStream::new(source, Default::default());
+    let position = Arc::new(AtomicU64::new(0));
+    let counted = Counted {
+        inner: source,
+        position: Arc::clone(&position),
+    };
+    let mss = MediaSourceStream::new(Box::new(counted), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = extension {
         hint.with_extension(ext);
@@ -340,6 +430,7 @@ fn decode_source<'s>(
         .map_err(|err| probe_error(path, err))?;
     let mut decoding = Decoding::new(format, len_bytes, path, sink.is_some())?;
     decoding.sink = sink;
+    decoding.position = position;
     decoding.run(progress)
 }
 
@@ -375,6 +466,10 @@ struct Decoding<'p, 's> {
     sunk: u64,
     /// The file's size in bytes.
     len_bytes: u64,
+    /// The reader's position in the file.
+    position: Arc<AtomicU64>,
+    /// The reader's position when the first packet was read.
+    audio_from_byte: Option<u64>,
     /// Bytes of packet data read so far.
     packet_bytes: u64,
     /// Seconds of silence inserted for broken packets so far.
@@ -468,6 +563,8 @@ impl<'p, 's> Decoding<'p, 's> {
             sink: None,
             sunk: 0,
             len_bytes,
+            position: Arc::default(),
+            audio_from_byte: None,
             packet_bytes: 0,
             gap_filled_s: 0.0,
             format,
@@ -491,6 +588,16 @@ impl<'p, 's> Decoding<'p, 's> {
         })
     }
 
+    fn progress_now(&self) -> DecodeProgress {
+        DecodeProgress {
+            decoded_s: self.position_s(),
+            total_s: self.total_s,
+            bytes_read: self.position.load(Ordering::Relaxed).min(self.len_bytes),
+            audio_from_byte: self.audio_from_byte.unwrap_or(0),
+            total_bytes: self.len_bytes,
+        }
+    }
+
     fn position_s(&self) -> f64 {
         if self.source_sample_rate_hz == 0 {
             return 0.0;
@@ -507,7 +614,13 @@ impl<'p, 's> Decoding<'p, 's> {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
                 Err(SymphoniaError::IoError(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                    self.stop_early("the file ends in the middle of the audio (truncated)".into());
+                    // Without a stated length (a WAV written to a pipe: "until the end"), the
+                    // end of the file is the end of the audio.
+                    if self.total_s.is_some() {
+                        self.stop_early(
+                            "the file ends in the middle of the audio (truncated)".into(),
+                        );
+                    }
                     break;
                 }
                 Err(SymphoniaError::IoError(source)) => {
@@ -530,6 +643,11 @@ impl<'p, 's> Decoding<'p, 's> {
             };
             if packet.track_id != self.track_id {
                 continue;
+            }
+            if self.audio_from_byte.is_none() {
+                // Where the audio starts, less the packet just read.
+                let at = self.position.load(Ordering::Relaxed);
+                self.audio_from_byte = Some(at.saturating_sub(packet.data.len() as u64));
             }
             self.packet_bytes = self.packet_bytes.saturating_add(packet.data.len() as u64);
             let dur_s = self.packet_duration_s(packet.dur.get());
@@ -580,10 +698,7 @@ impl<'p, 's> Decoding<'p, 's> {
             }
             if self.position_s() - self.last_progress_s >= PROGRESS_STEP_S {
                 self.last_progress_s = self.position_s();
-                progress(DecodeProgress {
-                    decoded_s: self.last_progress_s,
-                    total_s: self.total_s,
-                });
+                progress(self.progress_now());
             }
         }
         self.finish(progress)
@@ -632,7 +747,7 @@ impl<'p, 's> Decoding<'p, 's> {
 
     /// Stops a file that has produced more audio than its size allows.
     fn check_plausible(&self) -> Result<(), DecodeError> {
-        let limit_s = MAX_AUDIO_BASE_S + self.len_bytes as f64 * MAX_AUDIO_S_PER_BYTE;
+        let limit_s = max_audio_s(self.len_bytes);
         if self.position_s() > limit_s {
             return Err(DecodeError::TooMuchAudio {
                 path: self.path.to_owned(),
@@ -768,10 +883,7 @@ impl<'p, 's> Decoding<'p, 's> {
         }
         let _ = self.flush_to_sink(true);
         self.out.shrink_to_fit();
-        progress(DecodeProgress {
-            decoded_s: self.position_s(),
-            total_s: self.total_s,
-        });
+        progress(self.progress_now());
         let samples = self.sunk + self.out.len() as u64;
         let duration_s = samples as f64 / f64::from(MODEL_SAMPLE_RATE_HZ);
         Ok(DecodedAudio {

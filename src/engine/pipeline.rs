@@ -4,17 +4,22 @@
 //! A named thread decodes the file ([`crate::audio::decode_file_to`]) and feeds a
 //! [`SegmentCutter`] (same cut points as [`super::segment::split_at_pauses`]); finished segments
 //! cross a bounded channel. [`SegmentBatches`] reads up to `window` segments at a time and plans
-//! batches among them with [`plan_batches`].
+//! batches among them with [`plan_batches`]. The latest decoding progress is shared beside the
+//! channel, so it never takes a segment's place.
 //!
 //! Memory bound for audio, in 16 kHz f32 samples (64 kB per second): the decoder's chunk and
 //! resampler (~2 s), the cutter (≤ 30 s), the channel (`CHANNEL_SEGMENTS` × 30 s) and the window
 //! (`window` × 30 s): with the defaults (4 and 16), 21 × 30 s ≈ 40 MB whatever the file's length.
+//! A consumer that also holds the batch it is running while it looks at the next window
+//! ([`SegmentBatches::peek_with`]) adds at most one more window: 37 × 30 s ≈ 71 MB.
 
 use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::segment::{
     MAX_SEGMENT_SECS, MIN_SEGMENT_SECS, SegmentCutter, StreamSegment, plan_batches,
@@ -27,13 +32,17 @@ pub const CHANNEL_SEGMENTS: usize = 4;
 /// Segments considered together when planning batches (sorted by length inside the window).
 pub const DEFAULT_WINDOW: usize = 16;
 
+/// How long a consumer waits for the decoder before its `tick` runs again.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The latest decoding progress, shared between the decoding thread and the consumer.
+type SharedProgress = Arc<Mutex<Option<DecodeProgress>>>;
+
 /// What the decoding thread sends.
 #[derive(Debug)]
 pub enum StreamItem {
     /// The next segment, in time order.
     Segment(StreamSegment),
-    /// Decoding progress (from the container's duration when it has one).
-    Progress(DecodeProgress),
     /// The end: the decode summary (without samples) or the error.
     End(Result<DecodedAudio, DecodeError>),
 }
@@ -43,6 +52,7 @@ pub enum StreamItem {
 #[derive(Debug)]
 pub struct SegmentStream {
     rx: Receiver<StreamItem>,
+    progress: SharedProgress,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -51,11 +61,14 @@ impl SegmentStream {
     pub fn spawn(path: &Path) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL_SEGMENTS);
         let path = path.to_owned();
+        let progress = SharedProgress::default();
+        let shared = Arc::clone(&progress);
         let thread = std::thread::Builder::new()
             .name("decode-stream".to_owned())
-            .spawn(move || decode_into(&path, &tx))?;
+            .spawn(move || decode_into(&path, &tx, &shared))?;
         Ok(Self {
             rx,
+            progress,
             thread: Some(thread),
         })
     }
@@ -63,6 +76,23 @@ impl SegmentStream {
     /// The next item; `None` once the thread has ended and everything was read.
     pub fn recv(&self) -> Option<StreamItem> {
         self.rx.recv().ok()
+    }
+
+    /// The next item, waiting at most `timeout`: `Err(true)` when nothing came in time,
+    /// `Err(false)` once the thread has ended and everything was read.
+    fn recv_timeout(&self, timeout: Duration) -> Result<StreamItem, bool> {
+        self.rx
+            .recv_timeout(timeout)
+            .map_err(|e| matches!(e, RecvTimeoutError::Timeout))
+    }
+
+    /// The latest decoding progress (from the container's duration when it has one, and the
+    /// bytes read).
+    pub fn progress(&self) -> Option<DecodeProgress> {
+        *self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -77,7 +107,7 @@ impl Drop for SegmentStream {
     }
 }
 
-fn decode_into(path: &Path, tx: &Sender<StreamItem>) {
+fn decode_into(path: &Path, tx: &Sender<StreamItem>, progress: &Mutex<Option<DecodeProgress>>) {
     let mut cutter = SegmentCutter::new(MAX_SEGMENT_SECS, MIN_SEGMENT_SECS);
     let open = Cell::new(true);
     let mut emit = |s: StreamSegment| {
@@ -85,20 +115,19 @@ fn decode_into(path: &Path, tx: &Sender<StreamItem>) {
             open.set(false);
         }
     };
-    let last_progress = Cell::new(None);
-    let result =
-        crate::audio::decode_file_to(path, &mut |p| last_progress.set(Some(p)), &mut |chunk| {
-            cutter.push(chunk, &mut emit);
-            if let Some(p) = last_progress.take() {
-                // Progress is advisory: never block decoding on it.
-                let _ = tx.try_send(StreamItem::Progress(p));
-            }
-            if open.get() {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
-        });
+    let publish = |p: DecodeProgress| {
+        *progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(p);
+    };
+    let result = crate::audio::decode_file_to(path, &mut |p| publish(p), &mut |chunk| {
+        cutter.push(chunk, &mut emit);
+        if open.get() {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    });
     if result.is_ok() {
         cutter.finish(&mut emit);
     }
@@ -108,38 +137,71 @@ fn decode_into(path: &Path, tx: &Sender<StreamItem>) {
 /// Batches of segments from a [`SegmentStream`], planned `window` segments at a time.
 #[derive(Debug)]
 pub struct SegmentBatches {
+    path: PathBuf,
     stream: SegmentStream,
     window: usize,
     budget_s: f64,
     ready: std::collections::VecDeque<Vec<StreamSegment>>,
     end: Option<Result<DecodedAudio, DecodeError>>,
-    progress: Option<DecodeProgress>,
+    /// Segments read from the stream but not planned yet (a window being filled).
+    partial: Vec<StreamSegment>,
 }
 
 impl SegmentBatches {
     /// Batches of `path` under `budget_s` seconds of padded audio each.
     pub fn spawn(path: &Path, budget_s: f64, window: usize) -> std::io::Result<Self> {
         Ok(Self {
+            path: path.to_owned(),
             stream: SegmentStream::spawn(path)?,
             window: window.max(1),
             budget_s,
             ready: Default::default(),
             end: None,
-            progress: None,
+            partial: Vec::new(),
         })
     }
 
-    /// The latest decoding progress seen.
+    /// The latest decoding progress.
     pub fn progress(&self) -> Option<DecodeProgress> {
-        self.progress
+        self.stream.progress()
+    }
+
+    /// The file's length in seconds once decoding has ended (what was decoded), else `None`.
+    pub fn decoded_s(&self) -> Option<f64> {
+        match &self.end {
+            Some(Ok(summary)) => Some(summary.duration_s),
+            _ => None,
+        }
     }
 
     /// The next batch; `None` at the end (then [`SegmentBatches::finish`] says how it ended).
     pub fn next_batch(&mut self) -> Option<Vec<StreamSegment>> {
+        self.next_batch_with(&mut || ControlFlow::Continue(()))
+    }
+
+    /// [`SegmentBatches::next_batch`], calling `tick` about every 100 ms while it waits for the
+    /// decoder; `None` also when `tick` breaks (the segments read so far are kept, so a later
+    /// call carries on).
+    pub fn next_batch_with(
+        &mut self,
+        tick: &mut dyn FnMut() -> ControlFlow<()>,
+    ) -> Option<Vec<StreamSegment>> {
         if self.ready.is_empty() && self.end.is_none() {
-            self.fill();
+            self.fill(tick);
         }
         self.ready.pop_front()
+    }
+
+    /// The batch [`SegmentBatches::next_batch_with`] will return next, without taking it (it may
+    /// read the next window from the decoder to know); `tick` as there.
+    pub fn peek_with(
+        &mut self,
+        tick: &mut dyn FnMut() -> ControlFlow<()>,
+    ) -> Option<&[StreamSegment]> {
+        if self.ready.is_empty() && self.end.is_none() {
+            self.fill(tick);
+        }
+        self.ready.front().map(Vec::as_slice)
     }
 
     /// How decoding ended (the summary without samples, or the error). Call after
@@ -148,31 +210,35 @@ impl SegmentBatches {
         while self.end.is_none() {
             match self.stream.recv() {
                 Some(StreamItem::End(r)) => self.end = Some(r),
-                Some(_) => {}
+                Some(StreamItem::Segment(_)) => {}
                 None => break,
             }
         }
-        self.end.unwrap_or_else(|| {
-            Err(DecodeError::Truncated {
-                path: PathBuf::new(),
-                reason: "the decoding thread ended without a result".to_owned(),
-            })
-        })
+        let path = self.path;
+        self.end.unwrap_or_else(|| Err(thread_lost(path)))
     }
 
-    fn fill(&mut self) {
-        let mut window = Vec::with_capacity(self.window);
-        while window.len() < self.window {
-            match self.stream.recv() {
-                Some(StreamItem::Segment(s)) => window.push(s),
-                Some(StreamItem::Progress(p)) => self.progress = Some(p),
-                Some(StreamItem::End(r)) => {
+    fn fill(&mut self, tick: &mut dyn FnMut() -> ControlFlow<()>) {
+        while self.partial.len() < self.window {
+            match self.stream.recv_timeout(TICK) {
+                Ok(StreamItem::Segment(s)) => self.partial.push(s),
+                Ok(StreamItem::End(r)) => {
                     self.end = Some(r);
                     break;
                 }
-                None => break,
+                Err(true) => {
+                    if tick().is_break() {
+                        return;
+                    }
+                }
+                Err(false) => {
+                    // The thread ended without its last word (it cannot, short of a panic).
+                    self.end = Some(Err(thread_lost(self.path.clone())));
+                    break;
+                }
             }
         }
+        let window = std::mem::take(&mut self.partial);
         if matches!(self.end, Some(Err(_))) {
             // A failed decode transcribes nothing.
             return;
@@ -183,6 +249,13 @@ impl SegmentBatches {
             self.ready
                 .push_back(batch.iter().filter_map(|&i| slots[i].take()).collect());
         }
+    }
+}
+
+fn thread_lost(path: PathBuf) -> DecodeError {
+    DecodeError::Truncated {
+        path,
+        reason: "the decoding thread ended without a result".to_owned(),
     }
 }
 

@@ -2,7 +2,12 @@
 //!
 //! Runs on the main thread of `gpuscribe-worker`; a second thread ("worker-stdin") reads requests
 //! so that a cancel arrives while a job runs: it sets a flag that the job checks between batches
-//! and at every heartbeat inside its long loops (decoding). While it works the worker sends a
+//! and every 100 ms while it waits for the decoder.
+//!
+//! A file job streams its audio ([`source::StreamSource`]: decode → resample → cut → batch on a
+//! decoding thread, bounded buffers), so host memory for audio does not grow with the file's
+//! length; batches run as soon as their segments are cut, while the decoder reads on. A clip held
+//! in memory goes through [`source::WholeSource`], with the same cut points. While it works the worker sends a
 //! [`WorkerEvent::Heartbeat`] at most every [`HEARTBEAT_EVERY`], so the engine's watchdog can
 //! tell slow from hung. The model sits behind [`SpeechModel`], so the loop, its batching and
 //! its out-of-memory handling are tested with a fake model and no device.
@@ -12,9 +17,11 @@
 //! watchdog takes it from there.
 
 pub mod sensevoice;
+pub mod source;
 pub mod whisper;
 
 use std::io::{BufRead, Write};
+use std::ops::{ControlFlow, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,10 +33,9 @@ use crate::engine::protocol::{
     DecodeSettings, JobErrorKind, JobId, LoadErrorKind, Precision, WorkerDevice, WorkerEvent,
     WorkerRequest, from_line, to_line,
 };
-use crate::engine::segment::{
-    MAX_SEGMENT_SECS, MIN_SEGMENT_SECS, SAMPLE_RATE_HZ, plan_batches, split_at_pauses,
-};
+use crate::engine::segment::{SAMPLE_RATE_HZ, StreamSegment};
 use crate::engine::transcript::{FileTranscript, Segment, TokenTime, WordTime};
+use source::{Opener, SegmentSource, WholeSource};
 
 /// Longest time between heartbeats while the worker is busy.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
@@ -128,10 +134,6 @@ pub trait SpeechModel {
 /// Loads a model: `(model_dir, device, precision)`.
 pub type Loader = dyn Fn(&Path, &WorkerDevice, Precision) -> Result<Box<dyn SpeechModel>, RunError>;
 
-/// Decodes an audio file to 16 kHz mono: `Ok((samples, warning))` or a message naming the file.
-/// It calls `beat` now and then while it works (a heartbeat, and where a cancel is noticed).
-pub type Decoder = dyn Fn(&Path, &mut dyn FnMut()) -> Result<(Vec<f32>, Option<String>), String>;
-
 /// Writes events, one line each, and heartbeats no more often than [`HEARTBEAT_EVERY`].
 struct Outbox<W: Write> {
     output: W,
@@ -164,7 +166,7 @@ pub fn run_worker<R, W>(
     input: R,
     output: W,
     loader: &Loader,
-    decoder: &Decoder,
+    opener: &Opener,
     cuda_built: bool,
 ) -> i32
 where
@@ -253,22 +255,18 @@ where
                     });
                     continue;
                 };
-                let clip = pcm.map(|pcm| {
-                    move |_: &Path,
-                          _: &mut dyn FnMut()|
-                          -> Result<(Vec<f32>, Option<String>), String> {
-                        Ok((pcm.to_f32(), None))
-                    }
-                });
-                let source: &Decoder = match &clip {
-                    Some(clip) => clip,
-                    None => decoder,
+                let source: Result<Box<dyn SegmentSource>, String> = match pcm {
+                    Some(pcm) => Ok(Box::new(WholeSource::new(
+                        &pcm.to_f32(),
+                        batch_budget_s,
+                        None,
+                    ))),
+                    None => opener(&path, batch_budget_s),
                 };
                 let job = Job {
                     job_id,
                     path: &path,
                     settings: &settings,
-                    batch_budget_s,
                     cancelled: &cancelled,
                 };
                 let event = job.run(model, source, &mut out);
@@ -372,7 +370,6 @@ struct Job<'a> {
     job_id: JobId,
     path: &'a Path,
     settings: &'a DecodeSettings,
-    batch_budget_s: f64,
     cancelled: &'a AtomicU64,
 }
 
@@ -381,11 +378,21 @@ impl Job<'_> {
         self.cancelled.load(Ordering::SeqCst) == self.job_id
     }
 
-    /// Runs the job; returns its last event (done or failed).
+    /// Heartbeats while waiting for the decoder, and a stop once the job is cancelled.
+    fn tick<W: Write>(&self, out: &mut Outbox<W>) -> ControlFlow<()> {
+        out.beat(Some(self.job_id));
+        if self.is_cancelled() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// Runs the job over its segments as they come; returns its last event (done or failed).
     fn run<W: Write>(
         &self,
         model: &mut dyn SpeechModel,
-        decoder: &Decoder,
+        source: Result<Box<dyn SegmentSource>, String>,
         out: &mut Outbox<W>,
     ) -> WorkerEvent {
         let started = Instant::now();
@@ -404,41 +411,49 @@ impl Job<'_> {
         if self.is_cancelled() {
             return cancelled();
         }
-        let decoded = decoder(self.path, &mut || out.beat(Some(job_id)));
-        let (samples, warning) = match decoded {
-            Ok(decoded) => decoded,
+        let mut source = match source {
+            Ok(source) => source,
             Err(message) => return fail(JobErrorKind::BadInput, message),
         };
-        let total_s = samples.len() as f64 / SAMPLE_RATE_HZ as f64;
-        out.send(&WorkerEvent::Decoded {
-            job_id,
-            duration_s: total_s,
-            warning,
-        });
-        let ranges = split_at_pauses(&samples, MAX_SEGMENT_SECS, MIN_SEGMENT_SECS);
-        let lens: Vec<usize> = ranges.iter().map(ExactSizeIterator::len).collect();
-        let mut results: Vec<Option<SegmentText>> = vec![None; ranges.len()];
-        let mut pending: Vec<Vec<usize>> = plan_batches(&lens, self.batch_budget_s);
-        pending.reverse();
+        let mut results: Vec<(Range<usize>, SegmentText)> = Vec::new();
+        // The halves of a batch that ran out of memory, the next one to run last.
+        let mut pending: Vec<Vec<StreamSegment>> = Vec::new();
         let mut done_s = 0.0;
-        while let Some(batch) = pending.pop() {
+        loop {
             if self.is_cancelled() {
                 return cancelled();
             }
-            let clips_of = |batch: &[usize]| -> Vec<&[f32]> {
-                batch.iter().map(|&i| &samples[ranges[i].clone()]).collect()
+            let batch = match pending.pop() {
+                Some(batch) => batch,
+                None => match source.next_batch(&mut || self.tick(out)) {
+                    Some(batch) => batch,
+                    None if self.is_cancelled() => return cancelled(),
+                    None => break,
+                },
             };
-            let clips = clips_of(&batch);
-            let next = pending.last().map_or_else(Vec::new, |b| clips_of(b));
-            match model.transcribe_batch(&clips, &next, self.settings) {
+            let clips: Vec<&[f32]> = batch.iter().map(|s| s.samples.as_slice()).collect();
+            let result = {
+                let next_batch = match pending.last() {
+                    Some(half) => Some(half.as_slice()),
+                    None => source.peek(&mut || self.tick(out)),
+                };
+                let next: Vec<&[f32]> = next_batch
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| s.samples.as_slice())
+                    .collect();
+                model.transcribe_batch(&clips, &next, self.settings)
+            };
+            match result {
                 Ok(texts) => {
                     let mut segments = Vec::with_capacity(batch.len());
-                    for (&i, text) in batch.iter().zip(texts) {
-                        done_s += lens[i] as f64 / SAMPLE_RATE_HZ as f64;
-                        segments.extend(segments_from(&ranges[i], &text));
-                        results[i] = Some(text);
+                    for (segment, text) in batch.iter().zip(texts) {
+                        done_s += segment.samples.len() as f64 / SAMPLE_RATE_HZ as f64;
+                        segments.extend(segments_from(&segment.range(), &text));
+                        results.push((segment.range(), text));
                     }
                     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+                    let total_s = source.estimated_total_s().unwrap_or(done_s).max(done_s);
                     out.send(&WorkerEvent::Progress {
                         job_id,
                         done_s,
@@ -454,8 +469,10 @@ impl Job<'_> {
                         next_batch: half,
                     });
                     tracing::warn!("out of memory at batch {}: {message}", batch.len());
-                    pending.push(batch[half..].to_vec());
-                    pending.push(batch[..half].to_vec());
+                    let mut first = batch;
+                    let second = first.split_off(half);
+                    pending.push(second);
+                    pending.push(first);
                 }
                 Err(RunError::OutOfMemory(message)) => {
                     return fail(
@@ -477,7 +494,17 @@ impl Job<'_> {
                 }
             }
         }
-        let mut transcript = merge(self.path, total_s, &ranges, &results);
+        let summary = match source.finish() {
+            Ok(summary) => summary,
+            Err(message) => return fail(JobErrorKind::BadInput, message),
+        };
+        out.send(&WorkerEvent::Decoded {
+            job_id,
+            duration_s: summary.duration_s,
+            warning: summary.warning,
+        });
+        results.sort_by_key(|(range, _)| range.start);
+        let mut transcript = merge(self.path, summary.duration_s, &results);
         // Only a label on the wire (a non-UTF-8 name cannot be a JSON string); the engine
         // puts back the job's own path.
         transcript.path = PathBuf::from(self.path.to_string_lossy().into_owned());
@@ -489,7 +516,7 @@ impl Job<'_> {
     }
 }
 
-fn segment_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Segment {
+fn segment_from(range: &Range<usize>, text: &SegmentText) -> Segment {
     Segment {
         start_s: range.start as f64 / SAMPLE_RATE_HZ as f64,
         end_s: range.end as f64 / SAMPLE_RATE_HZ as f64,
@@ -501,7 +528,7 @@ fn segment_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Segment {
 }
 
 /// The segment, or its timed pieces (clamped to the segment) when the model gave some.
-fn segments_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Vec<Segment> {
+fn segments_from(range: &Range<usize>, text: &SegmentText) -> Vec<Segment> {
     let whole = segment_from(range, text);
     if text.pieces.is_empty() {
         return vec![whole];
@@ -518,17 +545,9 @@ fn segments_from(range: &std::ops::Range<usize>, text: &SegmentText) -> Vec<Segm
 }
 
 /// Joins segment results in time order, as FunASR joins VAD segments (raw texts with " ").
-fn merge(
-    path: &Path,
-    duration_s: f64,
-    ranges: &[std::ops::Range<usize>],
-    results: &[Option<SegmentText>],
-) -> FileTranscript {
-    let pairs: Vec<(&std::ops::Range<usize>, &SegmentText)> = ranges
-        .iter()
-        .zip(results)
-        .filter_map(|(range, text)| text.as_ref().map(|text| (range, text)))
-        .collect();
+fn merge(path: &Path, duration_s: f64, results: &[(Range<usize>, SegmentText)]) -> FileTranscript {
+    let pairs: Vec<(&Range<usize>, &SegmentText)> =
+        results.iter().map(|(range, text)| (range, text)).collect();
     let first = pairs
         .iter()
         .find(|(_, t)| !t.text.trim().is_empty())
@@ -649,6 +668,37 @@ mod tests {
         }
     }
 
+    /// A source that takes `steps` × 100 ms before its first batch, ticking as it waits.
+    struct SlowSource {
+        steps: u32,
+        inner: WholeSource,
+    }
+
+    impl SegmentSource for SlowSource {
+        fn next_batch(
+            &mut self,
+            tick: &mut dyn FnMut() -> ControlFlow<()>,
+        ) -> Option<Vec<StreamSegment>> {
+            while self.steps > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+                self.steps -= 1;
+                if tick().is_break() {
+                    return None;
+                }
+            }
+            self.inner.next_batch(tick)
+        }
+        fn peek(&mut self, tick: &mut dyn FnMut() -> ControlFlow<()>) -> Option<&[StreamSegment]> {
+            self.inner.peek(tick)
+        }
+        fn estimated_total_s(&self) -> Option<f64> {
+            self.inner.estimated_total_s()
+        }
+        fn finish(self: Box<Self>) -> Result<source::DecodeSummary, String> {
+            Box::new(self.inner).finish()
+        }
+    }
+
     fn run(requests: &[WorkerRequest], max_batch: usize) -> Vec<WorkerEvent> {
         run_with(requests, max_batch, Duration::ZERO).1
     }
@@ -701,22 +751,26 @@ mod tests {
                 pass,
             )) as Box<dyn SpeechModel>)
         };
-        let decoder = |path: &Path, beat: &mut dyn FnMut()| {
+        let opener = |path: &Path, budget_s: f64| -> Result<Box<dyn SegmentSource>, String> {
+            if path.is_file() {
+                // A real file: the worker's own streaming source.
+                return source::StreamSource::open(path, budget_s);
+            }
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            // "slow-N": a decoder that works for N × 100 ms, beating as it goes.
+            // "slow-N": a decoder that works for N × 100 ms before its first segment.
             if let Some(steps) = stem.strip_prefix("slow-").and_then(|n| n.parse().ok()) {
-                for _ in 0..steps {
-                    std::thread::sleep(Duration::from_millis(100));
-                    beat();
-                }
-                return Ok((vec![0.0; 16_000], None));
+                return Ok(Box::new(SlowSource {
+                    steps,
+                    inner: WholeSource::new(&[0.0; 16_000], budget_s, None),
+                }));
             }
             let secs: f64 = stem
                 .parse()
                 .map_err(|_| format!("not audio: {}", path.display()))?;
-            Ok((vec![0.0; (secs * 16_000.0) as usize], None))
+            let samples = vec![0.0; (secs * 16_000.0) as usize];
+            Ok(Box::new(WholeSource::new(&samples, budget_s, None)))
         };
-        let status = run_worker(Cursor::new(input), &mut out, &loader, &decoder, false);
+        let status = run_worker(Cursor::new(input), &mut out, &loader, &opener, false);
         let events = String::from_utf8(out)
             .expect("utf8")
             .lines()
@@ -1022,5 +1076,126 @@ mod tests {
         assert_eq!(transcript.text, "n8000");
         assert_eq!(transcript.path, Path::new("live 1.0–1.5 s"));
         assert!((transcript.duration_s - 0.5).abs() < 1e-9);
+    }
+
+    /// A real WAV of `minutes` of tone with a pause every 7 s, so the cutter finds its cuts.
+    fn tone_wav(dir: &Path, minutes: u32) -> PathBuf {
+        let path = dir.join(format!("tone-{minutes}.wav"));
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).expect("test setup");
+        for i in 0..u64::from(minutes) * 60 * 16_000 {
+            let t = i as f64 / 16_000.0;
+            let level = if t % 7.0 > 6.7 { 0.001 } else { 0.3 };
+            let v = level * (2.0 * std::f64::consts::PI * 200.0 * t).sin();
+            w.write_sample((v * 32767.0) as i16).expect("test setup");
+        }
+        w.finalize().expect("test setup");
+        path
+    }
+
+    fn done_transcript(events: &[WorkerEvent], job: JobId) -> FileTranscript {
+        events
+            .iter()
+            .find_map(|e| match e {
+                WorkerEvent::Done {
+                    job_id, transcript, ..
+                } if *job_id == job => Some(transcript.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("job {job} not done: {events:?}"))
+    }
+
+    #[test]
+    fn a_streamed_file_steps_down_on_out_of_memory_to_the_same_transcript() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let path = tone_wav(dir.path(), 12);
+        let path = path.to_str().expect("test setup");
+        // A budget that puts a whole window (16 segments) in one batch.
+        let requests = [load(), job(1, path, 10_000.0), WorkerRequest::Shutdown];
+        let roomy = run(&requests, 64);
+        let tight = run(&requests, 3);
+        let reduced: Vec<(usize, usize)> = tight
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::BatchReduced {
+                    batch, next_batch, ..
+                } => Some((*batch, *next_batch)),
+                _ => None,
+            })
+            .collect();
+        assert!(reduced.contains(&(16, 8)), "{reduced:?}");
+        assert!(
+            !roomy
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::BatchReduced { .. }))
+        );
+        let want = done_transcript(&roomy, 1);
+        assert_eq!(done_transcript(&tight, 1), want);
+        assert!(
+            (want.duration_s - 720.0).abs() < 1e-9,
+            "{}",
+            want.duration_s
+        );
+        assert!(want.segments.len() > 20, "{}", want.segments.len());
+        // The decode summary comes once, before the end, with the exact length.
+        let decoded: Vec<f64> = tight
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::Decoded { duration_s, .. } => Some(*duration_s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(decoded, vec![720.0]);
+    }
+
+    #[test]
+    fn a_streamed_file_job_is_cancelled_within_a_second() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let path = tone_wav(dir.path(), 20);
+        let path = path.to_str().expect("test setup");
+        // 40 one-segment batches of 50 ms each: 2 s if not cancelled.
+        let started = Instant::now();
+        let (_, events) = run_with(
+            &[
+                load(),
+                job(1, path, 30.0),
+                WorkerRequest::Cancel { job_id: 1 },
+                job(2, "/x/3.wav", 30.0),
+                WorkerRequest::Shutdown,
+            ],
+            8,
+            Duration::from_millis(50),
+        );
+        let cancelled: Vec<JobId> = events
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::JobFailed {
+                    job_id,
+                    kind: JobErrorKind::Cancelled,
+                    ..
+                } => Some(*job_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cancelled, vec![1], "{events:?}");
+        let progress = events
+            .iter()
+            .filter(|e| matches!(e, WorkerEvent::Progress { job_id: 1, .. }))
+            .count();
+        assert!(progress < 5, "{progress} batches ran after the cancel");
+        assert!(
+            matches!(events.last(), Some(WorkerEvent::Done { job_id: 2, .. })),
+            "the next job still runs: {events:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

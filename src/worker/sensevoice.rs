@@ -239,32 +239,21 @@ fn load(
     }))
 }
 
-fn decode(path: &Path, beat: &mut dyn FnMut()) -> Result<(Vec<f32>, Option<String>), String> {
-    let audio = crate::audio::decode_file(path, &mut |_| beat()).map_err(|err| err.to_string())?;
-    let warning = (!audio.is_clean()).then(|| {
-        let mut parts = Vec::new();
-        if !audio.skipped.is_empty() {
-            parts.push(format!(
-                "{} corrupt stretch(es) skipped",
-                audio.skipped.len()
-            ));
-        }
-        if let Some(early) = &audio.ended_early {
-            parts.push(format!(
-                "ended early at {:.1} s: {}",
-                early.at_s, early.reason
-            ));
-        }
-        format!("{}: {}", path.display(), parts.join("; "))
-    });
-    Ok((audio.samples, warning))
-}
-
 /// The worker process's `main`: serves requests on stdin until told to stop; returns its exit
 /// status.
 pub fn worker_main() -> std::process::ExitCode {
     let stdin = BufReader::new(std::io::stdin());
     let stdout = std::io::stdout().lock();
-    let status = run_worker(stdin, stdout, &load, &decode, cfg!(feature = "cuda"));
+    let status = run_worker(
+        stdin,
+        stdout,
+        &load,
+        &super::source::StreamSource::open,
+        cfg!(feature = "cuda"),
+    );
     std::process::ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
+
+#[cfg(test)]
+#[path = "sensevoice_tests.rs"]
+mod tests;

@@ -1,0 +1,257 @@
+//! The worker with the tiny SenseVoice model on the CPU: file jobs streamed through the
+//! pipeline give exactly the transcripts of the whole-file way, and report progress from the
+//! container's length or from the bytes read.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use super::load;
+use crate::engine::protocol::{
+    DecodeSettings, Precision, WorkerDevice, WorkerEvent, WorkerRequest, to_line,
+};
+use crate::worker::run_worker;
+use crate::worker::source::{Opener, StreamSource, WholeSource};
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// Runs the worker with the tiny model over `files`, opening them with `opener`.
+fn run_files(opener: &Opener, files: &[PathBuf], budget_s: f64) -> Vec<WorkerEvent> {
+    let mut requests = vec![WorkerRequest::Load {
+        model_dir: data().join("sensevoice/tiny"),
+        device: WorkerDevice::Cpu,
+        precision: Precision::F32,
+    }];
+    for (i, path) in files.iter().enumerate() {
+        requests.push(WorkerRequest::Transcribe {
+            job_id: i as u64 + 1,
+            path: path.clone(),
+            settings: DecodeSettings::default(),
+            batch_budget_s: budget_s,
+        });
+    }
+    requests.push(WorkerRequest::Shutdown);
+    let input: String = requests.iter().map(|r| to_line(r).unwrap()).collect();
+    let mut out = Vec::new();
+    assert_eq!(
+        run_worker(
+            Cursor::new(input.into_bytes()),
+            &mut out,
+            &load,
+            opener,
+            false
+        ),
+        0
+    );
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Each job's events apart from heartbeats and timings: its segments from the progress events
+/// (sorted by time; their grouping follows the batches), its decode summary, its end.
+fn outcome(
+    events: &[WorkerEvent],
+    job: u64,
+) -> (Vec<String>, Option<(f64, Option<String>)>, String) {
+    let mut segments = Vec::new();
+    let mut decoded = None;
+    let mut end = String::new();
+    for e in events {
+        match e {
+            WorkerEvent::Progress {
+                job_id,
+                segments: s,
+                ..
+            } if *job_id == job => segments.extend(s.iter().map(|s| format!("{s:?}"))),
+            WorkerEvent::Decoded {
+                job_id,
+                duration_s,
+                warning,
+            } if *job_id == job => decoded = Some((*duration_s, warning.clone())),
+            WorkerEvent::Done {
+                job_id, transcript, ..
+            } if *job_id == job => end = format!("{transcript:?}"),
+            WorkerEvent::JobFailed {
+                job_id,
+                kind,
+                message,
+            } if *job_id == job => end = format!("{kind:?}: {message}"),
+            _ => {}
+        }
+    }
+    segments.sort();
+    (segments, decoded, end)
+}
+
+/// About `seconds` of the three speech clips one after another at varying gain, with pauses of
+/// varying length between them, so the cutter finds its cuts in different places.
+fn speech(seconds: f64) -> Vec<f32> {
+    let clips: Vec<Vec<f32>> = ["ja_long", "zh_mid", "en_short"]
+        .iter()
+        .map(|name| {
+            let path = data().join(format!("sensevoice/audio/{name}.wav"));
+            crate::audio::decode_file(&path, &mut |_| {})
+                .unwrap()
+                .samples
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    while (out.len() as f64) < seconds * 16_000.0 {
+        let gain = 0.4 + 0.6 * ((i * 7) % 10) as f32 / 10.0;
+        out.extend(clips[i % 3].iter().map(|s| s * gain));
+        let pause = 800 + (i * 2_357) % 12_000;
+        out.extend(std::iter::repeat_n(0.0005, pause));
+        i += 1;
+    }
+    out
+}
+
+fn write_wav(path: &Path, samples: &[f32], streamed: bool) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+    if streamed {
+        // What a recorder writing to a pipe leaves: no lengths (0xFFFFFFFF, "until the end").
+        let mut bytes = std::fs::read(path).unwrap();
+        let data_at = bytes.windows(4).position(|w| w == b"data").unwrap();
+        bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[data_at + 4..data_at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+#[test]
+fn streamed_file_jobs_give_exactly_the_whole_file_transcripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("long.wav");
+    let samples = speech(600.0);
+    write_wav(&long, &samples, false);
+    let segments = crate::engine::segment::split_at_pauses(&samples, 30.0, 15.0).len();
+    // More segments than one planning window: the stream plans its batches among fewer
+    // segments at a time than the whole buffer does.
+    assert!(
+        segments > crate::engine::pipeline::DEFAULT_WINDOW,
+        "{segments}"
+    );
+    let mut files: Vec<PathBuf> = ["en_short", "ja_long", "zh_mid"]
+        .iter()
+        .map(|n| data().join(format!("sensevoice/audio/{n}.wav")))
+        .collect();
+    files.push(data().join("sensevoice/long/long_mix.wav"));
+    for name in [
+        "speech.mp3",
+        "speech.flac",
+        "speech.ogg",
+        "speech.m4a",
+        "speech_44k_stereo.wav",
+        "bad_truncated.mp3",
+        "bad_corrupt_middle.mp3",
+        "bad_text.wav",
+        "speech.opus",
+    ] {
+        files.push(data().join("audio").join(name));
+    }
+    files.push(long);
+    let whole = run_files(&WholeSource::open_file, &files, 120.0);
+    let streamed = run_files(&StreamSource::open, &files, 120.0);
+    for (i, path) in files.iter().enumerate() {
+        let job = i as u64 + 1;
+        let want = outcome(&whole, job);
+        let got = outcome(&streamed, job);
+        assert_eq!(got, want, "{}", path.display());
+        assert!(!want.2.is_empty(), "{}: no end", path.display());
+    }
+    // The cases are what they claim: good files done, warnings kept, bad files named.
+    let (long_segments, decoded, end) = outcome(&streamed, files.len() as u64);
+    assert_eq!(long_segments.len(), segments);
+    assert_eq!(decoded, Some((samples.len() as f64 / 16_000.0, None)));
+    assert!(end.starts_with("FileTranscript"), "{end}");
+    let warned = outcome(&streamed, 10).1.and_then(|d| d.1);
+    assert!(
+        warned.is_some_and(|w| w.contains("bad_truncated.mp3")),
+        "{streamed:?}"
+    );
+    for job in [12, 13] {
+        let end = outcome(&streamed, job).2;
+        assert!(end.starts_with("BadInput"), "{end}");
+        assert!(
+            end.contains(
+                files[job as usize - 1]
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+            )
+        );
+    }
+}
+
+#[test]
+fn progress_goes_by_the_header_length_or_by_the_bytes_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // Longer than a planning window and the channel, so the first batches run while the
+    // decoder is still reading.
+    let samples = speech(900.0);
+    let duration = samples.len() as f64 / 16_000.0;
+    let stated = dir.path().join("stated.wav");
+    write_wav(&stated, &samples, false);
+    let unstated = dir.path().join("unstated.wav");
+    write_wav(&unstated, &samples, true);
+    // Batches of one segment: a progress event for each.
+    let events = run_files(&StreamSource::open, &[stated, unstated], 30.0);
+    let progress = |job: u64| -> Vec<(f64, f64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::Progress {
+                    job_id,
+                    done_s,
+                    total_s,
+                    ..
+                } if *job_id == job => Some((*done_s, *total_s)),
+                _ => None,
+            })
+            .collect()
+    };
+    let stated = progress(1);
+    assert!(stated.len() >= 10, "{stated:?}");
+    for &(_, total_s) in &stated {
+        assert!((total_s - duration).abs() < 1e-9, "{stated:?}");
+    }
+    let unstated = progress(2);
+    assert_eq!(unstated.len(), stated.len());
+    for &(done_s, total_s) in &unstated {
+        assert!(total_s >= done_s);
+        // From the bytes read (the reader reads 64 KiB, 2 s, ahead).
+        assert!((total_s - duration).abs() < 0.02 * duration, "{unstated:?}");
+    }
+    assert!(
+        unstated.iter().any(|&(_, t)| t != duration),
+        "some progress came before the end of decoding: {unstated:?}"
+    );
+    let last = unstated.last().unwrap();
+    assert!((last.0 - duration).abs() < 1e-6 && (last.1 - duration).abs() < 1e-6);
+    // Both files hold the same samples: the same transcript.
+    let (a, b) = (outcome(&events, 1), outcome(&events, 2));
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.1, Some((duration, None)));
+    assert_eq!(b.1, Some((duration, None)));
+    assert_eq!(
+        a.2.replace("stated.wav", "X"),
+        b.2.replace("unstated.wav", "X")
+    );
+}
