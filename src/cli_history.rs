@@ -3,7 +3,9 @@
 //! * `gpuscribe history [--json] [--search TEXT] [--limit N]` lists transcripts, newest first
 //!   (a table, or with `--json` an array of objects: `id`, `created_at_ms`, `path`, `state`,
 //!   `language`, `device`, `duration_s`, `preview`, `error`, `recording`).
-//! * `gpuscribe history export ID --format txt|srt|vtt|json` prints one transcript.
+//! * `gpuscribe history export ID --format txt|srt|vtt|json` prints one transcript: JSON with
+//!   its segments and every token's and word's time, SRT and VTT cut into cues by the same rules
+//!   (and the same options) as `gpuscribe transcribe`.
 //!
 //! The library is `$GPUSCRIBE_DATA_DIR/library.sqlite3` (default `~/.local/share/gpuscribe/`).
 
@@ -11,7 +13,8 @@ use std::io::Write;
 
 use clap::{Args, Subcommand};
 
-use crate::engine::transcript::{ExportFormat, render};
+use crate::engine::subtitles::CueArgs;
+use crate::engine::transcript::{ExportFormat, render_with};
 use crate::library::{HistoryEntry, Library, default_library_path, format_utc};
 
 /// Arguments of `gpuscribe history`.
@@ -41,6 +44,9 @@ pub enum HistoryAction {
         /// Output format.
         #[arg(long, value_enum, default_value = "txt")]
         format: ExportFormat,
+        /// How SRT and VTT cues are cut (as for `gpuscribe transcribe`).
+        #[command(flatten)]
+        cues: CueArgs,
     },
 }
 
@@ -89,11 +95,11 @@ pub fn run(args: &HistoryArgs) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     match &args.action {
-        Some(HistoryAction::Export { id, format }) => {
+        Some(HistoryAction::Export { id, format, cues }) => {
             let job = library
                 .get(*id)?
                 .ok_or(crate::library::LibraryError::NotFound(*id))?;
-            out.write_all(render(&job.transcript, *format).as_bytes())?;
+            out.write_all(render_with(&job.transcript, *format, &cues.rules()).as_bytes())?;
         }
         None => {
             let entries = library.list(args.search.as_deref(), args.limit)?;

@@ -126,13 +126,10 @@ fn sigkill_mid_queue_keeps_finished_transcripts_and_marks_the_rest_interrupted()
         .output()
         .expect("clean run");
     assert!(clean.status.success(), "{clean:?}");
-    let mut expected: Vec<FileTranscript> =
+    let expected: Vec<FileTranscript> =
         serde_json::from_slice(&clean.stdout).expect("JSON transcripts");
-    // The library keeps text, tags and segments; token and word times are in the JSON only.
-    for transcript in &mut expected {
-        transcript.tokens.clear();
-        transcript.words.clear();
-    }
+    // The library keeps everything the JSON has: text, tags, segments, token and word times.
+    assert!(!expected[0].tokens.is_empty(), "the clip has tokens");
     let id = library
         .list(None, 10_000)
         .expect("list")
@@ -183,7 +180,9 @@ fn history_lists_searches_and_exports() {
                 settings: DecodeSettings::default(),
                 device_request: "auto".into(),
                 model: "m".into(),
+                model_revision: None,
                 recording: None,
+                parts: Vec::new(),
             })
             .expect("add");
         library
@@ -292,7 +291,9 @@ fn the_cli_and_the_window_writer_lose_no_rows_when_writing_at_once() {
                 settings: DecodeSettings::default(),
                 device_request: "auto".into(),
                 model: "m".into(),
+                model_revision: None,
                 recording: None,
+                parts: Vec::new(),
             },
         });
         service.send(LibraryRequest::Event(Event::JobStarted {

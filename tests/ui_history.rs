@@ -119,7 +119,9 @@ fn stored(library: &Path, texts: &[(&str, &str)]) {
                 settings: DecodeSettings::default(),
                 device_request: "auto".into(),
                 model: "m".into(),
+                model_revision: None,
                 recording: None,
+                parts: Vec::new(),
             })
             .expect("add");
         lib.job_done(id, &transcript(&path, text), 5.0)

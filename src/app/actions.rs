@@ -49,7 +49,15 @@ impl GpuScribeApp {
                     self.open_dialog("export", move || tasks::save_export(&transcript, format));
                 }
             }
-            Command::Cancel(job_id) => self.send(Request::Cancel(job_id)),
+            Command::Cancel(job_id) => {
+                let ids = self
+                    .jobs
+                    .row(job_id)
+                    .map_or_else(|| vec![job_id], super::jobs::JobRow::engine_ids);
+                for id in ids {
+                    self.send(Request::Cancel(id));
+                }
+            }
             Command::Select(job_id) => self.jobs.selected = Some(job_id),
             Command::ClearFinished => self.jobs.clear_finished(),
             Command::SetDecode(decode) => self.settings.decode = decode,
@@ -153,6 +161,9 @@ impl GpuScribeApp {
                     self.history.request_list(library, Instant::now());
                 }
             }
+            Command::TranscribeParts { parts, offsets_s } => {
+                self.queue_recording(&parts, &offsets_s, None, None);
+            }
             Command::HistoryResume(id) => {
                 if let Some(library) = &mut self.library {
                     library.send(LibraryRequest::Resume(id));
@@ -205,7 +216,10 @@ impl GpuScribeApp {
             settings: self.settings.decode.clone(),
             device_request: device_request_text(&target_for(self.device_choice())),
             model: model_text(self.settings.model_dir.as_deref()),
+            // Found on the library thread (a folder's fingerprint reads files).
+            model_revision: None,
             recording: None,
+            parts: Vec::new(),
         }
     }
 
@@ -216,8 +230,8 @@ impl GpuScribeApp {
         let mut lines = Vec::new();
         let mut resumes = Vec::new();
         for reply in library.drain() {
-            if let LibraryReply::Resume(id, job) = reply {
-                resumes.push((id, job));
+            if let LibraryReply::Resume(id, job, offsets) = reply {
+                resumes.push((id, job, offsets));
             } else {
                 lines.extend(self.history.apply(reply));
             }
@@ -232,14 +246,14 @@ impl GpuScribeApp {
         for (text, is_error) in lines {
             self.log_line(text, is_error);
         }
-        for (id, job) in resumes {
-            self.resume(id, &job);
+        for (id, job, offsets) in resumes {
+            self.resume(id, &job, &offsets);
         }
         wait
     }
 
     /// Queues a stored job again, under its library row.
-    fn resume(&mut self, library_id: i64, job: &NewJob) {
+    fn resume(&mut self, library_id: i64, job: &NewJob, offsets: &[f64]) {
         let Some(engine) = &self.engine else {
             self.log_line(
                 "the transcription engine is not running; nothing was queued".to_owned(),
@@ -247,10 +261,36 @@ impl GpuScribeApp {
             );
             return;
         };
-        let job_id = engine.transcribe(job.path.clone(), job.settings.clone());
-        self.jobs.push(job_id, job.path.clone(), Instant::now());
-        if let Some(library) = &mut self.library {
-            library.send(LibraryRequest::Attach { job_id, library_id });
+        if job.parts.is_empty() {
+            let job_id = engine.transcribe(job.path.clone(), job.settings.clone());
+            self.jobs.push(job_id, job.path.clone(), Instant::now());
+            if let Some(library) = &mut self.library {
+                library.send(LibraryRequest::Attach {
+                    job_id,
+                    library_id,
+                    part: None,
+                });
+            }
+        } else {
+            // A recording in several files: its parts again, one row (offsets from the files'
+            // headers, read by the library thread).
+            let ids: Vec<JobId> = job
+                .parts
+                .iter()
+                .map(|p| engine.transcribe(p.clone(), job.settings.clone()))
+                .collect();
+            let parts: Vec<(JobId, f64)> = ids.iter().copied().zip(offsets.iter().copied()).collect();
+            self.jobs
+                .push_parts(&parts, job.path.clone(), None, Instant::now());
+            if let Some(library) = &mut self.library {
+                for (&job_id, part) in ids.iter().zip(0u32..) {
+                    library.send(LibraryRequest::Attach {
+                        job_id,
+                        library_id,
+                        part: Some(part),
+                    });
+                }
+            }
         }
         self.log_line(format!("resumed: {}", job.path.display()), false);
     }
@@ -304,7 +344,7 @@ impl GpuScribeApp {
             .rows()
             .iter()
             .filter(|r| !r.status.is_finished())
-            .map(|r| r.job_id)
+            .flat_map(super::jobs::JobRow::engine_ids)
             .collect();
         if let Some(library) = &mut self.library
             && !unfinished.is_empty()
@@ -349,7 +389,7 @@ impl GpuScribeApp {
             return;
         }
         if let Some(queued) = self.send_jobs(files, "nothing was queued") {
-            self.record_queued(files, &queued, None);
+            self.record_queued(files, &queued);
         }
     }
 
@@ -373,29 +413,58 @@ impl GpuScribeApp {
         Some(queued)
     }
 
-    /// Records queued jobs in the library (`recording`: they are the parts of this one).
-    fn record_queued(&mut self, files: &[PathBuf], job_ids: &[JobId], recording: Option<u64>) {
+    /// Records queued jobs in the library.
+    fn record_queued(&mut self, files: &[PathBuf], job_ids: &[JobId]) {
         let jobs: Vec<NewJob> = files.iter().map(|p| self.library_job(p.clone())).collect();
         let Some(library) = &mut self.library else {
             return;
         };
-        for ((job, &job_id), part) in jobs.into_iter().zip(job_ids).zip(0u32..) {
-            library.send(match recording {
-                Some(token) => LibraryRequest::QueuedPart {
-                    job_id,
-                    job,
-                    token,
-                    part,
-                },
-                None => LibraryRequest::Queued { job_id, job },
-            });
+        for (job, &job_id) in jobs.into_iter().zip(job_ids) {
+            library.send(LibraryRequest::Queued { job_id, job });
         }
     }
 
-    /// Queues a recording's parts, recorded as parts of it.
-    fn queue_recording(&mut self, parts: &[PathBuf], token: Option<u64>) {
-        if let Some(queued) = self.send_jobs(parts, "the recording was kept but not queued") {
-            self.record_queued(parts, &queued, token);
+    /// Queues a recording's parts as one job: one row in the queue, one in the library, times
+    /// counted from the recording's start.
+    fn queue_recording(
+        &mut self,
+        parts: &[PathBuf],
+        offsets_s: &[f64],
+        recorded_s: Option<f64>,
+        token: Option<u64>,
+    ) {
+        let Some(first) = parts.first().cloned() else {
+            return;
+        };
+        let Some(engine) = &self.engine else {
+            self.log_line(
+                "the transcription engine is not running; the recording was kept but not queued"
+                    .to_owned(),
+                true,
+            );
+            return;
+        };
+        let job_ids: Vec<JobId> = parts
+            .iter()
+            .map(|p| engine.transcribe(p.clone(), self.settings.decode.clone()))
+            .collect();
+        let rows: Vec<(JobId, f64)> = job_ids
+            .iter()
+            .copied()
+            .zip(offsets_s.iter().copied().chain(std::iter::repeat(0.0)))
+            .collect();
+        self.jobs
+            .push_parts(&rows, first.clone(), recorded_s, Instant::now());
+        let job = NewJob {
+            parts: parts.to_vec(),
+            ..self.library_job(first)
+        };
+        if let Some(library) = &mut self.library {
+            library.send(LibraryRequest::QueuedRecording {
+                job_ids,
+                job,
+                token,
+            });
         }
     }
 
@@ -511,9 +580,12 @@ impl GpuScribeApp {
                 if matches!(self.recording.state, RecordState::Starting) {
                     let token = self.next_recording_token;
                     self.next_recording_token += 1;
+                    self.recording_rate_hz = handle.sample_rate_hz();
+                    let job = self.library_job(handle.wav_path().to_owned());
                     if let Some(library) = &mut self.library {
                         library.send(LibraryRequest::RecordingStarted {
                             token,
+                            job,
                             path: handle.wav_path().to_owned(),
                             input_device: handle.device_name().to_owned(),
                             sample_rate_hz: handle.sample_rate_hz(),
@@ -579,7 +651,13 @@ impl GpuScribeApp {
                     });
                 }
                 if !parts.is_empty() {
-                    self.queue_recording(&parts, token);
+                    let offsets = crate::audio::wav_sink::part_offsets_s(
+                        parts.len(),
+                        self.recording_rate_hz,
+                        crate::audio::wav_sink::part_limit_bytes(),
+                    );
+                    let known = (recorded_s > 0.0).then_some(recorded_s);
+                    self.queue_recording(&parts, &offsets, known, token);
                 }
             }
             TaskResult::ShowFile(Err(message)) => self.log_line(message, true),

@@ -71,6 +71,13 @@ pub enum Command {
     HistoryUndoDelete,
     /// Queue a stored job again with the options it had.
     HistoryResume(i64),
+    /// Queue a recording in several files again with the current options, as one job.
+    TranscribeParts {
+        /// Its files, in order.
+        parts: Vec<PathBuf>,
+        /// Where each starts, seconds from the recording's start.
+        offsets_s: Vec<f64>,
+    },
     /// Save the opened stored transcript (asks where).
     HistoryExport(ExportFormat),
     /// Open the folder holding this file.

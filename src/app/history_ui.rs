@@ -31,6 +31,7 @@ pub const SHOW_FILE_LABEL: &str = "Show file";
 /// What a state reads as in a row.
 pub fn state_label(state: JobState) -> &'static str {
     match state {
+        JobState::Recording => "recording",
         JobState::Queued => "queued",
         JobState::Running => "running",
         JobState::Done => "done",
@@ -232,7 +233,14 @@ fn transcript_view_ui(
             .on_hover_text("Queue this file again with the current language and options")
             .clicked()
         {
-            commands.push(Command::AddPaths(vec![entry.path.clone()]));
+            commands.push(if job.parts.len() > 1 {
+                Command::TranscribeParts {
+                    parts: job.parts.clone(),
+                    offsets_s: job.part_offsets_s.clone(),
+                }
+            } else {
+                Command::AddPaths(vec![entry.path.clone()])
+            });
         }
         if matches!(
             entry.state,

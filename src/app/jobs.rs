@@ -54,9 +54,90 @@ pub struct JobRow {
     pub warning: Option<String>,
     /// Wall time the engine reported, ms.
     pub wall_ms: Option<f64>,
+    /// A recording in several files: each part's engine job and its offset from the
+    /// recording's start, in order (empty for a single file, whose job is `job_id`).
+    pub parts: Vec<(JobId, f64)>,
+    /// The finished parts' transcripts, in part order.
+    part_results: Vec<Option<FileTranscript>>,
 }
 
 impl JobRow {
+    /// Every engine job of this row: its parts', or its own.
+    pub fn engine_ids(&self) -> Vec<JobId> {
+        if self.parts.is_empty() {
+            vec![self.job_id]
+        } else {
+            self.parts.iter().map(|&(id, _)| id).collect()
+        }
+    }
+
+    /// The part (index, offset) that engine job `job_id` transcribes, for a row of parts.
+    fn part_of(&self, job_id: JobId) -> Option<(usize, f64)> {
+        self.parts
+            .iter()
+            .position(|&(id, _)| id == job_id)
+            .map(|i| (i, self.parts[i].1))
+    }
+
+    /// Takes in a part's transcript; once every part is in, the row's transcript is them joined
+    /// (times from the recording's start) and the row is done.
+    fn part_done(&mut self, index: usize, offset_s: f64, transcript: FileTranscript, ms: f64) {
+        if let Some(slot) = self.part_results.get_mut(index) {
+            *slot = Some(shift(transcript, offset_s));
+        }
+        self.wall_ms = Some(self.wall_ms.unwrap_or(0.0) + ms);
+        // The segments that arrived of the parts still running stay; a done part's are its
+        // transcript's.
+        let starts: Vec<f64> = self.parts.iter().map(|&(_, offset)| offset).collect();
+        let results = &self.part_results;
+        let in_done_part = |start_s: f64| {
+            let part = starts.iter().rposition(|&o| o <= start_s).unwrap_or(0);
+            results.get(part).is_some_and(Option::is_some)
+        };
+        let mut segments: Vec<Segment> = std::mem::take(&mut self.segments)
+            .into_iter()
+            .filter(|s| !in_done_part(s.start_s))
+            .collect();
+        let done: Vec<&FileTranscript> = self.part_results.iter().flatten().collect();
+        segments.extend(done.iter().flat_map(|t| t.segments.iter().cloned()));
+        segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+        self.segments = segments;
+        if done.len() < self.part_results.len() {
+            return;
+        }
+        let join = |pick: fn(&FileTranscript) -> &str| {
+            done.iter()
+                .map(|t| pick(t).trim())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let tags = done
+            .iter()
+            .find(|t| !t.text.trim().is_empty())
+            .or(done.first());
+        let whole = FileTranscript {
+            path: self.path.clone(),
+            duration_s: done
+                .iter()
+                .map(|t| t.duration_s)
+                .fold(0.0, f64::max),
+            language: tags.map(|t| t.language.clone()).unwrap_or_default(),
+            emotion: tags.map(|t| t.emotion.clone()).unwrap_or_default(),
+            event: tags.map(|t| t.event.clone()).unwrap_or_default(),
+            text: join(|t| &t.text),
+            raw_text: join(|t| &t.raw_text),
+            segments: self.segments.clone(),
+            tokens: done.iter().flat_map(|t| t.tokens.clone()).collect(),
+            words: done.iter().flat_map(|t| t.words.clone()).collect(),
+        };
+        self.duration_s = Some(whole.duration_s);
+        self.transcript = Some(whole);
+        if !self.status.is_finished() {
+            self.status = JobStatus::Done;
+        }
+    }
+
     /// The file name for display.
     pub fn name(&self) -> String {
         file_name(&self.path)
@@ -87,6 +168,25 @@ impl JobRow {
                 .join("\n"),
         }
     }
+}
+
+/// `transcript` with its times moved `offset_s` later; its length becomes its end.
+fn shift(mut transcript: FileTranscript, offset_s: f64) -> FileTranscript {
+    let offset_ms = (offset_s * 1000.0).round() as i64;
+    for s in &mut transcript.segments {
+        s.start_s += offset_s;
+        s.end_s += offset_s;
+    }
+    for t in &mut transcript.tokens {
+        t.start_s += offset_s;
+        t.end_s += offset_s;
+    }
+    for w in &mut transcript.words {
+        w.start_ms += offset_ms;
+        w.end_ms += offset_ms;
+    }
+    transcript.duration_s += offset_s;
+    transcript
 }
 
 /// The last part of a path, for display.
@@ -145,20 +245,42 @@ impl JobList {
 
     /// Adds a queued row. The first job after an idle spell starts a new batch.
     pub fn push(&mut self, job_id: JobId, path: PathBuf, now: Instant) {
+        self.push_parts(&[(job_id, 0.0)], path, None, now);
+    }
+
+    /// Adds one row for a recording in several files: each part's engine job and offset, in
+    /// order (one part: an ordinary row). `duration_s`: the whole length, when known.
+    pub fn push_parts(
+        &mut self,
+        parts: &[(JobId, f64)],
+        path: PathBuf,
+        duration_s: Option<f64>,
+        now: Instant,
+    ) {
+        let Some(&(job_id, _)) = parts.first() else {
+            return;
+        };
         if !self.is_busy() {
             self.batch_started = Some(now);
             self.batch_first_row = self.rows.len();
         }
+        let parts = if parts.len() > 1 {
+            parts.to_vec()
+        } else {
+            Vec::new()
+        };
         self.rows.push(JobRow {
             job_id,
             path,
-            duration_s: None,
+            duration_s,
             device: None,
             status: JobStatus::Queued,
             segments: Vec::new(),
             transcript: None,
             warning: None,
             wall_ms: None,
+            part_results: vec![None; parts.len()],
+            parts,
         });
         if self.selected.is_none() {
             self.selected = Some(job_id);
@@ -182,9 +304,17 @@ impl JobList {
             | Event::JobFailed { job_id, .. } => *job_id,
             Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => return false,
         };
-        let Some(row) = self.rows.iter_mut().find(|r| r.job_id == job_id) else {
+        let Some(row) = self
+            .rows
+            .iter_mut()
+            .find(|r| r.job_id == job_id || r.part_of(job_id).is_some())
+        else {
             return false;
         };
+        if let Some((index, offset_s)) = row.part_of(job_id) {
+            apply_part(row, index, offset_s, event);
+            return true;
+        }
         match event {
             Event::JobStarted { device, .. } => {
                 row.device = Some(device);
@@ -239,6 +369,13 @@ impl JobList {
         true
     }
 
+    /// The row holding engine job `job_id` (its own, or one of its parts).
+    pub fn row_of(&self, job_id: JobId) -> Option<&JobRow> {
+        self.rows
+            .iter()
+            .find(|r| r.job_id == job_id || r.part_of(job_id).is_some())
+    }
+
     /// The current batch's progress at `now`.
     pub fn overall(&self, now: Instant) -> Overall {
         let batch = &self.rows[self.batch_first_row.min(self.rows.len())..];
@@ -280,6 +417,62 @@ impl JobList {
             self.selected = self.rows.first().map(|r| r.job_id);
         }
     }
+}
+
+/// A part's event on its recording's row: times move by the part's offset, progress counts
+/// from the recording's start, the row is done when every part is.
+fn apply_part(row: &mut JobRow, index: usize, offset_s: f64, event: Event) {
+    let total_s = row.duration_s.unwrap_or(0.0);
+    match event {
+        Event::JobStarted { device, .. } => {
+            row.device = Some(device);
+            if !row.status.is_finished() {
+                row.status = JobStatus::Running {
+                    done_s: offset_s,
+                    total_s,
+                };
+            }
+        }
+        Event::JobDecoded { warning, .. } => {
+            if warning.is_some() {
+                row.warning = warning;
+            }
+        }
+        Event::JobProgress {
+            done_s, segments, ..
+        } => {
+            row.segments
+                .extend(shift_segments(segments, offset_s));
+            if !row.status.is_finished() {
+                row.status = JobStatus::Running {
+                    done_s: offset_s + done_s,
+                    total_s,
+                };
+            }
+        }
+        Event::JobDone { transcript, ms, .. } => row.part_done(index, offset_s, transcript, ms),
+        Event::JobFailed {
+            message, cancelled, ..
+        } => {
+            row.status = if cancelled {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Failed(format!("part {} of the recording: {message}", index + 1))
+            };
+        }
+        Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => {}
+    }
+}
+
+fn shift_segments(segments: Vec<Segment>, offset_s: f64) -> Vec<Segment> {
+    segments
+        .into_iter()
+        .map(|s| Segment {
+            start_s: s.start_s + offset_s,
+            end_s: s.end_s + offset_s,
+            ..s
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -329,6 +522,53 @@ mod tests {
         // 3 s for 75 %: 1 s to go.
         assert_eq!(overall.eta, Some(Duration::from_secs(1)));
         assert_eq!(jobs.rows()[0].text(), "5");
+    }
+
+    #[test]
+    fn a_recording_in_parts_is_one_row_with_times_from_its_start() {
+        let start = Instant::now();
+        let mut jobs = JobList::default();
+        jobs.push_parts(&[(5, 0.0), (6, 2.0)], "rec.wav".into(), Some(3.0), start);
+        assert_eq!(jobs.rows().len(), 1);
+        assert_eq!(jobs.rows()[0].engine_ids(), [5, 6]);
+        let part = |text: &str, duration_s: f64| FileTranscript {
+            duration_s,
+            text: text.into(),
+            segments: vec![Segment {
+                start_s: 0.5,
+                end_s: duration_s,
+                text: text.into(),
+                ..Segment::default()
+            }],
+            ..FileTranscript::default()
+        };
+        assert!(jobs.apply(progress(6, 0.5, 1.0)));
+        assert_eq!(
+            jobs.rows()[0].status,
+            JobStatus::Running {
+                done_s: 2.5,
+                total_s: 3.0
+            }
+        );
+        assert!(jobs.apply(Event::JobDone {
+            job_id: 6,
+            transcript: part("two", 1.0),
+            ms: 1.0
+        }));
+        assert!(!jobs.rows()[0].status.is_finished(), "one part to go");
+        assert!(jobs.apply(Event::JobDone {
+            job_id: 5,
+            transcript: part("one", 2.0),
+            ms: 1.0
+        }));
+        let row = &jobs.rows()[0];
+        assert_eq!(row.status, JobStatus::Done);
+        let whole = row.transcript.as_ref().expect("transcript");
+        assert_eq!(whole.text, "one two");
+        assert_eq!(whole.duration_s, 3.0);
+        let starts: Vec<f64> = whole.segments.iter().map(|s| s.start_s).collect();
+        assert_eq!(starts, [0.5, 2.5], "the progress segment was replaced");
+        assert_eq!(jobs.row_of(6).map(|r| r.job_id), Some(5));
     }
 
     #[test]

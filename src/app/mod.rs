@@ -197,6 +197,8 @@ pub struct GpuScribeApp {
     next_recording_token: u64,
     /// The recording running now, by token.
     recording_token: Option<u64>,
+    /// The sample rate of the recording in progress (its parts' offsets follow from it).
+    recording_rate_hz: u32,
 }
 
 impl GpuScribeApp {
@@ -285,6 +287,7 @@ impl GpuScribeApp {
             library,
             next_recording_token: 1,
             recording_token: None,
+            recording_rate_hz: 0,
         };
         if let Some(err) = store_error {
             app.log_line(err, true);
@@ -330,6 +333,16 @@ impl GpuScribeApp {
     /// The transcription queue.
     pub fn jobs(&self) -> &JobList {
         &self.jobs
+    }
+
+    /// Length recorded so far, while a recording runs.
+    pub fn recording_elapsed(&self) -> Option<std::time::Duration> {
+        self.recording.live().map(|(elapsed, _)| elapsed)
+    }
+
+    /// The last recording error, if the last attempt failed.
+    pub fn recording_error(&self) -> Option<&str> {
+        self.recording.error.as_deref()
     }
 
     /// The History tab's state.

@@ -29,6 +29,7 @@ pub mod level;
 pub mod record;
 pub mod resample;
 pub mod tap;
+pub mod wav_repair;
 pub mod wav_sink;
 
 pub use decode::{
@@ -40,6 +41,7 @@ pub use level::{Level, LevelMeter};
 pub use record::{FLUSH_INTERVAL, RecordError, RecordEvent, Recorded, Recorder, RecorderHandle};
 pub use resample::MonoResampler;
 pub use tap::{SampleTap, TapPolicy, TapReceiver};
+pub use wav_repair::{WavCheck, WavRepairError, recording_parts, repair_wav, wav_duration_s};
 
 /// The sample rate SenseVoice expects, and that [`decode_file`] produces.
 pub const MODEL_SAMPLE_RATE_HZ: u32 = 16_000;

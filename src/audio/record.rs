@@ -414,7 +414,8 @@ impl CaptureJob {
             rtrb::RingBuffer::<f32>::new(sample_rate_hz as usize * RING_SECONDS);
         let (fault_tx, fault_rx) = bounded::<StreamFault>(4);
         // Create the file before the stream so a bad path fails before the microphone opens.
-        let mut sink = WavSink::create(&self.wav_path, sample_rate_hz, FLUSH_INTERVAL)?;
+        let mut sink = WavSink::create(&self.wav_path, sample_rate_hz, FLUSH_INTERVAL)?
+            .with_part_limit(super::wav_sink::part_limit_bytes());
         if let Some(tap) = self.tap.take() {
             sink.set_tap(tap);
         }

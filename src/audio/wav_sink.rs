@@ -24,6 +24,28 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Most sample bytes in one WAV part: below the format's 4 GiB limit with room for the header.
 pub const DEFAULT_PART_LIMIT_BYTES: u64 = 4_000_000_000;
 
+/// Environment variable that lowers the part size (bytes of samples per file) of recordings
+/// made by [`super::Recorder`]: for tests, and for file systems with smaller files.
+pub const PART_LIMIT_ENV: &str = "GPUSCRIBE_RECORDING_PART_BYTES";
+
+/// The part size: [`PART_LIMIT_ENV`] when it is a number of bytes below the default, else
+/// [`DEFAULT_PART_LIMIT_BYTES`].
+pub fn part_limit_bytes() -> u64 {
+    std::env::var(PART_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&b| b > 0)
+        .map_or(DEFAULT_PART_LIMIT_BYTES, |b| b.min(DEFAULT_PART_LIMIT_BYTES))
+}
+
+/// Where each of a recording's `parts` starts, in seconds from its start: every part but the
+/// last holds exactly `part_limit_bytes` of samples (see [`WavSink::with_part_limit`]).
+pub fn part_offsets_s(parts: usize, sample_rate_hz: u32, part_limit_bytes: u64) -> Vec<f64> {
+    let frames = (part_limit_bytes / FRAME_BYTES).max(1) as f64;
+    let rate = f64::from(sample_rate_hz.max(1));
+    (0..parts).map(|k| k as f64 * frames / rate).collect()
+}
+
 /// Bytes per frame: mono 16-bit.
 const FRAME_BYTES: u64 = 2;
 
@@ -67,7 +89,7 @@ fn spec(sample_rate_hz: u32) -> hound::WavSpec {
 }
 
 /// `dir/stem{suffix}.wav`.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let stem = path
         .file_stem()
         .map_or_else(|| "recording".into(), |s| s.to_string_lossy().into_owned());

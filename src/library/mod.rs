@@ -18,8 +18,10 @@
 //! [`service::LibraryService`] (its own `library` thread, bounded channels); the CLI uses it
 //! directly.
 
+mod parts;
 mod query;
 pub mod recorder;
+pub mod revision;
 mod schema;
 pub mod service;
 mod store;
@@ -33,6 +35,7 @@ use serde::Serialize;
 
 pub use query::{fts_query, search_form};
 pub use recorder::{CliHistory, JobRecorder, device_request_text, model_text};
+pub use revision::model_revision;
 pub use store::{NewJob, RecordingInfo, StoredJob};
 
 /// The library's file name inside the data folder.
@@ -111,6 +114,8 @@ pub enum LibraryError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// A recording in progress (transcribed once it stops).
+    Recording,
     /// Waiting for the engine.
     Queued,
     /// Being transcribed.
@@ -129,6 +134,7 @@ impl JobState {
     /// The stored text.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Recording => "recording",
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Done => "done",
@@ -141,6 +147,7 @@ impl JobState {
     /// Parses the stored text (unknown text reads as failed).
     pub fn parse(text: &str) -> Self {
         match text {
+            "recording" => Self::Recording,
             "queued" => Self::Queued,
             "running" => Self::Running,
             "done" => Self::Done,
@@ -150,9 +157,9 @@ impl JobState {
         }
     }
 
-    /// True for queued and running.
+    /// True for recording, queued and running.
     pub fn is_unfinished(self) -> bool {
-        matches!(self, Self::Queued | Self::Running)
+        matches!(self, Self::Recording | Self::Queued | Self::Running)
     }
 }
 
@@ -394,6 +401,8 @@ impl Library {
     }
 
     /// Marks unfinished jobs and recordings of dead sessions interrupted; returns the jobs marked.
+    /// A recording cut off by its process's death has its WAV header repaired first (see
+    /// [`crate::audio::repair_wav`]), so it can be resumed as a transcription.
     pub fn recover_dead_sessions(&mut self) -> Result<usize, LibraryError> {
         let others: Vec<(i64, String)> = {
             let mut stmt = self
@@ -409,6 +418,7 @@ impl Library {
             if !self.session_is_dead(&lock_name) {
                 continue;
             }
+            self.close_recordings(session, true)?;
             marked += self.end_session(session)?;
             let _ = std::fs::remove_file(self.sessions_dir().join(&lock_name));
         }
@@ -424,7 +434,7 @@ impl Library {
         let marked = tx
             .execute(
                 "UPDATE jobs SET state = 'interrupted', finished_at_ms = ?2
-                 WHERE session_id = ?1 AND state IN ('queued', 'running')",
+                 WHERE session_id = ?1 AND state IN ('recording', 'queued', 'running')",
                 params![session, now_ms()],
             )
             .and_then(|n| {
@@ -479,7 +489,11 @@ impl Drop for Library {
     /// A clean exit: this session's unfinished jobs become interrupted now (not at the next
     /// start), and its lock file goes.
     fn drop(&mut self) {
-        if let Err(err) = self.end_session(self.session_id) {
+        // A recording still running is finalised by its recorder: only its parts are listed.
+        if let Err(err) = self
+            .close_recordings(self.session_id, false)
+            .and_then(|()| self.end_session(self.session_id).map(|_| ()))
+        {
             tracing::warn!("closing the transcript library: {err}");
         }
         if let Some(lock_path) = &self.lock_path {
@@ -519,6 +533,8 @@ fn move_aside(path: &Path) -> Result<PathBuf, LibraryError> {
     Ok(backup)
 }
 
+#[cfg(test)]
+mod parts_tests;
 #[cfg(test)]
 mod tests;
 

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use super::{Library, LibraryError, NewJob};
 use crate::engine::{Event, JobId};
 
-/// Records jobs of one engine as its events arrive.
+/// Records jobs of one engine as its events arrive. An engine job is a library job, or one
+/// part of a recording's job (see [`super::parts`]).
 #[derive(Debug, Default)]
 pub struct JobRecorder {
-    ids: HashMap<JobId, i64>,
+    ids: HashMap<JobId, (i64, Option<u32>)>,
 }
 
 impl JobRecorder {
@@ -26,18 +27,41 @@ impl JobRecorder {
         job: &NewJob,
     ) -> Result<i64, LibraryError> {
         let id = library.add_job(job)?;
-        self.ids.insert(job_id, id);
+        self.ids.insert(job_id, (id, None));
         Ok(id)
     }
 
-    /// Ties an engine job to a library row that already exists (a resumed job).
-    pub fn resumed(&mut self, job_id: JobId, library_id: i64) {
-        self.ids.insert(job_id, library_id);
+    /// Records a recording's parts, queued under the engine's ids (in order), as one job;
+    /// `existing`: the job made when the recording started. Returns the library's id.
+    pub fn queued_parts(
+        &mut self,
+        library: &mut Library,
+        job_ids: &[JobId],
+        job: &NewJob,
+        existing: Option<i64>,
+    ) -> Result<i64, LibraryError> {
+        let id = match existing {
+            Some(id) => {
+                library.recording_queued(id, job)?;
+                id
+            }
+            None => library.add_job(job)?,
+        };
+        for (&job_id, part) in job_ids.iter().zip(0u32..) {
+            self.ids.insert(job_id, (id, Some(part)));
+        }
+        Ok(id)
+    }
+
+    /// Ties an engine job to a library row that already exists (a resumed job, or `part` of
+    /// a resumed recording).
+    pub fn resumed(&mut self, job_id: JobId, library_id: i64, part: Option<u32>) {
+        self.ids.insert(job_id, (library_id, part));
     }
 
     /// The library id of an engine job.
     pub fn library_id(&self, job_id: JobId) -> Option<i64> {
-        self.ids.get(&job_id).copied()
+        self.ids.get(&job_id).map(|&(id, _)| id)
     }
 
     /// Marks an engine job interrupted (its engine was stopped) and forgets it.
@@ -47,7 +71,7 @@ impl JobRecorder {
         job_id: JobId,
     ) -> Result<(), LibraryError> {
         match self.ids.remove(&job_id) {
-            Some(id) => library.job_interrupted(id),
+            Some((id, _)) => library.job_interrupted(id),
             None => Ok(()),
         }
     }
@@ -56,44 +80,43 @@ impl JobRecorder {
     pub fn on_event(&mut self, library: &mut Library, event: &Event) -> Result<(), LibraryError> {
         match event {
             Event::JobStarted { job_id, device } => {
-                if let Some(id) = self.library_id(*job_id) {
+                if let Some(&(id, _)) = self.ids.get(job_id) {
                     library.job_started(id, device)?;
                 }
             }
             Event::JobDecoded {
                 job_id, duration_s, ..
-            } => {
-                if let Some(id) = self.library_id(*job_id) {
-                    library.job_decoded(id, *duration_s)?;
-                }
-            }
+            } => match self.ids.get(job_id) {
+                Some(&(id, None)) => library.job_decoded(id, *duration_s)?,
+                Some(&(id, Some(part))) => library.part_decoded(id, part, *duration_s)?,
+                None => {}
+            },
             Event::JobProgress {
                 job_id, segments, ..
-            } => {
-                if let Some(id) = self.library_id(*job_id)
-                    && !segments.is_empty()
-                {
-                    library.job_segments(id, segments)?;
-                }
-            }
+            } => match self.ids.get(job_id) {
+                _ if segments.is_empty() => {}
+                Some(&(id, None)) => library.job_segments(id, segments)?,
+                Some(&(id, Some(part))) => library.part_segments(id, part, segments)?,
+                None => {}
+            },
             Event::JobDone {
                 job_id,
                 transcript,
                 ms,
-            } => {
-                if let Some(id) = self.ids.remove(job_id) {
-                    library.job_done(id, transcript, *ms)?;
-                }
-            }
+            } => match self.ids.remove(job_id) {
+                Some((id, None)) => library.job_done(id, transcript, *ms)?,
+                Some((id, Some(part))) => library.part_done(id, part, transcript, *ms)?,
+                None => {}
+            },
             Event::JobFailed {
                 job_id,
                 message,
                 cancelled,
-            } => {
-                if let Some(id) = self.ids.remove(job_id) {
-                    library.job_failed(id, message, *cancelled)?;
-                }
-            }
+            } => match self.ids.remove(job_id) {
+                Some((id, None)) => library.job_failed(id, message, *cancelled)?,
+                Some((id, Some(part))) => library.part_failed(id, part, message, *cancelled)?,
+                None => {}
+            },
             Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => {}
         }
         Ok(())
@@ -193,7 +216,14 @@ impl CliHistory {
             settings: settings.clone(),
             device_request: device_request_text(&config.target),
             model: model_text(config.model_dir.as_deref()),
+            model_revision: None,
             recording: None,
+            parts: Vec::new(),
+        };
+        // One revision for the whole run (a folder's fingerprint is read once).
+        let template = NewJob {
+            model_revision: Some(super::model_revision(&template.model)),
+            ..template
         };
         Self::start(submitted, &template)
     }

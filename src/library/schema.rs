@@ -85,6 +85,41 @@ pub const MIGRATIONS: &[&str] = &[
     -- transcript in search form (see query::search_form): CJK characters one token each.
     CREATE VIRTUAL TABLE transcript_fts USING fts5(body, content='', contentless_delete=1);
     ",
+    // 1 → 2: the model's revision; a recording in several files as one job (its parts, with
+    // the offset of each from the recording's start); token and word times.
+    "
+    -- A commit hash (the model store, or a folder in the Hugging Face cache layout) or
+    -- `content-sha256:<hex>` of the model folder; empty for jobs recorded before version 2.
+    ALTER TABLE jobs ADD COLUMN model_revision TEXT NOT NULL DEFAULT '';
+    -- Which part of a recording a segment came from (0 for a single file).
+    ALTER TABLE segments ADD COLUMN part INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE job_parts (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL,
+        path BLOB NOT NULL,
+        path_text TEXT NOT NULL,
+        -- Seconds from the recording's start to this part's first sample.
+        offset_s REAL NOT NULL,
+        duration_s REAL,
+        -- queued | done | failed
+        state TEXT NOT NULL,
+        text TEXT NOT NULL DEFAULT '',
+        raw_text TEXT NOT NULL DEFAULT '',
+        language TEXT NOT NULL DEFAULT '',
+        emotion TEXT NOT NULL DEFAULT '',
+        event TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (job_id, part)
+    ) WITHOUT ROWID;
+    -- Token and word times of a finished job (or part), as JSON arrays of
+    -- engine::transcript::TokenTime and WordTime, times from the job's start.
+    CREATE TABLE timings (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL,
+        tokens TEXT NOT NULL,
+        words TEXT NOT NULL,
+        PRIMARY KEY (job_id, part)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The newest version this build knows.

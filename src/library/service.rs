@@ -31,25 +31,27 @@ pub enum LibraryRequest {
         /// What to record.
         job: NewJob,
     },
-    /// A part of recording `token` (see [`LibraryRequest::RecordingStarted`]) was queued.
-    QueuedPart {
-        /// The engine's id.
-        job_id: JobId,
-        /// What to record (its `recording` is filled in from the token).
+    /// A recording's parts were queued with the engine under `job_ids` (in order), one job
+    /// in the library: the one made at [`LibraryRequest::RecordingStarted`] of `token`, or a new
+    /// one.
+    QueuedRecording {
+        /// The engine's ids, one per part.
+        job_ids: Vec<JobId>,
+        /// What to record (`parts` the files; `recording` is filled in from the token).
         job: NewJob,
         /// The recording's token.
-        token: u64,
-        /// Part number, from 0.
-        part: u32,
+        token: Option<u64>,
     },
     /// Put a stored job back in the queue; answered with [`LibraryReply::Resume`].
     Resume(i64),
-    /// The resumed job `library_id` was queued with the engine under `job_id`.
+    /// The resumed job `library_id` (or its `part`) was queued with the engine under `job_id`.
     Attach {
         /// The engine's id.
         job_id: JobId,
         /// The library's id.
         library_id: i64,
+        /// The recording part, for a job of several.
+        part: Option<u32>,
     },
     /// These engine jobs were stopped unfinished (the engine was replaced).
     Interrupted(Vec<JobId>),
@@ -70,10 +72,13 @@ pub enum LibraryRequest {
     Delete(i64),
     /// Bring a deleted job back.
     Undelete(i64),
-    /// A recording started; `token` names it until the library has an id.
+    /// A recording started; `token` names it until the library has an id. Its job is made
+    /// now (state recording, with `job`'s settings), so that a crash leaves it listed.
     RecordingStarted {
         /// The UI's name for it.
         token: u64,
+        /// The job that will transcribe it (`path`: the first part).
+        job: NewJob,
         /// The first part's file.
         path: PathBuf,
         /// The input device's name.
@@ -110,8 +115,9 @@ pub enum LibraryReply {
     },
     /// One job, for the transcript view (`None`: gone).
     Loaded(i64, Option<Box<StoredJob>>),
-    /// A stored job to queue again.
-    Resume(i64, NewJob),
+    /// A stored job to queue again; for a recording in several files, each part's offset
+    /// from its start.
+    Resume(i64, NewJob, Vec<f64>),
     /// The library is open; the lines say what the user should know (a damaged file kept
     /// aside, interrupted jobs).
     Opened(Vec<String>),
@@ -226,7 +232,8 @@ impl Drop for LibraryService {
 struct Server {
     library: Library,
     recorder: JobRecorder,
-    recordings: std::collections::HashMap<u64, i64>,
+    /// Recording token → (recording id, its job's id).
+    recordings: std::collections::HashMap<u64, (i64, i64)>,
 }
 
 fn serve(
@@ -287,21 +294,28 @@ impl Server {
             LibraryRequest::Queued { job_id, job } => {
                 self.recorder.queued(lib, job_id, &job).map_err(err)?;
             }
-            LibraryRequest::QueuedPart {
-                job_id,
+            LibraryRequest::QueuedRecording {
+                job_ids,
                 mut job,
                 token,
-                part,
             } => {
-                job.recording = self.recordings.get(&token).map(|&id| (id, part));
-                self.recorder.queued(lib, job_id, &job).map_err(err)?;
+                let known = token.and_then(|t| self.recordings.get(&t)).copied();
+                job.recording = known.map(|(recording, _)| (recording, 0));
+                self.recorder
+                    .queued_parts(lib, &job_ids, &job, known.map(|(_, id)| id))
+                    .map_err(err)?;
             }
             LibraryRequest::Resume(id) => {
                 let job = lib.requeue(id).map_err(err)?;
-                return Ok(Some(LibraryReply::Resume(id, job)));
+                let offsets = lib.part_offsets(id).map_err(err)?;
+                return Ok(Some(LibraryReply::Resume(id, job, offsets)));
             }
-            LibraryRequest::Attach { job_id, library_id } => {
-                self.recorder.resumed(job_id, library_id);
+            LibraryRequest::Attach {
+                job_id,
+                library_id,
+                part,
+            } => {
+                self.recorder.resumed(job_id, library_id, part);
             }
             LibraryRequest::Interrupted(job_ids) => {
                 for job_id in job_ids {
@@ -330,14 +344,17 @@ impl Server {
             LibraryRequest::Undelete(id) => lib.undelete(id).map_err(err)?,
             LibraryRequest::RecordingStarted {
                 token,
+                mut job,
                 path,
                 input_device,
                 sample_rate_hz,
             } => {
-                let id = lib
+                let recording = lib
                     .add_recording(&path, &input_device, sample_rate_hz)
                     .map_err(err)?;
-                self.recordings.insert(token, id);
+                job.recording = Some((recording, 0));
+                let id = lib.recording_job(&job).map_err(err)?;
+                self.recordings.insert(token, (recording, id));
             }
             LibraryRequest::RecordingFinished {
                 token,
@@ -346,9 +363,13 @@ impl Server {
                 parts,
                 ok,
             } => {
-                if let Some(&id) = self.recordings.get(&token) {
-                    lib.recording_finished(id, duration_s, dropped_frames, parts, ok)
+                if let Some(&(recording, job)) = self.recordings.get(&token) {
+                    lib.recording_finished(recording, duration_s, dropped_frames, parts, ok)
                         .map_err(err)?;
+                    if parts == 0 {
+                        lib.job_failed(job, "nothing was recorded", false)
+                            .map_err(err)?;
+                    }
                 }
             }
         }

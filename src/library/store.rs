@@ -21,8 +21,14 @@ pub struct NewJob {
     pub device_request: String,
     /// The model: its folder, or the release model's name.
     pub model: String,
+    /// The model's revision (see [`super::revision`]); `None`: found from `model` when the
+    /// job is added.
+    pub model_revision: Option<String>,
     /// The recording (and part, from 0) this job transcribes.
     pub recording: Option<(i64, u32)>,
+    /// A recording's files, in order, transcribed as this one job with times counted from the
+    /// recording's start (empty: `path` alone).
+    pub parts: Vec<PathBuf>,
 }
 
 /// A recording as the history shows it.
@@ -57,6 +63,14 @@ pub struct StoredJob {
     pub device_request: String,
     /// The model used.
     pub model: String,
+    /// The model's revision: a commit hash, or the folder's content fingerprint (see
+    /// [`super::revision`]); empty for jobs stored before revisions were.
+    pub model_revision: String,
+    /// A recording's files, in order (empty for a file that is not a recording).
+    #[serde(serialize_with = "lossy_paths")]
+    pub parts: Vec<PathBuf>,
+    /// Where each of `parts` starts, seconds from the recording's start.
+    pub part_offsets_s: Vec<f64>,
     /// Size of the audio file when queued.
     pub file_size: Option<u64>,
     /// Modification time of the audio file when queued, ms since the epoch.
@@ -68,26 +82,30 @@ pub struct StoredJob {
     pub transcript: FileTranscript,
 }
 
+fn lossy_paths<S: serde::Serializer>(paths: &[PathBuf], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
+}
+
 /// The path as OS bytes, so that any file name round-trips.
 #[cfg(unix)]
-fn path_bytes(path: &Path) -> Vec<u8> {
+pub(super) fn path_bytes(path: &Path) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt as _;
     path.as_os_str().as_bytes().to_vec()
 }
 
 #[cfg(not(unix))]
-fn path_bytes(path: &Path) -> Vec<u8> {
+pub(super) fn path_bytes(path: &Path) -> Vec<u8> {
     path.to_string_lossy().into_owned().into_bytes()
 }
 
 #[cfg(unix)]
-fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+pub(super) fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
     use std::os::unix::ffi::OsStringExt as _;
     PathBuf::from(std::ffi::OsString::from_vec(bytes))
 }
 
 #[cfg(not(unix))]
-fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+pub(super) fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -148,16 +166,28 @@ fn segment_from_row(row: &Row<'_>) -> rusqlite::Result<Segment> {
 }
 
 impl Library {
-    /// Records a queued job; returns its id.
+    /// Records a queued job (with its parts, for a recording in several files); returns its id.
     pub fn add_job(&mut self, job: &NewJob) -> Result<i64, LibraryError> {
+        self.insert_job(job, JobState::Queued)
+    }
+
+    pub(super) fn insert_job(&mut self, job: &NewJob, state: JobState) -> Result<i64, LibraryError> {
         let meta = std::fs::metadata(&job.path).ok();
         let (recording_id, recording_part) = job.recording.unzip();
-        self.conn
-            .execute(
+        let revision = job
+            .model_revision
+            .clone()
+            .unwrap_or_else(|| super::model_revision(&job.model));
+        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        let result = (|| {
+            tx.execute(
                 "INSERT INTO jobs (session_id, created_at_ms, path, path_text, file_size,
                     file_mtime_ms, language, use_itn, rich, device_request, model, recording_id,
-                    recording_part, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'queued')",
+                    recording_part, state, model_revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     self.session_id,
                     now_ms(),
@@ -172,10 +202,16 @@ impl Library {
                     job.model,
                     recording_id,
                     recording_part,
+                    state.as_str(),
+                    revision,
                 ],
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok(self.conn.last_insert_rowid())
+            )?;
+            let id = tx.last_insert_rowid();
+            super::parts::insert_parts(&tx, id, &job.parts)?;
+            tx.commit()?;
+            Ok(id)
+        })();
+        result.map_err(|e| self.sql(e))
     }
 
     /// Puts an interrupted (or failed) job back in the queue under this session; returns what
@@ -188,9 +224,13 @@ impl Library {
         })?;
         let result = (|| {
             tx.execute("DELETE FROM segments WHERE job_id = ?1", [id])?;
+            tx.execute("DELETE FROM timings WHERE job_id = ?1", [id])?;
+            // A recording's parts start over, their offsets read again from the files.
+            tx.execute("DELETE FROM job_parts WHERE job_id = ?1", [id])?;
+            super::parts::insert_parts(&tx, id, &job.parts)?;
             tx.execute(
                 "UPDATE jobs SET state = 'queued', session_id = ?2, error = NULL,
-                    started_at_ms = NULL, finished_at_ms = NULL
+                    started_at_ms = NULL, finished_at_ms = NULL, wall_ms = NULL
                  WHERE id = ?1",
                 params![id, self.session_id],
             )?;
@@ -202,7 +242,9 @@ impl Library {
             settings: job.settings,
             device_request: job.device_request,
             model: job.model,
+            model_revision: Some(job.model_revision),
             recording: job.entry.recording.map(|r| (r.id, 0)),
+            parts: job.parts,
         })
     }
 
@@ -210,7 +252,8 @@ impl Library {
     pub fn job_started(&mut self, id: i64, device: &str) -> Result<(), LibraryError> {
         self.conn
             .execute(
-                "UPDATE jobs SET state = 'running', device = ?2, started_at_ms = ?3
+                "UPDATE jobs SET state = 'running', device = ?2,
+                    started_at_ms = COALESCE(started_at_ms, ?3)
                  WHERE id = ?1 AND state IN ('queued', 'running')",
                 params![id, device, now_ms()],
             )
@@ -241,13 +284,14 @@ impl Library {
                 [id],
                 |r| r.get(0),
             )?;
-            insert_segments(&tx, id, next, segments)?;
+            insert_segments(&tx, id, next, 0, segments)?;
             tx.commit()
         })();
         result.map_err(|e| self.sql(e))
     }
 
-    /// The job finished: its transcript replaces the segments that arrived on the way.
+    /// The job finished: its transcript replaces the segments that arrived on the way; its
+    /// token and word times are kept with it.
     pub fn job_done(
         &mut self,
         id: i64,
@@ -259,38 +303,10 @@ impl Library {
             source: e,
         })?;
         let result = (|| {
-            tx.execute(
-                "UPDATE jobs SET state = 'done', finished_at_ms = ?2, duration_s = ?3,
-                    wall_ms = ?4, error = NULL
-                 WHERE id = ?1",
-                params![id, now_ms(), transcript.duration_s, wall_ms],
-            )?;
-            tx.execute(
-                "INSERT OR REPLACE INTO transcripts
-                    (job_id, text, raw_text, language, emotion, event, duration_s)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    id,
-                    transcript.text,
-                    transcript.raw_text,
-                    transcript.language,
-                    transcript.emotion,
-                    transcript.event,
-                    transcript.duration_s
-                ],
-            )?;
+            write_done(&tx, id, transcript, Some(wall_ms))?;
             tx.execute("DELETE FROM segments WHERE job_id = ?1", [id])?;
-            insert_segments(&tx, id, 0, &transcript.segments)?;
-            tx.execute("DELETE FROM transcript_fts WHERE rowid = ?1", [id])?;
-            let body = format!(
-                "{}\n{}",
-                search_form(&transcript.text),
-                search_form(&transcript.path.to_string_lossy())
-            );
-            tx.execute(
-                "INSERT INTO transcript_fts (rowid, body) VALUES (?1, ?2)",
-                params![id, body],
-            )?;
+            insert_segments(&tx, id, 0, 0, &transcript.segments)?;
+            super::parts::write_timings(&tx, id, 0, &transcript.tokens, &transcript.words)?;
             tx.commit()
         })();
         result.map_err(|e| self.sql(e))
@@ -457,7 +473,7 @@ impl Library {
         let sql = format!(
             "SELECT {ENTRY_COLUMNS}, j.language, j.use_itn, j.rich, j.device_request, j.model,
                 j.file_size, j.file_mtime_ms, j.wall_ms,
-                t.text, t.raw_text, t.emotion, t.event, j.recording_part
+                t.text, t.raw_text, t.emotion, t.event, j.recording_part, j.model_revision
              FROM {ENTRY_FROM} WHERE j.id = ?1 AND j.deleted_at_ms IS NULL"
         );
         let found = self
@@ -493,6 +509,9 @@ impl Library {
                         settings,
                         device_request: row.get(19)?,
                         model: row.get(20)?,
+                        model_revision: row.get(29)?,
+                        parts: Vec::new(),
+                        part_offsets_s: Vec::new(),
                         file_size: row.get::<_, Option<i64>>(21)?.map(i64::cast_unsigned),
                         file_mtime_ms: row.get(22)?,
                         wall_ms: row.get(23)?,
@@ -506,11 +525,20 @@ impl Library {
         let Some((mut job, part)) = found else {
             return Ok(None);
         };
+        job.parts = self.part_paths(id)?;
+        job.part_offsets_s = self.part_offsets(id)?;
         match (&job.entry.recording, part) {
-            (Some(recording), Some(0)) if recording.parts > 1 => {
+            // Stored before a recording's parts were one job: each part is a job of its own.
+            (Some(recording), Some(0)) if recording.parts > 1 && job.parts.is_empty() => {
                 self.join_parts(recording.id, &mut job.transcript)?;
             }
-            _ => job.transcript.segments = self.segments(id)?,
+            _ => {
+                job.transcript.segments = self.segments(id)?;
+                (job.transcript.tokens, job.transcript.words) = self.timings(id)?;
+                if job.transcript.text.is_empty() && !job.parts.is_empty() {
+                    self.parts_text_so_far(id, &mut job.transcript)?;
+                }
+            }
         }
         if job.transcript.text.is_empty() {
             job.transcript.text = job
@@ -525,11 +553,11 @@ impl Library {
         Ok(Some(job))
     }
 
-    fn segments(&self, id: i64) -> Result<Vec<Segment>, LibraryError> {
+    pub(super) fn segments(&self, id: i64) -> Result<Vec<Segment>, LibraryError> {
         self.conn
             .prepare_cached(
                 "SELECT start_s, end_s, text, language, emotion, event FROM segments
-                 WHERE job_id = ?1 ORDER BY idx",
+                 WHERE job_id = ?1 ORDER BY part, idx",
             )
             .and_then(|mut stmt| stmt.query_map([id], segment_from_row)?.collect())
             .map_err(|e| self.sql(e))
@@ -589,15 +617,59 @@ impl Library {
 /// A recording part: job id, length, text, raw text.
 type PartRow = (i64, Option<f64>, Option<String>, Option<String>);
 
-fn insert_segments(
+/// Marks a job done with `transcript` (its text; segments and timings are written apart) and
+/// indexes it for search. `wall_ms`: `None` keeps what was summed up already.
+pub(super) fn write_done(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    transcript: &FileTranscript,
+    wall_ms: Option<f64>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE jobs SET state = 'done', finished_at_ms = ?2, duration_s = ?3,
+            wall_ms = COALESCE(?4, wall_ms), error = NULL
+         WHERE id = ?1",
+        params![id, now_ms(), transcript.duration_s, wall_ms],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO transcripts
+            (job_id, text, raw_text, language, emotion, event, duration_s)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            transcript.text,
+            transcript.raw_text,
+            transcript.language,
+            transcript.emotion,
+            transcript.event,
+            transcript.duration_s
+        ],
+    )?;
+    tx.execute("DELETE FROM transcript_fts WHERE rowid = ?1", [id])?;
+    let body = format!(
+        "{}\n{}",
+        search_form(&transcript.text),
+        search_form(&transcript.path.to_string_lossy())
+    );
+    tx.execute(
+        "INSERT INTO transcript_fts (rowid, body) VALUES (?1, ?2)",
+        params![id, body],
+    )?;
+    Ok(())
+}
+
+/// Writes segments of `part` from index `first_idx` on.
+pub(super) fn insert_segments(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
     first_idx: i64,
+    part: u32,
     segments: &[Segment],
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT OR REPLACE INTO segments (job_id, idx, start_s, end_s, text, language, emotion, event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR REPLACE INTO segments
+            (job_id, idx, start_s, end_s, text, language, emotion, event, part)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for (i, s) in segments.iter().enumerate() {
         stmt.execute(params![
@@ -608,7 +680,8 @@ fn insert_segments(
             s.text,
             s.language,
             s.emotion,
-            s.event
+            s.event,
+            part
         ])?;
     }
     Ok(())

@@ -12,7 +12,9 @@ fn job(path: &str) -> NewJob {
         },
         device_request: "cpu".into(),
         model: "tests/data/sensevoice/tiny".into(),
+        model_revision: None,
         recording: None,
+        parts: Vec::new(),
     }
 }
 
