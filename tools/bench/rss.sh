@@ -43,8 +43,9 @@ if [ -n "${OUT:-}" ]; then tmp="$OUT"; mkdir -p "$tmp"; else
 fi
 
 clips=tests/data/sensevoice/audio
-sox "$clips/ja_long.wav" "$clips/zh_mid.wav" "$clips/en_short.wav" -p pad 0 0.6 \
-  | sox - -r 16000 -c 1 -b 16 "$tmp/unit.wav"
+# -D: no dither, so the same file comes out every time.
+sox -D "$clips/ja_long.wav" "$clips/zh_mid.wav" "$clips/en_short.wav" -p pad 0 0.6 \
+  | sox -D - -r 16000 -c 1 -b 16 "$tmp/unit.wav"
 unit_s=$(soxi -D "$tmp/unit.wav")
 
 # Prints "peak_kib_cli peak_kib_worker" for the command line "$@", run to its end; its own
