@@ -7,9 +7,10 @@
 //! A file job streams its audio ([`source::StreamSource`]: decode → resample → cut → batch on a
 //! decoding thread, bounded buffers), so host memory for audio does not grow with the file's
 //! length; batches run as soon as their segments are cut, while the decoder reads on. A clip held
-//! in memory goes through [`source::WholeSource`], with the same cut points. While it works the worker sends a
-//! [`WorkerEvent::Heartbeat`] at most every [`HEARTBEAT_EVERY`], so the engine's watchdog can
-//! tell slow from hung. The model sits behind [`SpeechModel`], so the loop, its batching and
+//! in memory goes through [`source::WholeSource`], with the same cut points.
+//!
+//! While it works the worker sends a [`WorkerEvent::Heartbeat`] at most every
+//! [`HEARTBEAT_EVERY`], so the engine's watchdog can tell slow from hung. The model sits behind [`SpeechModel`], so the loop, its batching and
 //! its out-of-memory handling are tested with a fake model and no device.
 //!
 //! A request line that cannot be read (not UTF-8, not a request) is a broken engine or pipe:

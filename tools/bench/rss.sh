@@ -14,8 +14,8 @@
 #
 # Audio: the three speech clips of tests/data/sensevoice/audio with 0.6 s pauses (7 s in all,
 # 16 kHz mono s16) repeated with sox; the MP3 is the committed fixture tests/data/audio/speech.mp3
-# (2.4 s, 44.1 kHz stereo, 64 kbit/s) concatenated frame-exactly with cat (each copy keeps its
-# own LAME header, so the file's first header claims 2.4 s: a container whose length lies).
+# (2.4 s, 44.1 kHz stereo, 64 kbit/s): its audio frames, without its tags and LAME header,
+# repeated (an MP3 that states no length, so progress goes by the bytes read).
 #
 # Method: the CLI runs under a sampler that reads VmHWM (the kernel's peak resident set size)
 # from /proc/PID/status of the CLI and of every child process every 100 ms. VmHWM only grows,
@@ -43,8 +43,9 @@ if [ -n "${OUT:-}" ]; then tmp="$OUT"; mkdir -p "$tmp"; else
 fi
 
 clips=tests/data/sensevoice/audio
-sox "$clips/ja_long.wav" "$clips/zh_mid.wav" "$clips/en_short.wav" -p pad 0 0.6 \
-  | sox - -r 16000 -c 1 -b 16 "$tmp/unit.wav"
+# -D: no dither, so the same file comes out every time.
+sox -D "$clips/ja_long.wav" "$clips/zh_mid.wav" "$clips/en_short.wav" -p pad 0 0.6 \
+  | sox -D - -r 16000 -c 1 -b 16 "$tmp/unit.wav"
 unit_s=$(soxi -D "$tmp/unit.wav")
 
 # Prints "peak_kib_cli peak_kib_worker" for the command line "$@", run to its end; its own
@@ -109,9 +110,29 @@ for h in "${mp3_hours[@]}"; do
 import sys
 src, dst, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = open(src, "rb").read()
+# Keep only the audio frames: drop an ID3v2 tag, the LAME/Xing header frame (it states the copy's
+# length, and a decoder stops there) and an ID3v1 tag. MPEG-1 Layer III frames only.
+at = 0
+if data[:3] == b"ID3":
+    size = 0
+    for b in data[6:10]:
+        size = (size << 7) | (b & 0x7F)
+    at = 10 + size
+end = len(data) - 128 if data[-128:-125] == b"TAG" else len(data)
+def frame_len(h):
+    rates = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320]
+    srs = [44100, 48000, 32000]
+    assert h[0] == 0xFF and (h[1] & 0xFE) == 0xFA, "MPEG-1 Layer III expected"
+    bitrate = rates[h[2] >> 4] * 1000
+    sr = srs[(h[2] >> 2) & 3]
+    return 144 * bitrate // sr + ((h[2] >> 1) & 1)
+first = frame_len(data[at:at + 4])
+if b"Info" in data[at:at + first] or b"Xing" in data[at:at + first]:
+    at += first
+body = data[at:end]
 with open(dst, "wb") as f:
     for _ in range(reps):
-        f.write(data)
+        f.write(body)
 PY
   run_one mp3 "$h" "$tmp/long.mp3"
   rm -f "$tmp/long.mp3"
