@@ -17,7 +17,11 @@ use crate::engine::{FileTranscript, Segment, TokenTime, WordTime};
 
 /// Records the parts of job `id` (none: a single file), offsets from the files' headers; a
 /// part whose header cannot be read counts 0 s (its transcription will say what is wrong).
-pub(super) fn insert_parts(tx: &Transaction<'_>, id: i64, parts: &[PathBuf]) -> rusqlite::Result<()> {
+pub(super) fn insert_parts(
+    tx: &Transaction<'_>,
+    id: i64,
+    parts: &[PathBuf],
+) -> rusqlite::Result<()> {
     if parts.is_empty() {
         return Ok(());
     }
@@ -132,7 +136,14 @@ fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript
     )?;
     let rows: Vec<(String, String, String, String, String, f64)> = stmt
         .query_map([id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let path: Vec<u8> = tx.query_row("SELECT path FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
@@ -207,7 +218,12 @@ impl Library {
     }
 
     /// A part's audio is decoded: its length, and the job's (all parts known so far).
-    pub fn part_decoded(&mut self, id: i64, part: u32, duration_s: f64) -> Result<(), LibraryError> {
+    pub fn part_decoded(
+        &mut self,
+        id: i64,
+        part: u32,
+        duration_s: f64,
+    ) -> Result<(), LibraryError> {
         let tx = self.tx()?;
         let result = (|| {
             tx.execute(
@@ -307,7 +323,11 @@ impl Library {
                 params![id, part],
             )
             .map_err(|e| self.sql(e))?;
-        self.job_failed(id, &format!("part {} of the recording: {message}", part + 1), cancelled)
+        self.job_failed(
+            id,
+            &format!("part {} of the recording: {message}", part + 1),
+            cancelled,
+        )
     }
 
     /// Where each of job `id`'s parts starts, seconds from the recording's start (empty for a
@@ -335,7 +355,9 @@ impl Library {
     pub(super) fn timings(&self, id: i64) -> Result<(Vec<TokenTime>, Vec<WordTime>), LibraryError> {
         let rows: Vec<(u32, String, String)> = self
             .conn
-            .prepare_cached("SELECT part, tokens, words FROM timings WHERE job_id = ?1 ORDER BY part")
+            .prepare_cached(
+                "SELECT part, tokens, words FROM timings WHERE job_id = ?1 ORDER BY part",
+            )
             .and_then(|mut stmt| {
                 stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect()
@@ -377,7 +399,11 @@ impl Library {
     /// with their jobs (found on disk by name), and with `dead` (the process is gone, so nothing
     /// writes them any more) each file's header is repaired first. The jobs are then marked
     /// interrupted by `end_session`, with Resume to transcribe them.
-    pub(super) fn close_recordings(&mut self, session: i64, dead: bool) -> Result<(), LibraryError> {
+    pub(super) fn close_recordings(
+        &mut self,
+        session: i64,
+        dead: bool,
+    ) -> Result<(), LibraryError> {
         let open: Vec<(i64, i64, Vec<u8>)> = self
             .conn
             .prepare(
@@ -415,7 +441,11 @@ impl Library {
                     "UPDATE recordings SET parts = ?2,
                         duration_s = (SELECT duration_s FROM jobs WHERE id = ?3)
                      WHERE id = ?1",
-                    params![recording_id, i64::try_from(parts.len()).unwrap_or(i64::MAX), job_id],
+                    params![
+                        recording_id,
+                        i64::try_from(parts.len()).unwrap_or(i64::MAX),
+                        job_id
+                    ],
                 )?;
                 tx.commit()
             })();
