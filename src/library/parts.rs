@@ -127,6 +127,9 @@ fn next_idx(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<i64> {
     )
 }
 
+/// A part's text, raw text, language, emotion, event and where it ends.
+type PartText = (String, String, String, String, String, f64);
+
 /// The parts' texts as one transcript: texts and raw texts joined with " ", the tags of the
 /// first part with text, the length of all parts.
 fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript> {
@@ -134,7 +137,7 @@ fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript
         "SELECT text, raw_text, language, emotion, event, offset_s + COALESCE(duration_s, 0)
          FROM job_parts WHERE job_id = ?1 ORDER BY part",
     )?;
-    let rows: Vec<(String, String, String, String, String, f64)> = stmt
+    let rows: Vec<PartText> = stmt
         .query_map([id], |r| {
             Ok((
                 r.get(0)?,
@@ -160,7 +163,7 @@ fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript
         out.emotion.clone_from(emotion);
         out.event.clone_from(event);
     }
-    let join = |pick: fn(&(String, String, String, String, String, f64)) -> &String| {
+    let join = |pick: fn(&PartText) -> &String| {
         rows.iter()
             .map(pick)
             .map(|t| t.trim())
