@@ -59,7 +59,18 @@ fn microphone() -> tempfile::TempDir {
     let audio = data().join("audio");
     let status = Process::new("sox")
         .args(["en_short.wav", "zh_mid.wav", "ja_long.wav"].map(|n| audio.join(n)))
-        .args(["-t", "raw", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer"])
+        .args([
+            "-t",
+            "raw",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+        ])
         .arg(&raw)
         .args(["repeat", "30"])
         .status()
@@ -125,9 +136,12 @@ fn window(home: &Path) -> Harness<'static, GpuScribeApp> {
         .with_size([1200.0, 800.0])
         .with_max_steps(4)
         .build_eframe(move |cc| GpuScribeApp::new(cc, deps));
-    step_until(&mut harness, "the library to open", Duration::from_secs(20), |app| {
-        app.history().state == LibraryState::Open
-    });
+    step_until(
+        &mut harness,
+        "the library to open",
+        Duration::from_secs(20),
+        |app| app.history().state == LibraryState::Open,
+    );
     harness
 }
 
@@ -153,9 +167,12 @@ fn step_until(
 
 fn start_recording(harness: &mut Harness<'static, GpuScribeApp>) {
     harness.state_mut().apply(Command::StartRecording);
-    step_until(harness, "the recording to start", Duration::from_secs(20), |app| {
-        app.recording_elapsed().is_some()
-    });
+    step_until(
+        harness,
+        "the recording to start",
+        Duration::from_secs(20),
+        |app| app.recording_elapsed().is_some(),
+    );
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -164,6 +181,18 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     files.sort();
     files
+}
+
+/// The recording's files in `dir`, in order (`x.wav`, `x-part2.wav`, …); every file there is one.
+fn recording_files(dir: &Path) -> Vec<PathBuf> {
+    let all = files_in(dir);
+    let ordered = all
+        .iter()
+        .find(|p| !p.to_string_lossy().contains("-part"))
+        .map(|first| recording_parts(first))
+        .unwrap_or_default();
+    assert_eq!(ordered.len(), all.len(), "one recording's files: {all:?}");
+    ordered
 }
 
 /// What the library holds about its only row.
@@ -177,8 +206,8 @@ fn only_job(home: &Path) -> StoredJob {
 /// Each part transcribed on its own by a fresh engine, then moved by where it starts: what the
 /// recording's one transcript must be.
 fn parts_joined(parts: &[PathBuf], settings: &DecodeSettings) -> FileTranscript {
-    let results = transcribe_files(parts, engine_config(), Vec::new(), settings, &mut |_| {})
-        .unwrap();
+    let results =
+        transcribe_files(parts, engine_config(), Vec::new(), settings, &mut |_| {}).unwrap();
     let mut whole = FileTranscript {
         path: parts[0].clone(),
         ..FileTranscript::default()
@@ -267,7 +296,13 @@ fn check_one_transcript(home: &Path, stored: &StoredJob) {
     let export = |format: &str| {
         let out = Process::new(env!("CARGO_BIN_EXE_gpuscribe"))
             .env(DATA_DIR_ENV, home.join("data"))
-            .args(["history", "export", &stored.entry.id.to_string(), "--format", format])
+            .args([
+                "history",
+                "export",
+                &stored.entry.id.to_string(),
+                "--format",
+                format,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -294,10 +329,15 @@ fn a_recording_past_the_part_size_is_one_transcript_with_continuous_times() {
             files_in(&recordings).len() >= 3
         });
         window.state_mut().apply(Command::StopRecording);
-        step_until(&mut window, "the transcript", Duration::from_secs(120), |app| {
-            let rows = app.jobs().rows();
-            rows.len() == 1 && rows[0].status.is_finished()
-        });
+        step_until(
+            &mut window,
+            "the transcript",
+            Duration::from_secs(120),
+            |app| {
+                let rows = app.jobs().rows();
+                rows.len() == 1 && rows[0].status.is_finished()
+            },
+        );
         assert_eq!(window.state().jobs().rows()[0].status, JobStatus::Done);
         eprintln!("child done");
         return;
@@ -317,9 +357,8 @@ fn a_recording_past_the_part_size_is_one_transcript_with_continuous_times() {
 
     let stored = only_job(home.path());
     assert_eq!(stored.entry.state, JobState::Done);
-    let on_disk = files_in(&home.path().join("recordings"));
+    let on_disk = recording_files(&home.path().join("recordings"));
     assert!(on_disk.len() >= 3, "{on_disk:?}");
-    assert_eq!(recording_parts(&on_disk[0]), on_disk, "one recording's parts");
     assert_eq!(stored.parts, on_disk);
     let info = stored.entry.recording.clone().expect("a recording");
     assert_eq!(info.parts as usize, on_disk.len());
@@ -374,7 +413,7 @@ fn a_window_killed_mid_recording_leaves_a_readable_file_listed_interrupted() {
     let bytes_before: u64 = files_in(&recordings).iter().map(|p| data_bytes(p)).sum();
     proc.kill().unwrap();
     proc.wait().unwrap();
-    let on_disk = files_in(&recordings);
+    let on_disk = recording_files(&recordings);
     let last = on_disk.last().unwrap().clone();
     let header_said = wav_duration_s(&last).unwrap();
 
@@ -384,7 +423,10 @@ fn a_window_killed_mid_recording_leaves_a_readable_file_listed_interrupted() {
     assert_eq!(stored.entry.state, JobState::Interrupted);
     assert_eq!(stored.parts, on_disk);
     let info = stored.entry.recording.clone().expect("a recording");
-    assert_eq!((info.parts as usize, info.state.as_str()), (on_disk.len(), "interrupted"));
+    assert_eq!(
+        (info.parts as usize, info.state.as_str()),
+        (on_disk.len(), "interrupted")
+    );
     let frames: u64 = on_disk
         .iter()
         .map(|p| u64::from(hound::WavReader::open(p).unwrap().duration()))
@@ -397,20 +439,33 @@ fn a_window_killed_mid_recording_leaves_a_readable_file_listed_interrupted() {
         on_disk.len()
     );
     // Every sample that reached the files before the kill is readable now.
-    assert!(frames * 2 >= bytes_before / 2 * 2, "{frames} frames < {bytes_before} bytes");
+    assert!(
+        frames * 2 >= bytes_before / 2 * 2,
+        "{frames} frames < {bytes_before} bytes"
+    );
     // And that is about where the kill came: at most the ring buffer and a flush behind.
-    assert!(total >= last_elapsed - 5.0, "{total} s on disk, {last_elapsed} s captured");
+    assert!(
+        total >= last_elapsed - 5.0,
+        "{total} s on disk, {last_elapsed} s captured"
+    );
     assert!(
         (stored.entry.duration_s.unwrap() - total).abs() < 1e-6,
         "listed with its length"
     );
 
     // Resume transcribes it, all parts, as one job.
-    window.state_mut().apply(Command::HistoryResume(stored.entry.id));
-    step_until(&mut window, "the resumed transcript", Duration::from_secs(120), |app| {
-        let rows = app.jobs().rows();
-        rows.len() == 1 && rows[0].status.is_finished()
-    });
+    window
+        .state_mut()
+        .apply(Command::HistoryResume(stored.entry.id));
+    step_until(
+        &mut window,
+        "the resumed transcript",
+        Duration::from_secs(120),
+        |app| {
+            let rows = app.jobs().rows();
+            rows.len() == 1 && rows[0].status.is_finished()
+        },
+    );
     drop(window);
     let resumed = only_job(home.path());
     assert_eq!(resumed.entry.state, JobState::Done);

@@ -279,7 +279,8 @@ impl GpuScribeApp {
                 .iter()
                 .map(|p| engine.transcribe(p.clone(), job.settings.clone()))
                 .collect();
-            let parts: Vec<(JobId, f64)> = ids.iter().copied().zip(offsets.iter().copied()).collect();
+            let parts: Vec<(JobId, f64)> =
+                ids.iter().copied().zip(offsets.iter().copied()).collect();
             self.jobs
                 .push_parts(&parts, job.path.clone(), None, Instant::now());
             if let Some(library) = &mut self.library {

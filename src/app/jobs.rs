@@ -118,10 +118,7 @@ impl JobRow {
             .or(done.first());
         let whole = FileTranscript {
             path: self.path.clone(),
-            duration_s: done
-                .iter()
-                .map(|t| t.duration_s)
-                .fold(0.0, f64::max),
+            duration_s: done.iter().map(|t| t.duration_s).fold(0.0, f64::max),
             language: tags.map(|t| t.language.clone()).unwrap_or_default(),
             emotion: tags.map(|t| t.emotion.clone()).unwrap_or_default(),
             event: tags.map(|t| t.event.clone()).unwrap_or_default(),
@@ -441,8 +438,7 @@ fn apply_part(row: &mut JobRow, index: usize, offset_s: f64, event: Event) {
         Event::JobProgress {
             done_s, segments, ..
         } => {
-            row.segments
-                .extend(shift_segments(segments, offset_s));
+            row.segments.extend(shift_segments(segments, offset_s));
             if !row.status.is_finished() {
                 row.status = JobStatus::Running {
                     done_s: offset_s + done_s,

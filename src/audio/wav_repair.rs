@@ -129,7 +129,11 @@ pub fn repair_wav(path: &Path) -> Result<WavCheck, WavRepairError> {
         path: path.to_owned(),
         reason,
     };
-    let mut file = File::options().read(true).write(true).open(path).map_err(io)?;
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut head = Vec::new();
     (&mut file)
@@ -152,7 +156,8 @@ pub fn repair_wav(path: &Path) -> Result<WavCheck, WavRepairError> {
     if layout.data_size != data_size || u32_at(&head, 4) != Some(riff_size) {
         file.seek(SeekFrom::Start(4)).map_err(io)?;
         file.write_all(&riff_size.to_le_bytes()).map_err(io)?;
-        file.seek(SeekFrom::Start(layout.data_size_at)).map_err(io)?;
+        file.seek(SeekFrom::Start(layout.data_size_at))
+            .map_err(io)?;
         file.write_all(&data_size.to_le_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
         repaired = true;
@@ -234,7 +239,11 @@ mod tests {
         }
         file.write_all(&[0x12]).expect("torn frame");
         drop(file);
-        assert_eq!(read(&path).len(), 400, "the header counts only the flushed samples");
+        assert_eq!(
+            read(&path).len(),
+            400,
+            "the header counts only the flushed samples"
+        );
 
         let check = repair_wav(&path).expect("repair");
         assert_eq!(
@@ -258,7 +267,10 @@ mod tests {
         std::fs::write(&path, b"hello, this is text").expect("write");
         let err = repair_wav(&path).expect_err("not a WAV");
         let text = err.to_string();
-        assert!(text.contains("notes.wav") && text.contains("RIFF"), "{text}");
+        assert!(
+            text.contains("notes.wav") && text.contains("RIFF"),
+            "{text}"
+        );
         assert_eq!(std::fs::read(&path).expect("read"), b"hello, this is text");
         let missing = repair_wav(&dir.path().join("gone.wav")).expect_err("missing");
         assert!(missing.to_string().contains("gone.wav"), "{missing}");

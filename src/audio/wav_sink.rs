@@ -35,7 +35,9 @@ pub fn part_limit_bytes() -> u64 {
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&b| b > 0)
-        .map_or(DEFAULT_PART_LIMIT_BYTES, |b| b.min(DEFAULT_PART_LIMIT_BYTES))
+        .map_or(DEFAULT_PART_LIMIT_BYTES, |b| {
+            b.min(DEFAULT_PART_LIMIT_BYTES)
+        })
 }
 
 /// Where each of a recording's `parts` starts, in seconds from its start: every part but the

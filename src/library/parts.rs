@@ -17,7 +17,11 @@ use crate::engine::{FileTranscript, Segment, TokenTime, WordTime};
 
 /// Records the parts of job `id` (none: a single file), offsets from the files' headers; a
 /// part whose header cannot be read counts 0 s (its transcription will say what is wrong).
-pub(super) fn insert_parts(tx: &Transaction<'_>, id: i64, parts: &[PathBuf]) -> rusqlite::Result<()> {
+pub(super) fn insert_parts(
+    tx: &Transaction<'_>,
+    id: i64,
+    parts: &[PathBuf],
+) -> rusqlite::Result<()> {
     if parts.is_empty() {
         return Ok(());
     }
@@ -123,6 +127,9 @@ fn next_idx(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<i64> {
     )
 }
 
+/// A part's text, raw text, language, emotion, event and where it ends.
+type PartText = (String, String, String, String, String, f64);
+
 /// The parts' texts as one transcript: texts and raw texts joined with " ", the tags of the
 /// first part with text, the length of all parts.
 fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript> {
@@ -130,9 +137,16 @@ fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript
         "SELECT text, raw_text, language, emotion, event, offset_s + COALESCE(duration_s, 0)
          FROM job_parts WHERE job_id = ?1 ORDER BY part",
     )?;
-    let rows: Vec<(String, String, String, String, String, f64)> = stmt
+    let rows: Vec<PartText> = stmt
         .query_map([id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let path: Vec<u8> = tx.query_row("SELECT path FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
@@ -149,7 +163,7 @@ fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript
         out.emotion.clone_from(emotion);
         out.event.clone_from(event);
     }
-    let join = |pick: fn(&(String, String, String, String, String, f64)) -> &String| {
+    let join = |pick: fn(&PartText) -> &String| {
         rows.iter()
             .map(pick)
             .map(|t| t.trim())
@@ -207,7 +221,12 @@ impl Library {
     }
 
     /// A part's audio is decoded: its length, and the job's (all parts known so far).
-    pub fn part_decoded(&mut self, id: i64, part: u32, duration_s: f64) -> Result<(), LibraryError> {
+    pub fn part_decoded(
+        &mut self,
+        id: i64,
+        part: u32,
+        duration_s: f64,
+    ) -> Result<(), LibraryError> {
         let tx = self.tx()?;
         let result = (|| {
             tx.execute(
@@ -307,7 +326,11 @@ impl Library {
                 params![id, part],
             )
             .map_err(|e| self.sql(e))?;
-        self.job_failed(id, &format!("part {} of the recording: {message}", part + 1), cancelled)
+        self.job_failed(
+            id,
+            &format!("part {} of the recording: {message}", part + 1),
+            cancelled,
+        )
     }
 
     /// Where each of job `id`'s parts starts, seconds from the recording's start (empty for a
@@ -335,7 +358,9 @@ impl Library {
     pub(super) fn timings(&self, id: i64) -> Result<(Vec<TokenTime>, Vec<WordTime>), LibraryError> {
         let rows: Vec<(u32, String, String)> = self
             .conn
-            .prepare_cached("SELECT part, tokens, words FROM timings WHERE job_id = ?1 ORDER BY part")
+            .prepare_cached(
+                "SELECT part, tokens, words FROM timings WHERE job_id = ?1 ORDER BY part",
+            )
             .and_then(|mut stmt| {
                 stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect()
@@ -377,7 +402,11 @@ impl Library {
     /// with their jobs (found on disk by name), and with `dead` (the process is gone, so nothing
     /// writes them any more) each file's header is repaired first. The jobs are then marked
     /// interrupted by `end_session`, with Resume to transcribe them.
-    pub(super) fn close_recordings(&mut self, session: i64, dead: bool) -> Result<(), LibraryError> {
+    pub(super) fn close_recordings(
+        &mut self,
+        session: i64,
+        dead: bool,
+    ) -> Result<(), LibraryError> {
         let open: Vec<(i64, i64, Vec<u8>)> = self
             .conn
             .prepare(
@@ -415,7 +444,11 @@ impl Library {
                     "UPDATE recordings SET parts = ?2,
                         duration_s = (SELECT duration_s FROM jobs WHERE id = ?3)
                      WHERE id = ?1",
-                    params![recording_id, i64::try_from(parts.len()).unwrap_or(i64::MAX), job_id],
+                    params![
+                        recording_id,
+                        i64::try_from(parts.len()).unwrap_or(i64::MAX),
+                        job_id
+                    ],
                 )?;
                 tx.commit()
             })();

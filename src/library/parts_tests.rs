@@ -106,25 +106,45 @@ fn a_recording_in_three_files_is_one_job_with_continuous_times() {
     let ev = |lib: &mut Library, recorder: &mut JobRecorder, e: Event| {
         recorder.on_event(lib, &e).expect("event");
     };
-    ev(&mut lib, &mut recorder, Event::JobStarted {
-        job_id: 13,
-        device: "CPU".into(),
-    });
-    ev(&mut lib, &mut recorder, Event::JobProgress {
-        job_id: 13,
-        done_s: 0.5,
-        total_s: 0.5,
-        segments: part(&files[2], "gamma", 0.5).segments,
-    });
+    ev(
+        &mut lib,
+        &mut recorder,
+        Event::JobStarted {
+            job_id: 13,
+            device: "CPU".into(),
+        },
+    );
+    ev(
+        &mut lib,
+        &mut recorder,
+        Event::JobProgress {
+            job_id: 13,
+            done_s: 0.5,
+            total_s: 0.5,
+            segments: part(&files[2], "gamma", 0.5).segments,
+        },
+    );
     let so_far = lib.get(id).expect("get").expect("present");
     assert_eq!(so_far.entry.state, JobState::Running);
     assert_eq!(so_far.transcript.segments[0].start_s, 4.1, "moved by 4 s");
-    ev(&mut lib, &mut recorder, done(13, part(&files[2], "gamma", 0.5)));
-    ev(&mut lib, &mut recorder, done(11, part(&files[0], "alpha", 2.0)));
+    ev(
+        &mut lib,
+        &mut recorder,
+        done(13, part(&files[2], "gamma", 0.5)),
+    );
+    ev(
+        &mut lib,
+        &mut recorder,
+        done(11, part(&files[0], "alpha", 2.0)),
+    );
     let partial = lib.get(id).expect("get").expect("present");
     assert_eq!(partial.entry.state, JobState::Running);
     assert_eq!(partial.transcript.text, "alpha gamma");
-    ev(&mut lib, &mut recorder, done(12, part(&files[1], "beta", 2.0)));
+    ev(
+        &mut lib,
+        &mut recorder,
+        done(12, part(&files[1], "beta", 2.0)),
+    );
 
     let listed = lib.list(None, 10).expect("list");
     assert_eq!(listed.len(), 1, "one history row: {listed:?}");
@@ -150,7 +170,10 @@ fn a_recording_in_three_files_is_one_job_with_continuous_times() {
     assert_eq!(lib.list(Some("gamma"), 10).expect("search")[0].id, id);
     let srt = render(t, ExportFormat::Srt);
     assert!(srt.contains("alphas") && srt.contains("gammas"), "{srt}");
-    assert!(srt.contains("\n00:00:04,"), "a cue in the third part: {srt}");
+    assert!(
+        srt.contains("\n00:00:04,"),
+        "a cue in the third part: {srt}"
+    );
 
     // Resume starts every part over, with the offsets read again.
     let again = lib.requeue(id).expect("requeue");
@@ -253,7 +276,10 @@ fn the_model_revision_is_the_snapshot_commit_or_the_folder_content() {
     let second = revision::folder_revision(&plain);
     assert_ne!(second, first, "an edited config is another revision");
     let missing = revision::folder_revision(&dir.path().join("gone"));
-    assert!(missing.starts_with("unreadable: ") && missing.contains("gone"), "{missing}");
+    assert!(
+        missing.starts_with("unreadable: ") && missing.contains("gone"),
+        "{missing}"
+    );
 
     // A job stores the revision of its model.
     let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");

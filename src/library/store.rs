@@ -171,7 +171,11 @@ impl Library {
         self.insert_job(job, JobState::Queued)
     }
 
-    pub(super) fn insert_job(&mut self, job: &NewJob, state: JobState) -> Result<i64, LibraryError> {
+    pub(super) fn insert_job(
+        &mut self,
+        job: &NewJob,
+        state: JobState,
+    ) -> Result<i64, LibraryError> {
         let meta = std::fs::metadata(&job.path).ok();
         let (recording_id, recording_part) = job.recording.unzip();
         let revision = job
