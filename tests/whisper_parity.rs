@@ -418,12 +418,22 @@ fn half_report(dir: &Path, dtype: DType) -> HalfReport {
     report
 }
 
+/// f16 and bf16 run on the CPU and follow the f32 references within these bounds (measured on
+/// the committed model: f16 encoder 3.6e-3, logits 6.1e-3, argmax 99.7 %; bf16 3.6e-2, 6.2e-2,
+/// 94.3 %). Greedy ids are not bounded: with random weights they part from f32's after a few
+/// tokens (shortest common prefix 2 in f16, 4 in bf16), as any rounding change makes them do.
 #[test]
 fn half_precision_runs_on_the_cpu_and_follows_f32() {
-    for dtype in [DType::F16, DType::BF16] {
+    for (dtype, encoder, logits, argmax) in [
+        (DType::F16, 1e-2, 2e-2, 0.98),
+        (DType::BF16, 1e-1, 1.5e-1, 0.90),
+    ] {
         let report = half_report(&data(), dtype);
         println!("{dtype:?}: {report:?}");
         assert_eq!(report.cases, 9);
+        assert!(report.encoder_rel <= encoder, "{dtype:?}: {report:?}");
+        assert!(report.logits_rel <= logits, "{dtype:?}: {report:?}");
+        assert!(report.argmax_agree >= argmax, "{dtype:?}: {report:?}");
     }
 }
 
