@@ -1,4 +1,5 @@
-//! `gpuscribe model status|download|verify [--json]`: where the release model's files are, their
+//! `gpuscribe model status|download|verify [--json] [--engine whisper --whisper-model NAME]`:
+//! where the release model's files (SenseVoice-Small, or a Whisper size's repository) are, their
 //! revision, verified or not; fetching them with a progress bar on a terminal (plain lines
 //! otherwise); hashing them again. Also the download `gpuscribe transcribe` runs before it
 //! starts the engine when no `--model-dir` is given. The exit status is 0 when every file is
@@ -24,9 +25,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::engine::SpeechEngine;
 use crate::model_store::{
-    FileState, ModelStore, Progress, REVISION_ENV, StoreConfig, StoreError, StoreEvent,
-    format_bytes, format_eta, ready_dir, status,
+    FileState, ModelStore, Progress, StoreConfig, StoreError, StoreEvent, format_bytes, format_eta,
+    ready_dir, status,
 };
 
 /// Arguments of `gpuscribe model`.
@@ -43,10 +45,17 @@ pub struct ModelOptions {
     /// Print JSON (schema in `gpuscribe model --help`'s source, `src/cli_model.rs`).
     #[arg(long)]
     pub json: bool,
-    /// The model's revision on the hub: a commit hash (default: the one the project checked),
-    /// a branch or a tag.
-    #[arg(long, env = REVISION_ENV)]
+    /// The model's revision on the hub: a commit hash, a branch or a tag (default: for
+    /// SenseVoice the commit the project checked, or `GPUSCRIBE_MODEL_REVISION`; for Whisper
+    /// `main`, or `GPUSCRIBE_WHISPER_REVISION`).
+    #[arg(long)]
     pub revision: Option<String>,
+    /// The speech model whose files these are.
+    #[arg(long, default_value = "sensevoice", value_parser = ["sensevoice", "whisper"])]
+    pub engine: String,
+    /// Whisper's size (tiny, base, small, medium, large-v3, large-v3-turbo, …).
+    #[arg(long, default_value = "base")]
+    pub whisper_model: String,
 }
 
 /// `gpuscribe model …`.
@@ -156,8 +165,10 @@ fn write_report(json: bool, report: &StatusReport) -> anyhow::Result<()> {
         "{}",
         if report.ready {
             "ready: every file is present and verified"
-        } else {
+        } else if report.repo == crate::model::files::HF_REPO_ID {
             "not ready: run `gpuscribe model download`"
+        } else {
+            "not ready: run `gpuscribe model download --engine whisper --whisper-model …`"
         }
     )?;
     Ok(())
@@ -170,7 +181,9 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<bool> {
         ModelAction::Download(o) => (o, "download"),
         ModelAction::Verify(o) => (o, "verify"),
     };
-    let mut config = StoreConfig::from_env();
+    let engine = SpeechEngine::from_cli(&options.engine, &options.whisper_model)
+        .map_err(anyhow::Error::msg)?;
+    let mut config = StoreConfig::from_env().for_engine(&engine);
     if let Some(revision) = &options.revision {
         config.revision.clone_from(revision);
     }
@@ -189,10 +202,10 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<bool> {
     Ok(error.is_none() && report.ready)
 }
 
-/// The release model's verified folder for `gpuscribe transcribe`: at once when the cache has
-/// it, else after a download with progress on stderr.
-pub fn ensure_release_model() -> anyhow::Result<PathBuf> {
-    let config = StoreConfig::from_env();
+/// `engine`'s verified folder for `gpuscribe transcribe` (SenseVoice-Small or a Whisper size's
+/// repository): at once when the cache has it, else after a download with progress on stderr.
+pub fn ensure_model(engine: &SpeechEngine) -> anyhow::Result<PathBuf> {
+    let config = StoreConfig::from_env().for_engine(engine);
     if let Ok(dir) = ready_dir(&config) {
         return Ok(dir);
     }

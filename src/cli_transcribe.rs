@@ -95,8 +95,8 @@ pub struct TranscribeArgs {
     /// The speech model.
     #[arg(long, default_value = "sensevoice", value_parser = ["sensevoice", "whisper"])]
     pub engine: String,
-    /// Whisper's size (tiny, base, small, medium, large-v3, large-v3-turbo, …); its folder is
-    /// given with --model-dir.
+    /// Whisper's size (tiny, base, small, medium, large-v3, large-v3-turbo, …); downloaded
+    /// through the model store unless --model-dir names a folder.
     #[arg(long, default_value = "base")]
     pub whisper_model: String,
     /// Whisper: translate to English.
@@ -597,15 +597,14 @@ impl Run<'_> {
         let args = self.args;
         let engine_choice =
             SpeechEngine::from_cli(&args.engine, &args.whisper_model).map_err(NodeFailure)?;
-        // The engine does not download: the model store fetches and verifies SenseVoice's
-        // release first (a Whisper folder is named with --model-dir).
-        let model_dir = match (&args.model_dir, &engine_choice) {
-            (Some(dir), _) => Some(dir.clone()),
-            (None, SpeechEngine::SenseVoice) => Some(
-                crate::cli_model::ensure_release_model()
+        // The engine does not download: the model store fetches and verifies the engine's
+        // release files first (SenseVoice-Small, or the Whisper size's repository).
+        let model_dir = match &args.model_dir {
+            Some(dir) => Some(dir.clone()),
+            None => Some(
+                crate::cli_model::ensure_model(&engine_choice)
                     .map_err(|err| NodeFailure(format!("{err:#}")))?,
             ),
-            (None, SpeechEngine::Whisper { .. }) => None,
         };
         let config = EngineConfig {
             model_dir,

@@ -1,6 +1,8 @@
 //! Whisper in candle against transformers' `WhisperForConditionalGeneration` on the committed
 //! random-weight model (`tests/data/whisper`, made by `tools/reference/whisper_generate.py`):
-//! features, encoder output, decoder logits and greedy ids (f32, CPU).
+//! features, encoder output, decoder logits and greedy ids (f32, CPU); f16 and bf16 on the CPU
+//! against the same references within stated bounds; and, opt-in, the same checks on a
+//! random-weight model of whisper-base's full size.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,16 +44,23 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let text = std::fs::read_to_string(data().join("reference.json")).expect("reference.json");
+    fixture_at(&data())
+}
+
+fn fixture_at(dir: &Path) -> Fixture {
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
     let meta: Reference = serde_json::from_str(&text).expect("reference.json parses");
-    let tensors =
-        candle_core::safetensors::load(data().join("reference.safetensors"), &Device::Cpu)
-            .expect("reference.safetensors");
+    let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+        .expect("reference.safetensors");
     Fixture { meta, tensors }
 }
 
 fn model() -> Whisper {
-    Whisper::load(&data().join("model"), &Device::Cpu, DType::F32).expect("load")
+    model_at(&data(), DType::F32)
+}
+
+fn model_at(dir: &Path, dtype: DType) -> Whisper {
+    Whisper::load(&dir.join("model"), &Device::Cpu, dtype).expect("load")
 }
 
 fn audio(name: &str) -> Vec<f32> {
@@ -116,8 +125,12 @@ fn mel_filters_and_features_match_the_feature_extractor() {
 
 #[test]
 fn encoder_output_matches() {
-    let fx = fixture();
-    let mut whisper = model();
+    check_encoder(&data());
+}
+
+fn check_encoder(dir: &Path) {
+    let fx = fixture_at(dir);
+    let mut whisper = model_at(dir, DType::F32);
     for name in fx.meta.clips.keys() {
         let features = flat(&fx.tensors[&format!("{name}/features")]);
         let expected = flat(&fx.tensors[&format!("{name}/encoder")]);
@@ -143,8 +156,12 @@ fn encoder_output_matches() {
 
 #[test]
 fn decoder_logits_match_teacher_forced() {
-    let fx = fixture();
-    let mut whisper = model();
+    check_logits(&data());
+}
+
+fn check_logits(dir: &Path) {
+    let fx = fixture_at(dir);
+    let mut whisper = model_at(dir, DType::F32);
     for (name, clip) in &fx.meta.clips {
         let features = flat(&fx.tensors[&format!("{name}/features")]);
         let audio = whisper.encode(&features).expect("encode");
@@ -163,8 +180,12 @@ fn decoder_logits_match_teacher_forced() {
 
 #[test]
 fn greedy_ids_language_and_text_are_identical() {
-    let fx = fixture();
-    let mut whisper = model();
+    check_ids(&data());
+}
+
+fn check_ids(dir: &Path) {
+    let fx = fixture_at(dir);
+    let mut whisper = model_at(dir, DType::F32);
     let mut compared = 0;
     for (name, clip) in &fx.meta.clips {
         let features = flat(&fx.tensors[&format!("{name}/features")]);
@@ -316,4 +337,123 @@ fn candle_transformers_own_model_is_further_from_the_reference() {
     let (d_ours, _) = diff(&our_out, &expected);
     println!("encoder max |diff|: candle-transformers {d_theirs}, ours {d_ours} (max {m})");
     assert!(d_ours < d_theirs, "{d_ours} vs {d_theirs}");
+}
+
+/// How far a half-precision run is from the f32 references.
+#[derive(Debug)]
+struct HalfReport {
+    /// Worst max |encoder − reference| / max |reference| over the clips.
+    encoder_rel: f32,
+    /// Worst max |logits − reference| / max |reference| over the cases (teacher-forced).
+    logits_rel: f32,
+    /// Share of teacher-forced positions whose argmax is the reference's.
+    argmax_agree: f64,
+    /// Cases whose greedy ids are exactly the reference's.
+    ids_identical: usize,
+    /// Shortest run of leading greedy ids equal to the reference's.
+    ids_prefix_min: usize,
+    /// Cases compared.
+    cases: usize,
+}
+
+fn argmax_rows(values: &[f32], width: usize) -> Vec<usize> {
+    values
+        .chunks(width)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0
+        })
+        .collect()
+}
+
+fn half_report(dir: &Path, dtype: DType) -> HalfReport {
+    let fx = fixture_at(dir);
+    let mut whisper = model_at(dir, dtype);
+    assert_eq!(whisper.dtype(), dtype);
+    let mut report = HalfReport {
+        encoder_rel: 0.0,
+        logits_rel: 0.0,
+        argmax_agree: 0.0,
+        ids_identical: 0,
+        ids_prefix_min: usize::MAX,
+        cases: 0,
+    };
+    let (mut agree, mut positions) = (0usize, 0usize);
+    for (name, clip) in &fx.meta.clips {
+        let features = flat(&fx.tensors[&format!("{name}/features")]);
+        let audio = whisper.encode(&features).expect("encode");
+        let expected = flat(&fx.tensors[&format!("{name}/encoder")]);
+        let (d, m) = diff(&flat(&audio), &expected);
+        report.encoder_rel = report.encoder_rel.max(d / m);
+        for (case_name, case) in &clip.cases {
+            let tokens: Vec<u32> = case.prompt.iter().chain(&case.ids).copied().collect();
+            let logits = flat(&whisper.logits(&audio, &tokens).expect("logits"));
+            let expected = flat(&fx.tensors[&format!("{name}/{case_name}/logits")]);
+            let (d, m) = diff(&logits, &expected);
+            report.logits_rel = report.logits_rel.max(d / m);
+            let width = expected.len() / tokens.len();
+            let ours = argmax_rows(&logits, width);
+            let theirs = argmax_rows(&expected, width);
+            agree += ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+            positions += theirs.len();
+            let result = whisper
+                .decode_window(&audio, 30.0, &options(case, fx.meta.max_new_tokens))
+                .expect("decode");
+            let prefix = result
+                .tokens
+                .iter()
+                .zip(&case.ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+            report.ids_prefix_min = report.ids_prefix_min.min(prefix);
+            report.ids_identical += usize::from(result.tokens == case.ids);
+            report.cases += 1;
+        }
+    }
+    report.argmax_agree = agree as f64 / positions as f64;
+    report
+}
+
+/// f16 and bf16 run on the CPU and follow the f32 references within these bounds (measured on
+/// the committed model: f16 encoder 3.6e-3, logits 6.1e-3, argmax 99.7 %; bf16 3.6e-2, 6.2e-2,
+/// 94.3 %). Greedy ids are not bounded: with random weights they part from f32's after a few
+/// tokens (shortest common prefix 2 in f16, 4 in bf16), as any rounding change makes them do.
+#[test]
+fn half_precision_runs_on_the_cpu_and_follows_f32() {
+    for (dtype, encoder, logits, argmax) in [
+        (DType::F16, 1e-2, 2e-2, 0.98),
+        (DType::BF16, 1e-1, 1.5e-1, 0.90),
+    ] {
+        let report = half_report(&data(), dtype);
+        println!("{dtype:?}: {report:?}");
+        assert_eq!(report.cases, 9);
+        assert!(report.encoder_rel <= encoder, "{dtype:?}: {report:?}");
+        assert!(report.logits_rel <= logits, "{dtype:?}: {report:?}");
+        assert!(report.argmax_agree >= argmax, "{dtype:?}: {report:?}");
+    }
+}
+
+/// The same checks at whisper-base's full size (d_model 512, 6 + 6 layers, 8 heads, the real
+/// 51,865-token vocabulary; random weights, 290 MB, so not committed):
+/// `whisper_generate.py --preset base --out DIR`, then
+/// `WHISPER_BASE_FIXTURE=DIR cargo test --test whisper_parity -- --ignored base_size`.
+#[test]
+#[ignore = "needs WHISPER_BASE_FIXTURE (whisper_generate.py --preset base --out DIR, 290 MB)"]
+fn base_size_random_weights_match_transformers() {
+    let dir = PathBuf::from(std::env::var("WHISPER_BASE_FIXTURE").expect("WHISPER_BASE_FIXTURE"));
+    let config = std::fs::read_to_string(dir.join("model/config.json")).expect("config.json");
+    let config: serde_json::Value = serde_json::from_str(&config).expect("config parses");
+    assert_eq!(config["d_model"], 512);
+    assert_eq!(config["encoder_layers"], 6);
+    assert_eq!(config["vocab_size"], 51865);
+    check_encoder(&dir);
+    check_logits(&dir);
+    check_ids(&dir);
+    for dtype in [DType::F16, DType::BF16] {
+        println!("{dtype:?}: {:?}", half_report(&dir, dtype));
+    }
 }

@@ -110,6 +110,7 @@ impl GpuScribeApp {
                 if engine != self.settings.engine {
                     self.settings.engine = engine;
                     self.restart_engine();
+                    self.switch_model_store();
                 }
             }
             Command::ClearLog => self.log.clear(),
@@ -182,6 +183,30 @@ impl GpuScribeApp {
                     self.log_line(format!("cannot open the file manager: {err}"), true);
                 }
             }
+        }
+    }
+
+    /// A store for the newly chosen model's release files; files that waited for the old
+    /// model wait for this one.
+    fn switch_model_store(&mut self) {
+        let waiting = self
+            .model
+            .as_mut()
+            .map(ModelGate::take_waiting)
+            .unwrap_or_default();
+        match super::spawn_gate(
+            self.store_base.as_ref(),
+            &self.settings.engine,
+            &self.store_waker,
+        ) {
+            Ok(gate) => self.model = gate,
+            Err(err) => {
+                self.model = None;
+                self.log_line(err, true);
+            }
+        }
+        if !waiting.is_empty() {
+            self.queue_files(&waiting);
         }
     }
 

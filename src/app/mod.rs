@@ -45,6 +45,7 @@ use egui::RichText;
 pub use badge_ui::{badge_text, measured_vram_text};
 pub use command::Command;
 pub use engine_link::{EngineView, Marker, MarkerLog, gpu_free_list, marker_label, target_for};
+pub use engine_ui::{ENGINE_PICKER_LABEL, engine_entry_label, whisper_size_note};
 pub use export::{ExportError, default_export_name, export_transcript};
 pub use fonts::{CJK_FONT_BYTES, CJK_FONT_NAME, install_cjk_font};
 pub use gpu_view::{GpuView, MONITOR_PATIENCE, MonitorState, VanishedGpu};
@@ -57,7 +58,7 @@ pub use inputs::{
     AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file, recording_file_name,
 };
 pub use jobs::{JobList, JobRow, JobStatus, Overall};
-pub use model_bar::{ModelState, download_label};
+pub use model_bar::{ModelState, download_label, download_label_for};
 pub use model_bar_ui::{USE_FOLDER_LABEL, WAITING_TEXT, progress_text};
 pub use queue_ui::DROP_HINT;
 pub use settings::{PlotWindow, Settings};
@@ -187,8 +188,13 @@ pub struct GpuScribeApp {
     /// Files named on the command line, queued once the engine knows the GPUs.
     pending_open: Vec<PathBuf>,
     started_at: Instant,
-    /// The release model's store and the files waiting for it (`None`: no store).
+    /// The chosen model's store and the files waiting for it (`None`: no store).
     model: Option<ModelGate>,
+    /// The store settings the app was given (SenseVoice-Small's); a Whisper size's store is
+    /// derived from them ([`StoreConfig::for_engine`]).
+    store_base: Option<StoreConfig>,
+    /// Wakes the UI when a store has news.
+    store_waker: crate::engine::Waker,
     tab: LeftTab,
     history: HistoryView,
     /// The `library` thread; `None` without a library.
@@ -199,6 +205,19 @@ pub struct GpuScribeApp {
     recording_token: Option<u64>,
     /// The sample rate of the recording in progress (its parts' offsets follow from it).
     recording_rate_hz: u32,
+}
+
+/// The model store and gate for `engine`'s release files, from the app's store settings.
+fn spawn_gate(
+    base: Option<&StoreConfig>,
+    engine: &crate::engine::SpeechEngine,
+    waker: &crate::engine::Waker,
+) -> Result<Option<ModelGate>, String> {
+    let Some(base) = base else { return Ok(None) };
+    match ModelStore::spawn(base.for_engine(engine), Arc::clone(waker)) {
+        Ok(store) => Ok(Some(ModelGate::new(store, engine.label()))),
+        Err(err) => Err(format!("the model-store thread did not start: {err}")),
+    }
 }
 
 impl GpuScribeApp {
@@ -225,17 +244,15 @@ impl GpuScribeApp {
         {
             notices.extend(settings_problem);
         }
-        let mut store_error = None;
-        let model = model_store.and_then(|config| {
+        let store_waker: crate::engine::Waker = {
             let ctx = cc.egui_ctx.clone();
-            match ModelStore::spawn(config, Arc::new(move || ctx.request_repaint())) {
-                Ok(store) => Some(ModelGate::new(store)),
-                Err(err) => {
-                    store_error = Some(format!("the model-store thread did not start: {err}"));
-                    None
-                }
-            }
-        });
+            Arc::new(move || ctx.request_repaint())
+        };
+        let (model, store_error) =
+            match spawn_gate(model_store.as_ref(), &settings.engine, &store_waker) {
+                Ok(model) => (model, None),
+                Err(err) => (None, Some(err)),
+            };
         let library = library_path.and_then(|path| {
             let ctx = cc.egui_ctx.clone();
             crate::library::service::LibraryService::spawn(
@@ -282,6 +299,8 @@ impl GpuScribeApp {
             pending_open: Vec::new(),
             started_at: Instant::now(),
             model,
+            store_base: model_store,
+            store_waker,
             tab: LeftTab::default(),
             history,
             library,
@@ -363,6 +382,11 @@ impl GpuScribeApp {
     /// What the model bar shows (`None`: no model store).
     pub fn model_state(&self) -> Option<&ModelState> {
         self.model.as_ref().map(|m| &m.state)
+    }
+
+    /// The model the store and its bar are for ("SenseVoice-Small", "Whisper base").
+    pub fn model_store_label(&self) -> Option<&str> {
+        self.model.as_ref().map(|m| m.label.as_str())
     }
 
     /// Files waiting for the model download.

@@ -31,6 +31,8 @@ pub enum ModelState {
 /// The store, its state for the bar, and the files waiting for it.
 pub struct ModelGate {
     store: ModelStore,
+    /// The model's name in the bar ("SenseVoice-Small", "Whisper base").
+    pub label: String,
     /// What the bar shows.
     pub state: ModelState,
     /// Files queued before the model was ready, oldest first.
@@ -39,15 +41,20 @@ pub struct ModelGate {
 
 /// The download button's text: "Download SenseVoice-Small (937 MB)".
 pub fn download_label(total_bytes: Option<u64>) -> String {
+    download_label_for("SenseVoice-Small", total_bytes)
+}
+
+/// The download button's text for `model`: "Download Whisper base (290 MB)".
+pub fn download_label_for(model: &str, total_bytes: Option<u64>) -> String {
     match total_bytes {
-        Some(bytes) => format!("Download SenseVoice-Small ({})", format_bytes(bytes)),
-        None => "Download SenseVoice-Small".to_owned(),
+        Some(bytes) => format!("Download {model} ({})", format_bytes(bytes)),
+        None => format!("Download {model}"),
     }
 }
 
 impl ModelGate {
-    /// Starts from a store; asks it to check the cache.
-    pub fn new(store: ModelStore) -> Self {
+    /// Starts from a store for the model called `label`; asks it to check the cache.
+    pub fn new(store: ModelStore, label: String) -> Self {
         let state = if store.check() {
             ModelState::Checking
         } else {
@@ -55,6 +62,7 @@ impl ModelGate {
         };
         Self {
             store,
+            label,
             state,
             waiting: Vec::new(),
         }

@@ -1,5 +1,6 @@
-//! The model bar: shown while the release model is not ready. Offers **Download
-//! SenseVoice-Small (size)** and **Use a folder…**, shows the download's progress, speed and
+//! The model bar: shown while the chosen model's release files (SenseVoice-Small or a Whisper
+//! size) are not ready. Offers **Download SenseVoice-Small (size)** (or **Download Whisper base
+//! (size)**) and **Use a folder…**, shows the download's progress, speed and
 //! time left with a Cancel, the files waiting for the model, and, offline, which files to get
 //! and where they go. UI thread; returns [`Command`]s.
 
@@ -9,7 +10,7 @@ use egui::RichText;
 use super::command::Command;
 use super::gpu_panel_ui::ERROR_COLOR;
 use super::jobs::file_name;
-use super::model_bar::{ModelGate, ModelState, download_label};
+use super::model_bar::{ModelGate, ModelState, download_label_for};
 use crate::model_store::{format_bytes, format_eta};
 
 /// The "use a local folder" button.
@@ -56,13 +57,19 @@ pub fn model_bar_ui(
             ModelState::Checking => {
                 ui.horizontal(|ui| {
                     ui.spinner();
-                    ui.label("Looking for SenseVoice-Small in the Hugging Face cache…");
+                    ui.label(format!(
+                        "Looking for {} in the Hugging Face cache…",
+                        gate.label
+                    ));
                 });
             }
             ModelState::Missing { total_bytes, .. } => {
-                ui.label("SenseVoice-Small is not downloaded yet.");
+                ui.label(format!("{} is not downloaded yet.", gate.label));
                 ui.horizontal(|ui| {
-                    if ui.button(download_label(*total_bytes)).clicked() {
+                    if ui
+                        .button(download_label_for(&gate.label, *total_bytes))
+                        .clicked()
+                    {
                         commands.push(Command::DownloadModel);
                     }
                     folder_button(ui, dialog_open, commands);
@@ -74,7 +81,7 @@ pub fn model_bar_ui(
                     .map_or_else(String::new, |p| format!(": {}", p.bytes.file));
                 ui.horizontal(|ui| {
                     ui.spinner();
-                    ui.label(format!("Downloading SenseVoice-Small {file}"));
+                    ui.label(format!("Downloading {} {file}", gate.label));
                     if ui.button("Cancel").clicked() {
                         commands.push(Command::CancelModelDownload);
                     }

@@ -178,7 +178,12 @@ impl PolicyInput<'_> {
                 )
             });
         let available = usable_bytes(gpu.free_bytes, self.vram_margin);
-        let whisper_need = self.engine.whisper_need_bytes(resident);
+        // Whisper runs `auto` in f32 (`worker::whisper::load`).
+        let whisper_bytes = match self.precision {
+            Precision::F16 | Precision::Bf16 => 2,
+            Precision::F32 | Precision::Auto => 4,
+        };
+        let whisper_need = self.engine.whisper_need_bytes(resident, whisper_bytes);
         let fits = match whisper_need {
             Some(need) => need <= available,
             None => max_batch_that_fits(&shape, MAX_SEGMENT_SECS, available, resident, 1) >= 1,

@@ -695,7 +695,9 @@ impl Scheduler {
             .model_dir(self.config.model_dir.as_deref())?
         {
             Some(dir) => Ok(dir),
-            None => super::model_dir::resolve().map_err(|err| format!("{err:#}")),
+            None => {
+                super::model_dir::resolve(&self.config.engine).map_err(|err| format!("{err:#}"))
+            }
         }
     }
 

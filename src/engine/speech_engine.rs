@@ -59,25 +59,17 @@ impl SpeechEngine {
         }
     }
 
-    /// Checks the model folder against the engine: a Whisper engine needs a Whisper folder
-    /// (there is no Whisper download yet), a SenseVoice engine must not get one. `Ok(None)`:
-    /// SenseVoice from the model cache.
+    /// Checks the model folder against the engine: a Whisper engine needs a Whisper folder, a
+    /// SenseVoice engine must not get one. `Ok(None)`: no folder, the model store's verified
+    /// snapshot of the engine's repository is used.
     pub fn model_dir(&self, dir: Option<&Path>) -> Result<Option<PathBuf>, String> {
         match (self, dir) {
-            (Self::SenseVoice, None) => Ok(None),
+            (_, None) => Ok(None),
             (Self::SenseVoice, Some(dir)) if is_whisper_dir(dir) => Err(format!(
                 "{} holds a Whisper model; choose the Whisper engine for it",
                 dir.display()
             )),
             (Self::SenseVoice, Some(dir)) => Ok(Some(dir.to_owned())),
-            (Self::Whisper { model }, None) => {
-                let repo = sizes::by_name(model).map_or("openai/whisper-…", |s| s.repo);
-                Err(format!(
-                    "Whisper {model} is not downloaded by the app yet: put config.json, \
-                     tokenizer.json and model.safetensors of {repo} in a folder and pass it \
-                     as the model folder (--model-dir)"
-                ))
-            }
             (Self::Whisper { .. }, Some(dir)) if !is_whisper_dir(dir) => Err(format!(
                 "{} is not a Whisper model folder (its config.json must say \
                  \"model_type\": \"whisper\")",
@@ -87,14 +79,14 @@ impl SpeechEngine {
         }
     }
 
-    /// Device bytes Whisper needs for one window (`resident`: the weights are already there),
-    /// or `None` for SenseVoice (its own estimate applies). Whisper runs in f32 for now.
-    pub fn whisper_need_bytes(&self, resident: bool) -> Option<u64> {
+    /// Device bytes Whisper needs for one window at `dtype_bytes` per weight (`resident`: the
+    /// weights are already there), or `None` for SenseVoice (its own estimate applies).
+    pub fn whisper_need_bytes(&self, resident: bool, dtype_bytes: u64) -> Option<u64> {
         let size = self.whisper_size()?;
         Some(if resident {
-            size.activation_bytes(4)
+            size.activation_bytes(dtype_bytes)
         } else {
-            size.job_bytes(4)
+            size.job_bytes(dtype_bytes)
         })
     }
 }
@@ -129,8 +121,8 @@ mod tests {
         };
         assert_eq!(w.model_dir(Some(&whisper)), Ok(Some(whisper.clone())));
         assert!(w.model_dir(Some(&sensevoice)).is_err());
-        let err = w.model_dir(None).expect_err("no download");
-        assert!(err.contains("openai/whisper-tiny"), "{err}");
+        // No folder: the model store's snapshot of openai/whisper-tiny is used.
+        assert_eq!(w.model_dir(None), Ok(None));
         let s = SpeechEngine::SenseVoice;
         assert!(s.model_dir(Some(&whisper)).is_err());
         assert_eq!(s.model_dir(Some(&sensevoice)), Ok(Some(sensevoice)));
@@ -142,8 +134,13 @@ mod tests {
         let w = SpeechEngine::Whisper {
             model: "small".into(),
         };
-        let (cold, warm) = (w.whisper_need_bytes(false), w.whisper_need_bytes(true));
+        let (cold, warm) = (
+            w.whisper_need_bytes(false, 4),
+            w.whisper_need_bytes(true, 4),
+        );
         assert!(cold.zip(warm).is_some_and(|(c, r)| c > r));
-        assert_eq!(SpeechEngine::SenseVoice.whisper_need_bytes(false), None);
+        // Half precision halves the weights.
+        assert!(w.whisper_need_bytes(false, 2) < cold);
+        assert_eq!(SpeechEngine::SenseVoice.whisper_need_bytes(false, 4), None);
     }
 }

@@ -1,5 +1,6 @@
-//! The model store: gets the release files of SenseVoice-Small into the Hugging Face cache, on
-//! its own thread (`model-store`), verified, with progress, resume, timeouts, retries and cancel.
+//! The model store: gets the release files of SenseVoice-Small, or of a Whisper size
+//! ([`StoreConfig::for_whisper`]), into the Hugging Face cache, on its own thread
+//! (`model-store`), verified, with progress, resume, timeouts, retries and cancel.
 //!
 //! - **Where:** the standard cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 //!   `~/.cache/huggingface/hub`), in the layout `huggingface_hub` uses (see [`cache`]), so
@@ -40,6 +41,16 @@ pub const REVISION_ENV: &str = "GPUSCRIBE_MODEL_REVISION";
 pub const PINNED_SIZES: [u64; 4] = [936_291_369, 11_203, 377_341, 1_855];
 /// The default hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// The files of a Whisper repository the app loads (`src/model/whisper/config.rs`).
+pub const WHISPER_FILES: [&str; 4] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "model.safetensors",
+];
+/// The revision of every Whisper repository (a commit hash, branch or tag); default `main`,
+/// verified file by file against the hub's sizes and hashes like SenseVoice's files.
+pub const WHISPER_REVISION_ENV: &str = "GPUSCRIBE_WHISPER_REVISION";
 
 /// Where and how the store fetches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +99,30 @@ impl StoreConfig {
         }
     }
 
+    /// The same hub, cache and network settings for a Whisper size: its repository
+    /// ([`WhisperSize::repo`](crate::model::whisper::sizes::WhisperSize)) at
+    /// `GPUSCRIBE_WHISPER_REVISION` (default `main`), the files in [`WHISPER_FILES`].
+    pub fn for_whisper(&self, size: &crate::model::whisper::sizes::WhisperSize) -> Self {
+        let revision = std::env::var(WHISPER_REVISION_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "main".to_owned());
+        Self {
+            repo: size.repo.to_owned(),
+            revision,
+            files: WHISPER_FILES.iter().map(|f| (*f).to_owned()).collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The store for `engine`: this one for SenseVoice, [`Self::for_whisper`] for a Whisper size.
+    pub fn for_engine(&self, engine: &crate::engine::SpeechEngine) -> Self {
+        match engine.whisper_size() {
+            Some(size) => self.for_whisper(size),
+            None => self.clone(),
+        }
+    }
+
     /// The HTTP client for this configuration.
     pub fn hub(&self) -> hub::Hub {
         hub::Hub::new(
@@ -104,7 +139,15 @@ impl StoreConfig {
         let release = self.repo == HF_REPO_ID
             && self.revision == PINNED_REVISION
             && self.files.iter().map(String::as_str).eq(HUB_FILES);
-        release.then(|| PINNED_SIZES.iter().sum())
+        if release {
+            return Some(PINNED_SIZES.iter().sum());
+        }
+        // A Whisper repository: the weights' size from the architecture (the small JSON files
+        // are not counted), shown until the hub answers with the real sizes.
+        crate::model::whisper::sizes::SIZES
+            .iter()
+            .find(|s| s.repo == self.repo)
+            .map(|s| s.download_bytes())
     }
 
     /// The cache of the repository.
@@ -451,6 +494,26 @@ mod tests {
         assert_eq!(format_bytes(936_681_768), "937 MB");
         config.revision = "main".to_owned();
         assert_eq!(config.known_total_bytes(), None);
+    }
+
+    #[test]
+    fn whisper_sizes_get_their_repository_and_files() {
+        let base = StoreConfig::from_env();
+        let size = crate::model::whisper::sizes::by_name("base").expect("base");
+        let whisper = base.for_whisper(size);
+        assert_eq!(whisper.repo, "openai/whisper-base");
+        assert_eq!(whisper.files, WHISPER_FILES);
+        assert_eq!(whisper.hub_dir, base.hub_dir);
+        assert_eq!(whisper.endpoint, base.endpoint);
+        assert_eq!(whisper.known_total_bytes(), Some(size.download_bytes()));
+        let engine = crate::engine::SpeechEngine::Whisper {
+            model: "tiny".into(),
+        };
+        assert_eq!(base.for_engine(&engine).repo, "openai/whisper-tiny");
+        assert_eq!(
+            base.for_engine(&crate::engine::SpeechEngine::SenseVoice),
+            base
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A local stand-in for the Hugging Face hub's file API, on 127.0.0.1 (port 0), answering as the
-//! hub does: `HEAD`/`GET /{repo}/resolve/{rev}/{file}`; LFS files (`*.pt`, `*.model`) answer
+//! hub does: `HEAD`/`GET /{repo}/resolve/{rev}/{file}`; LFS files (`*.pt`, `*.model`,
+//! `*.safetensors`) answer
 //! with a 302 to a CDN-like `/cdn/{sha256}` carrying `X-Linked-Size`, `X-Linked-Etag` and
 //! `X-Repo-Commit`; files kept in git answer 200 with their git blob sha1 as `ETag`; bodies honour
 //! `Range` with 206 and `Content-Range`. It counts the body bytes it sends per file, and can cut,
@@ -58,6 +59,7 @@ struct FileEntry {
 }
 
 struct State {
+    repo: String,
     files: Vec<FileEntry>,
     quirks: HashMap<String, Quirks>,
     served: Mutex<HashMap<String, u64>>,
@@ -75,6 +77,23 @@ pub struct HubServer {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The committed random-weight Whisper's files, as a Whisper repository holds them.
+pub fn whisper_files() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/whisper/model");
+    [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "model.safetensors",
+    ]
+    .iter()
+    .map(|name| {
+        let bytes = std::fs::read(dir.join(name)).expect("whisper model file");
+        ((*name).to_owned(), bytes)
+    })
+    .collect()
 }
 
 /// The tiny test model's four release files.
@@ -95,8 +114,17 @@ pub fn tiny_files() -> Vec<(String, Vec<u8>)> {
 }
 
 impl HubServer {
-    /// Serves `files` with `quirks` (by file name).
+    /// Serves `files` of [`REPO`] with `quirks` (by file name).
     pub fn start(files: Vec<(String, Vec<u8>)>, quirks: HashMap<String, Quirks>) -> Self {
+        Self::start_repo(REPO, files, quirks)
+    }
+
+    /// Serves `files` as repository `repo`.
+    pub fn start_repo(
+        repo: &str,
+        files: Vec<(String, Vec<u8>)>,
+        quirks: HashMap<String, Quirks>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("local addr").port();
@@ -107,7 +135,9 @@ impl HubServer {
                 let mut git = sha1::Sha1::new();
                 git.update(format!("blob {}\0", bytes.len()).as_bytes());
                 git.update(&bytes);
-                let lfs = name.ends_with(".pt") || name.ends_with(".model");
+                let lfs = name.ends_with(".pt")
+                    || name.ends_with(".model")
+                    || name.ends_with(".safetensors");
                 FileEntry {
                     name,
                     sha256,
@@ -118,6 +148,7 @@ impl HubServer {
             })
             .collect();
         let state = Arc::new(State {
+            repo: repo.to_owned(),
             files,
             quirks,
             served: Mutex::default(),
@@ -253,7 +284,7 @@ fn head_only(stream: &mut TcpStream, status: &str, headers: &[(String, String)])
 
 fn respond(mut stream: TcpStream, state: &State, method: &str, path: &str, range: Option<&str>) {
     let commit = ("X-Repo-Commit".to_owned(), COMMIT.to_owned());
-    if let Some(rest) = path.strip_prefix(&format!("/{REPO}/resolve/")) {
+    if let Some(rest) = path.strip_prefix(&format!("/{}/resolve/", state.repo)) {
         let Some((rev, name)) = rest.split_once('/') else {
             return head_only(&mut stream, "400 Bad Request", &[]);
         };

@@ -5,9 +5,13 @@
 //!   approximation;
 //! - the encoder positions and the causal mask in the weights' dtype (candle-transformers 0.11.1
 //!   builds them in f32 and fails on f16/bf16 weights, huggingface/candle#3791);
-//! - a key/value cache for the decoder's self-attention, so a greedy step costs one position.
+//! - a key/value cache for the decoder's self-attention, so a greedy step costs one position;
+//! - the attention softmax in f32 for f16 and bf16 on the CPU: candle 0.11.1's CPU softmax
+//!   sums the exponentials in the input dtype, and a bf16 sum over 1500 audio frames stalls
+//!   (8 bits of mantissa: past 256 each addend under 1 rounds away), which wrecked every bf16
+//!   transcript (f16 loses less, from 1024 on). CUDA's softmax accumulates in f32 already.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, Module, VarBuilder};
 use candle_transformers::models::whisper::Config;
 
@@ -98,7 +102,12 @@ impl Attention {
             let mask = mask.narrow(0, n_k - n_q, n_q)?.narrow(1, 0, n_k)?;
             qk = qk.broadcast_add(&mask)?;
         }
-        let w = candle_nn::ops::softmax_last_dim(&qk)?;
+        let half = matches!(qk.dtype(), DType::BF16 | DType::F16);
+        let w = if half && qk.device().is_cpu() {
+            candle_nn::ops::softmax_last_dim(&qk.to_dtype(DType::F32)?)?.to_dtype(qk.dtype())?
+        } else {
+            candle_nn::ops::softmax_last_dim(&qk)?
+        };
         w.matmul(&v)?.transpose(1, 2)?.flatten_from(2)
     }
 }
