@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,f16,bf16")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--generate-batch", type=int, default=0, help="batch for generate() (0: skip it)")
+    ap.add_argument("--ids-out", type=Path, help="write the fp32 frame ids of the first batch item (JSON list)")
     ap.add_argument("wav", type=Path, help="one segment (e.g. 30 s) that every batch repeats")
     args = ap.parse_args()
     from funasr.utils.load_utils import extract_fbank
@@ -103,6 +104,8 @@ def main() -> None:
                               "x_realtime_median": round(total_s * 1000 / med, 1),
                               "x_realtime_best": round(total_s * 1000 / best, 1),
                               "peak_mem_bytes": torch.cuda.max_memory_allocated() if gpu else None}), flush=True)
+        if "fp32" in ids and args.ids_out:
+            args.ids_out.write_text(json.dumps(ids["fp32"][0].tolist()))
         if "fp32" in ids:
             for precision, got in ids.items():
                 if precision != "fp32":
