@@ -427,6 +427,45 @@ fn ops(
             attn.matmul(&vv)?.transpose(1, 2)?.reshape((b, t, d))
         })?,
     );
+    // The fused CPU loops that replace the ops above (f32 on the CPU).
+    if dev.is_cpu() && dt == DType::F32 {
+        use gpuscribe::model::sensevoice::cpu_ops;
+        let full = vec![t; b];
+        let zero3 = Tensor::zeros(3 * d, DType::F32, dev)?;
+        let b1 = Tensor::zeros(hidden, DType::F32, dev)?;
+        let heads_f = cpu_ops::qkv_heads(&qkv, &zero3, h)?;
+        let lo = out_l.forward(&x)?;
+        put(
+            "cpu_layernorm",
+            time_op(dev, reps, || cpu_ops::layer_norm(&x32, &g, &beta, 1e-5))?,
+        );
+        put(
+            "cpu_bias_relu_ffn",
+            time_op(dev, reps, || cpu_ops::bias_act(&hid, &b1, true))?,
+        );
+        put(
+            "cpu_qkv_heads",
+            time_op(dev, reps, || cpu_ops::qkv_heads(&qkv, &zero3, h))?,
+        );
+        put(
+            "cpu_masked_softmax",
+            time_op(dev, reps, || cpu_ops::masked_softmax(&scores, &full))?,
+        );
+        put(
+            "cpu_merge_heads",
+            time_op(dev, reps, || cpu_ops::merge_heads(&attn.matmul(&vv)?))?,
+        );
+        put(
+            "cpu_fsmn_bias_residual",
+            time_op(dev, reps, || {
+                cpu_ops::attention_output(&lo, &beta, &heads_f, &kd, &full, 5, Some(&x32))
+            })?,
+        );
+        put(
+            "cpu_bias_residual",
+            time_op(dev, reps, || cpu_ops::residual_bias(&lo, &beta, &x32))?,
+        );
+    }
     println!(
         "{}",
         serde_json::json!({"bench": "ops_ms", "dtype": format!("{dt:?}"),

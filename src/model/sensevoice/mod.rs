@@ -8,7 +8,7 @@
 
 mod checkpoint;
 pub mod config;
-mod cpu_ops;
+pub mod cpu_ops;
 #[cfg(feature = "cuda")]
 mod cuda_ops;
 pub mod decode;
