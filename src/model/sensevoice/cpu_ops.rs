@@ -183,7 +183,7 @@ fn exp_nonpositive(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 0.5);
     let e = (r * r).mul_add(p, r) + 1.0;
     // n is in [-126, 0]: 2^n is a normal float.
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
