@@ -207,7 +207,7 @@ fn load(
             let ordinal = *ordinal;
             let spawned = std::thread::Builder::new()
                 .name("cuda-init".to_owned())
-                .spawn(move || Device::new_cuda(ordinal));
+                .spawn(move || crate::model::cuda_device(ordinal));
             Some(spawned.map_err(|err| RunError::Other(format!("cannot start a thread: {err}")))?)
         }
     };

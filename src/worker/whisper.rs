@@ -117,7 +117,7 @@ pub fn load(
     };
     let device = match device {
         WorkerDevice::Cpu => Device::Cpu,
-        WorkerDevice::Cuda { ordinal, .. } => Device::new_cuda(*ordinal)
+        WorkerDevice::Cuda { ordinal, .. } => crate::model::cuda_device(*ordinal)
             .map_err(|err| RunError::Other(format!("GPU unavailable: {err}")))?,
     };
     let model = Whisper::load(dir, &device, dtype).map_err(|err| run_error(&err))?;

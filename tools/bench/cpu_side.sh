@@ -48,7 +48,7 @@ RAYON_NUM_THREADS=$threads "${pin[@]}" "$BENCH" ids "$MODEL" cpu f32 "$seg" "$WO
 echo "::: FunASR: the same forward (fp32) and generate() on the same segment"
 (cd tools/reference && PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$threads "${pin[@]}" "$PYTHON" bench_forward.py \
     --model "$MODEL" --device cpu --threads "$threads" --batches 1 --precisions fp32 \
-    --repeat "$REPEAT" --generate-batch 1 --ids-out "$WORK/ids_funasr.json" "$seg" 2>/dev/null | grep '^{') | tee -a "$out"
+    --repeat "$REPEAT" --generate-batch 1 --dump-ids "$WORK/ids_funasr.json" "$seg" 2>/dev/null | grep '^{') | tee -a "$out"
 
 if [ -e "$MODEL_DIR/reference.json" ]; then
     echo "::: parity with FunASR's reference dump of this model (f32, CPU)"

@@ -6,10 +6,12 @@
 # BIN holds the `--features cuda` release builds of gpuscribe, gpuscribe-worker and the examples
 # sensevoice_bench and residency_bench. Python needs torch 2.11 and funasr 1.4.16 (see
 # tools/reference/requirements.txt). Steps (default: all): elf full parity speed funasr best cpuside
-# residency squeeze hour cpu.
+# residency squeeze hour cpu cudatest.
 #   best     forward + argmax, ours (bf16, f16, f32) against FunASR at its best (fp32, autocast f16 and
 #            bf16) at batch 16/32/64 in one run, plus FunASR's own autocast agreement and generate();
 #            the table comes from tools/gpu/compare.py
+#   cudatest tests/sensevoice_cuda.rs (BIN/sensevoice_cuda: `cargo test --release --features cuda
+#            --test sensevoice_cuda --no-run`'s binary) with its ignored GPU tests
 #   cpuside  the same on the CPU cores of this machine (f32; FunASR also with bf16 autocast), one 30 s
 #            segment, both with every core (CPU_THREADS, default nproc)
 set -uo pipefail
@@ -18,7 +20,7 @@ OUT=${OUT:-/tmp/out}
 WORK=${WORK:-/tmp/gs-bench}
 mkdir -p "$OUT" "$WORK"
 export GPUSCRIBE_WORKER="$BIN/gpuscribe-worker"
-steps=${*:-elf full parity speed funasr best cpuside residency squeeze hour cpu}
+steps=${*:-elf full parity speed funasr best cpuside residency squeeze hour cpu cudatest}
 has() { [[ " $steps " == *" $1 "* ]]; }
 say() { echo; echo "::: $*"; }
 
@@ -33,6 +35,11 @@ if has full || [ ! -e "$WORK/full/model/model.pt" ]; then
     for s in 10 30 480 3600; do python3 tools/gpu/make_wav.py "$WORK/speech_${s}s.wav" "$s"; done
 fi
 MODEL=$WORK/full/model
+
+if has cudatest; then
+    say "GPU tests: FunASR parity in f32, fused kernels against candle ops, batch against single items"
+    "$BIN/sensevoice_cuda" --ignored --test-threads 1 --nocapture 2>&1 | grep -vE "^$"
+fi
 
 if has parity; then
     say "parity with FunASR (f32, then bf16)"
@@ -55,11 +62,15 @@ fi
 if has best; then
     say "forward + argmax: ours against FunASR's best configuration, same GPU, same run"
     : > "$WORK/best.jsonl"
-    for dt in bf16 f16 f32; do
-        "$BIN/sensevoice_bench" forward "$MODEL" cuda:0 "$dt" "$WORK/speech_30s.wav" 16,32,64 10 | tee -a "$WORK/best.jsonl"
-    done
+    batches=${BEST_BATCHES:-8,16,32,64}
+    # FunASR first: its fp32 ids of the segment are the reference for our frame-id agreement.
     ( cd tools/reference && PYTHONUNBUFFERED=1 python3 bench_forward.py --model "$MODEL" --device cuda \
-        --batches 16,32,64 --repeat 10 --generate-batch 16 "$WORK/speech_30s.wav" 2>/dev/null | grep '^{' ) | tee -a "$WORK/best.jsonl"
+        --batches "$batches" --repeat 10 --generate-batch 16 --dump-ids "$WORK/funasr_fp32_ids.json" \
+        "$WORK/speech_30s.wav" 2>/dev/null | grep '^{' ) | tee -a "$WORK/best.jsonl"
+    for dt in bf16 f16 f32; do
+        BENCH_REFERENCE_IDS="$WORK/funasr_fp32_ids.json" \
+            "$BIN/sensevoice_bench" forward "$MODEL" cuda:0 "$dt" "$WORK/speech_30s.wav" "$batches" 10 | tee -a "$WORK/best.jsonl"
+    done
     cp "$WORK/best.jsonl" "$OUT/" 2>/dev/null
     python3 tools/gpu/compare.py "$WORK/best.jsonl"
 fi

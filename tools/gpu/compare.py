@@ -39,6 +39,13 @@ def main() -> None:
         print(f"FunASR's best configuration: {funasr_best[2]} at batch {funasr_best[1]}: {funasr_best[0]:,.0f}x realtime")
         print(f"ours at its best: {ours_best[2]} at batch {ours_best[1]}: {ours_best[0]:,.0f}x realtime")
         print(f"ratio (ours best / FunASR best): {ours_best[0] / funasr_best[0]:.2f}")
+    agree = {f"ours {r['dtype'].lower()}": r["frames_equal_to_funasr_fp32"] for r in fwd
+             if r["impl"] == "gpuscribe" and r.get("frames_equal_to_funasr_fp32") is not None}
+    agree.update({f"FunASR autocast {r['precision']}": r["frames_equal_to_fp32"] for r in rows
+                  if r.get("bench") == "autocast_agreement"})
+    if agree:
+        print("frame ids equal to FunASR fp32 on the same segment: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()))
     for r in rows:
         if r.get("bench") in ("autocast_agreement", "generate"):
             print(json.dumps(r))

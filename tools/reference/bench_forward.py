@@ -55,6 +55,20 @@ def forward_ids(model, speech: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
     return model.ctc.log_softmax(encoder_out).argmax(-1)
 
 
+def profile(model, feats, lens, device: str, precision: str, batch: str) -> None:
+    """One forward + argmax under torch.profiler: the kernels by total CUDA time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    speech, lengths = feats.repeat(int(batch), 1, 1), lens.repeat(int(batch))
+    with autocast(device, precision):
+        for _ in range(3):
+            forward_ids(model, speech, lengths).cpu()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            forward_ids(model, speech, lengths).cpu()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, required=True)
@@ -64,7 +78,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,f16,bf16")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--generate-batch", type=int, default=0, help="batch for generate() (0: skip it)")
-    ap.add_argument("--ids-out", type=Path, help="write the fp32 frame ids of the first batch item (JSON list)")
+    ap.add_argument("--dump-ids", type=Path, help="write fp32's frame ids of the segment (JSON list) here")
+    ap.add_argument("--profile", default="", help="PRECISION:BATCH: print torch.profiler's CUDA kernel table for one forward and exit")
     ap.add_argument("wav", type=Path, help="one segment (e.g. 30 s) that every batch repeats")
     args = ap.parse_args()
     from funasr.utils.load_utils import extract_fbank
@@ -79,6 +94,9 @@ def main() -> None:
     feats, lens = extract_fbank([torch.from_numpy(segments[0])], data_type="sound", frontend=frontend)
     feats, lens = feats.to(args.device), lens.to(args.device)
     precisions = args.precisions.split(",")
+    if args.profile:
+        profile(model, feats, lens, args.device, *args.profile.split(":"))
+        return
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     common = {"impl": "funasr", "device": args.device, "gpu": gpu, "threads": torch.get_num_threads(),
               "torch": torch.__version__}
@@ -104,8 +122,8 @@ def main() -> None:
                               "x_realtime_median": round(total_s * 1000 / med, 1),
                               "x_realtime_best": round(total_s * 1000 / best, 1),
                               "peak_mem_bytes": torch.cuda.max_memory_allocated() if gpu else None}), flush=True)
-        if "fp32" in ids and args.ids_out:
-            args.ids_out.write_text(json.dumps(ids["fp32"][0].tolist()))
+        if "fp32" in ids and args.dump_ids:
+            args.dump_ids.write_text(json.dumps(ids["fp32"][0].tolist()))
         if "fp32" in ids:
             for precision, got in ids.items():
                 if precision != "fp32":

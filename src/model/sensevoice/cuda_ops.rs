@@ -8,7 +8,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr, kernel_name};
 use candle_core::{CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
@@ -17,6 +17,13 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sensevoice_kernels.ptx
 const MODULE: &str = "gpuscribe_sensevoice";
 /// Threads per block of the row-wise kernels (a multiple of 32, see `block_sum`).
 const ROW_THREADS: u32 = 256;
+/// Channels and frames of one FSMN block (`FSMN_CH`, `FSMN_TILE` in kernels.cu).
+const FSMN_CH: usize = 128;
+const FSMN_TILE: usize = 32;
+/// Longest row the one-warp-per-row softmax holds in registers (32 × `SOFTMAX_PER_LANE`).
+const SOFTMAX_WARP_KEYS: usize = 32 * 32;
+/// Float4 vectors per lane of the one-warp-per-row LayerNorm (`LN_MAX_VEC` in kernels.cu).
+const LN_MAX_VEC: usize = 8;
 
 fn cpu_unsupported<T>(name: &str) -> Result<T> {
     candle_core::bail!("{name} is a CUDA kernel; the CPU path uses candle ops")
@@ -137,7 +144,7 @@ impl candle_core::CustomOp3 for Fsmn {
             let src = v.as_cuda_slice::<T>()?.slice(v_l.start_offset()..);
             let taps = contiguous::<T>(w, w_l, "fsmn taps")?;
             let out = output::<T>(dev, b * t * d)?;
-            let func = dev.get_or_load_custom_func(&kernel_name::<T>("fsmn"), MODULE, PTX)?;
+            let func = dev.get_or_load_custom_func(&kernel_name::<T>("fsmn_tiled"), MODULE, PTX)?;
             let mut launch = func.builder();
             launch.arg(&src).arg(&taps).arg(&lens).arg(&out);
             let (frames, dim, taps_n, left) = (
@@ -149,9 +156,23 @@ impl candle_core::CustomOp3 for Fsmn {
             let (stride_b, stride_t) = (stride[0] as u64, stride[1] as u64);
             launch.arg(&frames).arg(&dim).arg(&taps_n).arg(&left);
             launch.arg(&stride_b).arg(&stride_t);
-            // SAFETY: argument types and order match `fsmn_*` in kernels.cu; the kernel reads
-            // only inside `src` (frames < T, channels < D) and writes B*T*D elements of `out`.
-            unsafe { launch.launch(rows_config(b * t)?) }.w()?;
+            let staged = (FSMN_TILE + 2 * k - 1) * FSMN_CH * std::mem::size_of::<f32>();
+            if staged > 48 * 1024 || self.left >= k {
+                candle_core::bail!("fsmn: {k} taps (left padding {}) do not fit", self.left);
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    to_u32(d.div_ceil(FSMN_CH), "channel blocks")?,
+                    to_u32(t.div_ceil(FSMN_TILE), "frame tiles")?,
+                    to_u32(b.max(1), "batch")?,
+                ),
+                block_dim: (FSMN_CH as u32, 1, 1),
+                shared_mem_bytes: staged as u32,
+            };
+            // SAFETY: argument types and order match `fsmn_tiled_*` in kernels.cu; the kernel
+            // reads only inside `src` (frames < T, channels < D), stages `staged` bytes of shared
+            // memory and writes B*T*D elements of `out`.
+            unsafe { launch.launch(cfg) }.w()?;
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         });
         Ok((storage, Shape::from((b, t, d))))
@@ -252,8 +273,32 @@ impl candle_core::CustomOp3 for LayerNormTo {
         let src = contiguous::<f32>(x, x_l, "layer norm input")?;
         let g = contiguous::<f32>(gamma, g_l, "layer norm weight")?;
         let b = contiguous::<f32>(beta, b_l, "layer norm bias")?;
+        let rows = n / d;
+        let aligned = x_l.start_offset() % 4 == 0;
         let storage = with_float_type!(self.out_dtype, self.name(), |T| {
             let out = output::<T>(dev, n)?;
+            if d % 128 == 0 && d <= 128 * LN_MAX_VEC && aligned {
+                let name = kernel_name::<T>("layer_norm_warp");
+                let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+                let mut launch = func.builder();
+                let (dim, rows_u64) = (to_u32(d, "width")?, rows as u64);
+                launch.arg(&src).arg(&g).arg(&b).arg(&out).arg(&dim);
+                launch.arg(&self.eps).arg(&rows_u64);
+                let warps = (ROW_THREADS / 32) as usize;
+                let cfg = LaunchConfig {
+                    grid_dim: (to_u32(rows.div_ceil(warps).max(1), "row blocks")?, 1, 1),
+                    block_dim: (ROW_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches `layer_norm_warp_*`; one warp per row of `d` (a multiple of
+                // 128, at most 128 · LN_MAX_VEC) f32 values read as float4 from a 16-byte
+                // aligned start; rows beyond `rows` return at once.
+                unsafe { launch.launch(cfg) }.w()?;
+                return Ok((
+                    CudaStorage::wrap_cuda_slice(out, dev.clone()),
+                    x_l.shape().clone(),
+                ));
+            }
             let func = dev.get_or_load_custom_func(&kernel_name::<T>("layer_norm"), MODULE, PTX)?;
             let mut launch = func.builder();
             let dim = to_u32(d, "width")?;
@@ -307,18 +352,42 @@ impl candle_core::CustomOp2 for MaskedSoftmax {
         let storage = with_float_type!(scores.dtype(), self.name(), |T| {
             let src = contiguous::<T>(scores, s_l, "attention scores")?;
             let out = output::<T>(dev, b * h * tq * tk)?;
-            let func =
-                dev.get_or_load_custom_func(&kernel_name::<T>("masked_softmax"), MODULE, PTX)?;
-            let mut launch = func.builder();
             let (keys, rows_per_item) = (to_u32(tk, "keys")?, to_u32(h * tq, "rows")?);
-            launch
-                .arg(&src)
-                .arg(&lens)
-                .arg(&out)
-                .arg(&keys)
-                .arg(&rows_per_item);
-            // SAFETY: matches `masked_softmax_*`; one block per row of `tk` keys.
-            unsafe { launch.launch(rows_config(b * h * tq)?) }.w()?;
+            let rows = b * h * tq;
+            if tk <= SOFTMAX_WARP_KEYS {
+                let name = kernel_name::<T>("masked_softmax_warp");
+                let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+                let mut launch = func.builder();
+                let rows_u64 = rows as u64;
+                launch
+                    .arg(&src)
+                    .arg(&lens)
+                    .arg(&out)
+                    .arg(&keys)
+                    .arg(&rows_per_item);
+                launch.arg(&rows_u64);
+                let warps = (ROW_THREADS / 32) as usize;
+                let cfg = LaunchConfig {
+                    grid_dim: (to_u32(rows.div_ceil(warps).max(1), "row blocks")?, 1, 1),
+                    block_dim: (ROW_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches `masked_softmax_warp_*`; one warp per row of `tk` ≤
+                // SOFTMAX_WARP_KEYS keys, rows beyond `rows` return at once.
+                unsafe { launch.launch(cfg) }.w()?;
+            } else {
+                let func =
+                    dev.get_or_load_custom_func(&kernel_name::<T>("masked_softmax"), MODULE, PTX)?;
+                let mut launch = func.builder();
+                launch
+                    .arg(&src)
+                    .arg(&lens)
+                    .arg(&out)
+                    .arg(&keys)
+                    .arg(&rows_per_item);
+                // SAFETY: matches `masked_softmax_*`; one block per row of `tk` keys.
+                unsafe { launch.launch(rows_config(rows)?) }.w()?;
+            }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         });
         Ok((storage, s_l.shape().clone()))
@@ -374,5 +443,234 @@ impl candle_core::CustomOp2 for AddToF32 {
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         });
         Ok((storage, a_l.shape().clone()))
+    }
+}
+
+/// How attention heads move between the q/k/v projection, the attention products and
+/// `linear_out`.
+#[derive(Debug, Clone, Copy)]
+pub enum Heads {
+    /// `[B, T, 3·H·dk]` (the fused q/k/v projection) → `[3, B, H, T, dk]`.
+    Split { heads: usize },
+    /// `[B, H, T, dk]` → `[B, T, H·dk]`.
+    Merge,
+}
+
+impl candle_core::CustomOp1 for Heads {
+    fn name(&self) -> &'static str {
+        "sensevoice-heads"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, x_l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let size = x.dtype().size_in_bytes();
+        let (batch, frames, heads, dk, shape, kernel) = match *self {
+            Self::Split { heads } => {
+                let (b, t, w) = x_l.shape().dims3()?;
+                if heads == 0 || w % (3 * heads) != 0 {
+                    candle_core::bail!("split heads: width {w} is not 3 × {heads} heads");
+                }
+                let dk = w / (3 * heads);
+                (
+                    b,
+                    t,
+                    heads,
+                    dk,
+                    Shape::from((3, b, heads, t, dk)),
+                    "split_heads",
+                )
+            }
+            Self::Merge => {
+                let (b, h, t, dk) = x_l.shape().dims4()?;
+                (b, t, h, dk, Shape::from((b, t, h * dk)), "merge_heads")
+            }
+        };
+        let row_bytes = dk * size;
+        let Some((start, end)) = x_l.contiguous_offsets() else {
+            candle_core::bail!("{kernel}: input must be contiguous, got {x_l:?}");
+        };
+        if row_bytes % 16 != 0 || (start * size) % 16 != 0 {
+            candle_core::bail!("{kernel}: rows of {dk} × {size} bytes are not 16-byte vectors");
+        }
+        let dev = x.device();
+        let vectors = (end - start) * size / 16;
+        let storage = with_float_type!(x.dtype(), self.name(), |T| {
+            let src = x.as_cuda_slice::<T>()?.slice(start..end);
+            let out = output::<T>(dev, end - start)?;
+            let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+            let mut launch = func.builder();
+            let (b, t, h, vpr) = (
+                to_u32(batch, "batch")?,
+                to_u32(frames, "frames")?,
+                to_u32(heads, "heads")?,
+                to_u32(row_bytes / 16, "vectors per row")?,
+            );
+            launch.arg(&src).arg(&out).arg(&b).arg(&t).arg(&h).arg(&vpr);
+            let blocks = vectors.div_ceil(ROW_THREADS as usize).clamp(1, 1 << 20) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (ROW_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches `split_heads` / `merge_heads`: both buffers hold `vectors`
+            // 16-byte vectors (checked above: rows are whole vectors, the start is aligned and
+            // candle's allocations are 256-byte aligned); grid-stride loop over them.
+            unsafe { launch.launch(cfg) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, shape))
+    }
+}
+
+/// `relu?(x · Wᵀ + b)` in one cuBLASLt call (bias and ReLU in the matrix product's epilogue),
+/// for f16 and bf16: `x` `[.., K]` contiguous, `W` `[N, K]`, `b` `[N]`, all of one dtype.
+/// (f32 keeps candle's cuBLAS call: cuBLASLt's f32 path computes in TF32.)
+pub struct LinearLt {
+    /// Apply ReLU after the bias.
+    pub relu: bool,
+    /// Added to the product in the same call (cuBLASLt's `C` with beta = 1): a contiguous
+    /// tensor of the output's shape and dtype on the same device. Not with `relu`.
+    pub residual: Option<candle_core::Tensor>,
+}
+
+impl candle_core::CustomOp3 for LinearLt {
+    fn name(&self) -> &'static str {
+        "sensevoice-linear-lt"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_l: &Layout,
+        w: &CudaStorage,
+        w_l: &Layout,
+        bias: &CudaStorage,
+        b_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let k = x_l.shape().dims().last().copied().unwrap_or(0);
+        let (n, wk) = w_l.shape().dims2()?;
+        let same = x.dtype() == w.dtype() && x.dtype() == bias.dtype();
+        if wk != k || k == 0 || n == 0 || b_l.shape().elem_count() != n || !same {
+            candle_core::bail!("linear: x {x_l:?}, weight {w_l:?}, bias {b_l:?} do not fit");
+        }
+        let m = x_l.shape().elem_count() / k;
+        let mut dims = x_l.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        let dev = x.device();
+        let Some(half) = super::cublaslt::Half::of(x.dtype()) else {
+            candle_core::bail!(
+                "linear: the cuBLASLt path is for f16/bf16, got {:?}",
+                x.dtype()
+            );
+        };
+        let residual = match &self.residual {
+            Some(r) if self.relu => candle_core::bail!("linear: a residual with ReLU ({r:?})"),
+            Some(r) => Some(r.storage_and_layout()),
+            None => None,
+        };
+        if let Some((storage, layout)) = &residual {
+            let fits = layout.shape().elem_count() == m * n && storage.dtype() == x.dtype();
+            if !fits || layout.contiguous_offsets().is_none() {
+                candle_core::bail!("linear: residual {layout:?} does not fit [{m}, {n}]");
+            }
+        }
+        let shape = super::cublaslt::Shape {
+            m,
+            n,
+            k,
+            half,
+            relu: self.relu,
+            accumulate: residual.is_some(),
+        };
+        let stream = dev.cuda_stream();
+        macro_rules! run {
+            ($t:ty) => {{
+                let a = contiguous::<$t>(w, w_l, "linear weight")?;
+                let b = contiguous::<$t>(x, x_l, "linear input")?;
+                let bias = contiguous::<$t>(bias, b_l, "linear bias")?;
+                let mut out = output::<$t>(dev, m * n)?;
+                if let Some((storage, layout)) = &residual {
+                    let candle_core::Storage::Cuda(r) = &**storage else {
+                        candle_core::bail!("linear: the residual is not on the GPU");
+                    };
+                    let r = contiguous::<$t>(r, layout, "linear residual")?;
+                    stream.memcpy_dtod(&r, &mut out).w()?;
+                }
+                {
+                    let (a_ptr, _a) = a.device_ptr(&stream);
+                    let (b_ptr, _b) = b.device_ptr(&stream);
+                    let (bias_ptr, _bias) = bias.device_ptr(&stream);
+                    let (out_ptr, _out) = out.device_ptr(&stream);
+                    // SAFETY: W is N×K, x is M×K, bias has N and out M×N elements of this
+                    // type (checked above), all on this device and used on its one stream; out
+                    // holds a copy of the residual when `accumulate` is set.
+                    unsafe {
+                        super::cublaslt::matmul_bias(dev, shape, a_ptr, b_ptr, bias_ptr, out_ptr)
+                    }?;
+                }
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let storage = match half {
+            super::cublaslt::Half::F16 => run!(half::f16),
+            super::cublaslt::Half::Bf16 => run!(half::bf16),
+        };
+        Ok((storage, Shape::from(dims)))
+    }
+}
+
+/// Index (u32) of the largest value along the last axis of a contiguous tensor, the first one
+/// on ties; the output drops the last axis.
+pub struct ArgmaxLast;
+
+impl candle_core::CustomOp1 for ArgmaxLast {
+    fn name(&self) -> &'static str {
+        "sensevoice-argmax-last"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, x_l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dims = x_l.shape().dims();
+        let Some((&cols, outer)) = dims.split_last() else {
+            candle_core::bail!("argmax of a scalar");
+        };
+        if cols == 0 {
+            candle_core::bail!("argmax over an empty axis");
+        }
+        let rows = x_l.shape().elem_count() / cols;
+        let dev = x.device();
+        let storage = with_float_type!(x.dtype(), self.name(), |T| {
+            let src = contiguous::<T>(x, x_l, "argmax input")?;
+            let out = output::<u32>(dev, rows)?;
+            let func =
+                dev.get_or_load_custom_func(&kernel_name::<T>("argmax_last"), MODULE, PTX)?;
+            let mut launch = func.builder();
+            let cols_u32 = to_u32(cols, "columns")?;
+            launch.arg(&src).arg(&out).arg(&cols_u32);
+            // SAFETY: matches `argmax_last_*`; one block per row, each writes its one output.
+            unsafe { launch.launch(rows_config(rows)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, Shape::from(outer.to_vec())))
     }
 }

@@ -342,16 +342,23 @@ impl MultiHeadedAttentionSANM {
         let qkv = fused::linear(&self.linear_q_k_v, xs, false)?;
         let fsmn = self.forward_fsmn(&qkv.narrow(2, 2 * d, d)?, ctx)?;
         // One copy splits q, k, v into heads: [B, T, 3, H, dk] → [3, B, H, T, dk].
-        let heads = qkv
-            .reshape((b, t, 3, h, dk))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
+        let heads = match fused::split_heads(&qkv, h) {
+            Some(heads) => heads?,
+            None => qkv
+                .reshape((b, t, 3, h, dk))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?,
+        };
         let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
         let scores = q.matmul(&k.t()?)?;
         let key_bias = ctx.mask.as_ref().map(|m| &m.key_bias);
         let attn = fused::masked_softmax(&scores, &ctx.lengths, key_bias)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        fused::linear(&self.linear_out, &out, false)? + fsmn
+        let per_head = attn.matmul(&v)?;
+        let out = match fused::merge_heads(&per_head) {
+            Some(out) => out?,
+            None => per_head.transpose(1, 2)?.reshape((b, t, d))?,
+        };
+        fused::linear_add(&self.linear_out, &out, &fsmn)
     }
 }
 

@@ -16,13 +16,13 @@ pub fn enabled_for(t: &Tensor) -> bool {
 
 /// Whether `device` runs the fused kernels.
 pub fn enabled_on(device: &Device) -> bool {
-    cfg!(feature = "cuda") && device.is_cuda() && !disabled_by_env()
+    cfg!(feature = "cuda") && device.is_cuda() && !disabled()
 }
 
 /// Whether the fused CPU loops of `cpu_ops` run for a model computing in `dtype` on `device`
 /// (f32 on the CPU, unless `GPUSCRIBE_NO_FUSED_KERNELS` is set).
 pub fn cpu_enabled_on(device: &Device, dtype: DType) -> bool {
-    device.is_cpu() && dtype == DType::F32 && !disabled_by_env()
+    device.is_cpu() && dtype == DType::F32 && !disabled()
 }
 
 fn cpu_enabled_for(t: &Tensor) -> bool {
@@ -34,11 +34,26 @@ pub fn matmul_no_bias(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     Linear::new(layer.weight().clone(), None).forward(x)
 }
 
-fn disabled_by_env() -> bool {
+/// 0: follow `GPUSCRIBE_NO_FUSED_KERNELS`; 1: on; 2: off (see [`set_fused_kernels`]).
+static OVERRIDE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turns the fused kernels on or off for the whole process from now on, whatever
+/// `GPUSCRIBE_NO_FUSED_KERNELS` says (for comparing the two paths in one process, as the CUDA
+/// tests do). Tensors already computed are not affected.
+pub fn set_fused_kernels(on: bool) {
+    OVERRIDE.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn disabled() -> bool {
     static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DISABLED.get_or_init(|| {
-        std::env::var_os("GPUSCRIBE_NO_FUSED_KERNELS").is_some_and(|v| !v.is_empty() && v != "0")
-    })
+    match OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => *DISABLED.get_or_init(|| {
+            std::env::var_os("GPUSCRIBE_NO_FUSED_KERNELS")
+                .is_some_and(|v| !v.is_empty() && v != "0")
+        }),
+    }
 }
 
 /// `relu?(x · Wᵀ + b)`: candle's matmul, then the bias (and ReLU) in one pass (a CUDA kernel,
@@ -48,6 +63,14 @@ pub fn linear(layer: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
         let y = layer.forward(x)?;
         return if relu { y.relu() } else { Ok(y) };
     };
+    #[cfg(feature = "cuda")]
+    if enabled_for(x) && matches!(x.dtype(), DType::F16 | DType::BF16) {
+        let op = super::cuda_ops::LinearLt {
+            relu,
+            residual: None,
+        };
+        return x.contiguous()?.apply_op3_no_bwd(layer.weight(), bias, &op);
+    }
     let y = matmul_no_bias(layer, x)?;
     if cpu_enabled_for(&y) && y.is_contiguous() {
         return super::cpu_ops::bias_act(&y, bias, relu);
@@ -58,6 +81,24 @@ pub fn linear(layer: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
     }
     let y = y.broadcast_add(bias)?;
     if relu { y.relu() } else { Ok(y) }
+}
+
+/// `x · Wᵀ + b + residual` (`residual` of the output's shape and dtype): on a CUDA device in
+/// half precision one cuBLASLt call adds the residual in the product's epilogue.
+pub fn linear_add(layer: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if enabled_for(x)
+        && matches!(x.dtype(), DType::F16 | DType::BF16)
+        && residual.dtype() == x.dtype()
+        && let Some(bias) = layer.bias()
+    {
+        let op = super::cuda_ops::LinearLt {
+            relu: false,
+            residual: Some(residual.contiguous()?),
+        };
+        return x.contiguous()?.apply_op3_no_bwd(layer.weight(), bias, &op);
+    }
+    linear(layer, x, false)? + residual
 }
 
 /// LayerNorm of `x` (any float dtype, computed in f32) with f32 `weight`/`bias`, returned in
@@ -111,6 +152,49 @@ pub fn masked_softmax(
         None => f32_scores,
     };
     candle_nn::ops::softmax_last_dim(&f32_scores)?.to_dtype(scores.dtype())
+}
+
+/// Index of the largest value along the last axis (u32, first on ties): one kernel on a CUDA
+/// device, candle's `argmax` elsewhere.
+pub fn argmax_last(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if enabled_for(x) {
+        return x
+            .contiguous()?
+            .apply_op1_no_bwd(&super::cuda_ops::ArgmaxLast);
+    }
+    x.argmax(D::Minus1)
+}
+
+/// The fused q/k/v projection `[B, T, 3·D]` split into heads `[3, B, H, T, D/H]` in one copy
+/// kernel on a CUDA device; `None` where the fused kernels are off or the rows are not whole
+/// 16-byte vectors (the caller then uses candle's permute and copy).
+pub fn split_heads(qkv: &Tensor, heads: usize) -> Option<Result<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled_for(qkv) && heads_fit(qkv, qkv.dim(2).ok()? / (3 * heads.max(1))) {
+        let op = super::cuda_ops::Heads::Split { heads };
+        return Some(qkv.contiguous().and_then(|q| q.apply_op1_no_bwd(&op)));
+    }
+    let _ = (qkv, heads);
+    None
+}
+
+/// Attention output `[B, H, T, dk]` back to `[B, T, H·dk]` in one copy kernel on a CUDA
+/// device; `None` as for [`split_heads`].
+pub fn merge_heads(x: &Tensor) -> Option<Result<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled_for(x) && heads_fit(x, x.dim(3).ok()?) {
+        let op = super::cuda_ops::Heads::Merge;
+        return Some(x.contiguous().and_then(|x| x.apply_op1_no_bwd(&op)));
+    }
+    let _ = x;
+    None
+}
+
+/// Whether rows of `dk` elements of `t`'s dtype are whole 16-byte vectors.
+#[cfg(feature = "cuda")]
+fn heads_fit(t: &Tensor, dk: usize) -> bool {
+    dk > 0 && (dk * t.dtype().size_in_bytes()) % 16 == 0
 }
 
 /// The FSMN memory block on a CUDA device: `mask · (v·mask + Σⱼ tapⱼ ⊙ shift(v·mask, j - left))`

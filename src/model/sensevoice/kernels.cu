@@ -49,32 +49,6 @@ __device__ float block_max(float v, float *shared) {
     return v;
 }
 
-// FSMN memory block of MultiHeadedAttentionSANM for one frame (b, t) per block:
-//   out[b,t,:] = mask(t) * (v[b,t,:] + sum_j w[j,:] * v[b, t + j - left, :] * mask(t + j - left))
-// with mask(s) = 0 <= s < lens[b] (zero padding outside the clip). `v` may be a strided view
-// (rows `stride_b`, `stride_t` elements apart, channels contiguous); `out` is [B, T, D].
-template <typename T>
-__device__ void fsmn(const T *v, const T *w, const uint32_t *lens, T *out, uint32_t frames,
-                     uint32_t dim, uint32_t taps, uint32_t left, uint64_t stride_b,
-                     uint64_t stride_t) {
-    const uint32_t row = blockIdx.x;
-    const uint32_t b = row / frames, t = row % frames;
-    const int len = (int)lens[b];
-    const T *vb = v + b * stride_b;
-    T *o = out + (uint64_t)row * dim;
-    for (uint32_t d = threadIdx.x; d < dim; d += blockDim.x) {
-        float acc = 0.0f;
-        if ((int)t < len) {
-            acc = to_f32(vb[t * stride_t + d]);
-            for (uint32_t j = 0; j < taps; j++) {
-                const int s = (int)t + (int)j - (int)left;
-                if (s >= 0 && s < len) acc += to_f32(w[j * dim + d]) * to_f32(vb[s * stride_t + d]);
-            }
-        }
-        o[d] = from_f32<T>(acc);
-    }
-}
-
 // out[n, :] = x[n, :] + bias (then ReLU if `relu`), x contiguous [N, dim].
 template <typename T>
 __device__ void bias_act(const T *x, const T *bias, T *out, uint32_t dim, uint32_t relu) {
@@ -136,12 +110,6 @@ __device__ void add_to_f32(const float *a, const T *b, float *out, uint64_t n) {
 }
 
 #define INSTANTIATE(SUFFIX, T)                                                                    \
-    extern "C" __global__ void fsmn_##SUFFIX(const T *v, const T *w, const uint32_t *lens,       \
-                                             T *out, uint32_t frames, uint32_t dim,              \
-                                             uint32_t taps, uint32_t left, uint64_t stride_b,    \
-                                             uint64_t stride_t) {                                \
-        fsmn<T>(v, w, lens, out, frames, dim, taps, left, stride_b, stride_t);                  \
-    }                                                                                             \
     extern "C" __global__ void bias_act_##SUFFIX(const T *x, const T *bias, T *out,              \
                                                  uint32_t dim, uint32_t relu) {                  \
         bias_act<T>(x, bias, out, dim, relu);                                                     \
@@ -164,3 +132,233 @@ __device__ void add_to_f32(const float *a, const T *b, float *out, uint64_t n) {
 INSTANTIATE(f32, float)
 INSTANTIATE(f16, __half)
 INSTANTIATE(bf16, __nv_bfloat16)
+
+// FSMN memory block of MultiHeadedAttentionSANM:
+//   out[b,t,:] = mask(t) * (v[b,t,:] + sum_j w[j,:] * v[b, t + j - left, :] * mask(t + j - left))
+// with mask(s) = 0 <= s < lens[b] (zero padding outside the clip). `v` may be a strided view
+// (rows `stride_b`, `stride_t` elements apart, channels contiguous); `out` is [B, T, D].
+// One block per (FSMN_CH channels, FSMN_TILE frames, item): the FSMN_TILE + taps - 1 input
+// frames of the tile are staged in shared memory once (zero outside [0, len)), so each input is
+// read from global memory about once instead of `taps` times. Shared memory: (FSMN_TILE + taps - 1 + taps) * FSMN_CH floats.
+#define FSMN_CH 128
+#define FSMN_TILE 32
+template <typename T>
+__device__ void fsmn_tiled(const T *v, const T *w, const uint32_t *lens, T *out, uint32_t frames,
+                           uint32_t dim, uint32_t taps, uint32_t left, uint64_t stride_b,
+                           uint64_t stride_t) {
+    extern __shared__ float stage[];
+    const uint32_t c = threadIdx.x, d = blockIdx.x * FSMN_CH + c;
+    const uint32_t t0 = blockIdx.y * FSMN_TILE, b = blockIdx.z;
+    const int len = (int)min(lens[b], frames);
+    const uint32_t span = FSMN_TILE + taps - 1;
+    float *tap = stage + span * FSMN_CH;
+    const T *vb = v + b * stride_b;
+    if (d < dim) {
+        for (uint32_t j = 0; j < taps; j++) tap[j * FSMN_CH + c] = to_f32(w[j * dim + d]);
+        for (uint32_t i = 0; i < span; i++) {
+            const int s = (int)t0 + (int)i - (int)left;
+            stage[i * FSMN_CH + c] = (s >= 0 && s < len) ? to_f32(vb[(uint64_t)s * stride_t + d]) : 0.0f;
+        }
+    }
+    __syncthreads();
+    if (d >= dim) return;
+    for (uint32_t i = 0; i < FSMN_TILE; i++) {
+        const uint32_t t = t0 + i;
+        if (t >= frames) break;
+        float acc = 0.0f;
+        if ((int)t < len) {
+            acc = stage[(i + left) * FSMN_CH + c];
+            for (uint32_t j = 0; j < taps; j++) acc += tap[j * FSMN_CH + c] * stage[(i + j) * FSMN_CH + c];
+        }
+        out[((uint64_t)b * frames + t) * dim + d] = from_f32<T>(acc);
+    }
+}
+
+// Masked softmax with one warp per row (rows of at most 32 * SOFTMAX_PER_LANE keys), the row
+// held in registers: one read and one write of the scores. Same function as `masked_softmax`
+// (which serves longer rows).
+#define SOFTMAX_PER_LANE 32
+template <typename T>
+__device__ void masked_softmax_warp(const T *scores, const uint32_t *lens, T *out, uint32_t keys,
+                                    uint32_t rows_per_item, uint64_t rows) {
+    const uint64_t row = (uint64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const uint32_t lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const uint32_t len = min(lens[row / rows_per_item], keys);
+    const T *sr = scores + row * keys;
+    T *o = out + row * keys;
+    float x[SOFTMAX_PER_LANE];
+    float m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < SOFTMAX_PER_LANE; i++) {
+        const uint32_t k = lane + 32 * i;
+        x[i] = k < len ? to_f32(sr[k]) : -INFINITY;
+        m = fmaxf(m, x[i]);
+    }
+    for (int o2 = 16; o2 > 0; o2 >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o2));
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < SOFTMAX_PER_LANE; i++) {
+        const uint32_t k = lane + 32 * i;
+        x[i] = k < len ? expf(x[i] - m) : 0.0f;
+        s += x[i];
+    }
+    for (int o2 = 16; o2 > 0; o2 >>= 1) s += __shfl_xor_sync(0xffffffff, s, o2);
+    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+#pragma unroll
+    for (int i = 0; i < SOFTMAX_PER_LANE; i++) {
+        const uint32_t k = lane + 32 * i;
+        if (k < keys) o[k] = from_f32<T>(x[i] * inv);
+    }
+}
+
+// The attention heads of the fused q/k/v projection: `qkv` [B, T, 3, H, dk] → `out`
+// [3, B, H, T, dk], copied in 16-byte vectors (`vpr` per row of dk elements).
+extern "C" __global__ void split_heads(const uint4 *qkv, uint4 *out, uint32_t batch, uint32_t frames,
+                            uint32_t heads, uint32_t vpr) {
+    const uint64_t total = 3ull * batch * heads * frames * vpr;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (uint64_t)blockDim.x * gridDim.x) {
+        const uint32_t v = i % vpr;
+        uint64_t r = i / vpr;  // ((s * B + b) * H + h) * T + t
+        const uint32_t t = r % frames; r /= frames;
+        const uint32_t h = r % heads; r /= heads;
+        const uint32_t b = r % batch;
+        const uint32_t s = r / batch;
+        out[i] = qkv[((((uint64_t)b * frames + t) * 3 + s) * heads + h) * vpr + v];
+    }
+}
+
+// Heads back into frames: `x` [B, H, T, dk] → `out` [B, T, H, dk], in 16-byte vectors.
+extern "C" __global__ void merge_heads(const uint4 *x, uint4 *out, uint32_t batch, uint32_t frames,
+                            uint32_t heads, uint32_t vpr) {
+    const uint64_t total = (uint64_t)batch * heads * frames * vpr;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (uint64_t)blockDim.x * gridDim.x) {
+        const uint32_t v = i % vpr;
+        uint64_t r = i / vpr;  // (b * T + t) * H + h
+        const uint32_t h = r % heads; r /= heads;
+        const uint32_t t = r % frames;
+        const uint32_t b = r / frames;
+        out[i] = x[(((uint64_t)b * heads + h) * frames + t) * vpr + v];
+    }
+}
+
+#define INSTANTIATE_MORE(SUFFIX, T)                                                               \
+    extern "C" __global__ void fsmn_tiled_##SUFFIX(const T *v, const T *w, const uint32_t *lens, \
+                                                   T *out, uint32_t frames, uint32_t dim,        \
+                                                   uint32_t taps, uint32_t left,                 \
+                                                   uint64_t stride_b, uint64_t stride_t) {       \
+        fsmn_tiled<T>(v, w, lens, out, frames, dim, taps, left, stride_b, stride_t);             \
+    }                                                                                             \
+    extern "C" __global__ void masked_softmax_warp_##SUFFIX(const T *scores,                     \
+                                                            const uint32_t *lens, T *out,        \
+                                                            uint32_t keys,                       \
+                                                            uint32_t rows_per_item,              \
+                                                            uint64_t rows) {                     \
+        masked_softmax_warp<T>(scores, lens, out, keys, rows_per_item, rows);                     \
+    }
+
+INSTANTIATE_MORE(f32, float)
+INSTANTIATE_MORE(f16, __half)
+INSTANTIATE_MORE(bf16, __nv_bfloat16)
+
+// Index of the largest value of each row of `x` [rows, cols] (contiguous), the first one on
+// ties (what torch.argmax returns); one block per row.
+template <typename T>
+__device__ void argmax_last(const T *x, uint32_t *out, uint32_t cols) {
+    __shared__ float best_v[32];
+    __shared__ uint32_t best_i[32];
+    const T *xr = x + (uint64_t)blockIdx.x * cols;
+    float v = -INFINITY;
+    uint32_t i = 0xffffffffu;
+    for (uint32_t k = threadIdx.x; k < cols; k += blockDim.x) {
+        const float y = to_f32(xr[k]);
+        if (y > v || i == 0xffffffffu) { v = y; i = k; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffff, v, o);
+        const uint32_t oi = __shfl_xor_sync(0xffffffff, i, o);
+        if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) { best_v[warp] = v; best_i[warp] = i; }
+    __syncthreads();
+    if (warp == 0) {
+        const int warps = blockDim.x / 32;
+        v = lane < warps ? best_v[lane] : -INFINITY;
+        i = lane < warps ? best_i[lane] : 0xffffffffu;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffff, v, o);
+            const uint32_t oi = __shfl_xor_sync(0xffffffff, i, o);
+            if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+        }
+        if (lane == 0) out[blockIdx.x] = i;
+    }
+}
+
+#define INSTANTIATE_ARGMAX(SUFFIX, T)                                                             \
+    extern "C" __global__ void argmax_last_##SUFFIX(const T *x, uint32_t *out, uint32_t cols) {  \
+        argmax_last<T>(x, out, cols);                                                             \
+    }
+
+INSTANTIATE_ARGMAX(f32, float)
+INSTANTIATE_ARGMAX(f16, __half)
+INSTANTIATE_ARGMAX(bf16, __nv_bfloat16)
+
+// LayerNorm with one warp per row for rows of 128 · n (n ≤ 8) f32 values, held in registers and
+// read as float4: one read of x, one write of out. Same function as `layer_norm` (mean first,
+// then the variance of the centred row), which serves other widths.
+#define LN_MAX_VEC 8
+template <typename T>
+__device__ void layer_norm_warp(const float *x, const float *gamma, const float *beta, T *out,
+                                uint32_t dim, float eps, uint64_t rows) {
+    const uint64_t row = (uint64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const uint32_t lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const uint32_t nvec = dim / 128;
+    const float4 *xr = reinterpret_cast<const float4 *>(x + row * dim);
+    float4 v[LN_MAX_VEC];
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < LN_MAX_VEC; i++) {
+        if (i < nvec) {
+            v[i] = xr[lane + 32 * i];
+            s += v[i].x + v[i].y + v[i].z + v[i].w;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+    const float mean = s / (float)dim;
+    float q = 0.0f;
+#pragma unroll
+    for (int i = 0; i < LN_MAX_VEC; i++) {
+        if (i < nvec) {
+            const float a = v[i].x - mean, b = v[i].y - mean, c = v[i].z - mean, d = v[i].w - mean;
+            q += a * a + b * b + c * c + d * d;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffff, q, o);
+    const float inv = rsqrtf(q / (float)dim + eps);
+    T *o = out + row * dim;
+#pragma unroll
+    for (int i = 0; i < LN_MAX_VEC; i++) {
+        if (i < nvec) {
+            const uint32_t base = 4 * (lane + 32 * i);
+            const float vals[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                o[base + j] = from_f32<T>((vals[j] - mean) * inv * gamma[base + j] + beta[base + j]);
+        }
+    }
+}
+
+#define INSTANTIATE_LN(SUFFIX, T)                                                                 \
+    extern "C" __global__ void layer_norm_warp_##SUFFIX(const float *x, const float *gamma,      \
+                                                        const float *beta, T *out, uint32_t dim, \
+                                                        float eps, uint64_t rows) {              \
+        layer_norm_warp<T>(x, gamma, beta, out, dim, eps, rows);                                  \
+    }
+
+INSTANTIATE_LN(f32, float)
+INSTANTIATE_LN(f16, __half)
+INSTANTIATE_LN(bf16, __nv_bfloat16)

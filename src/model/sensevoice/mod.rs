@@ -10,6 +10,8 @@ mod checkpoint;
 pub mod config;
 pub mod cpu_ops;
 #[cfg(feature = "cuda")]
+mod cublaslt;
+#[cfg(feature = "cuda")]
 mod cuda_ops;
 pub mod decode;
 pub mod encoder;

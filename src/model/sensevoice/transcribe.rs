@@ -250,6 +250,20 @@ impl SenseVoice {
             .map_err(compute("forward pass"))
     }
 
+    /// Greedy CTC frame ids `[B, 4 + T_max]` (u32, on the device) and the valid lengths of a
+    /// batch of per-clip features: the network as transcription runs it (encoder, CTC head and
+    /// argmax on the device, without the whole batch's logits).
+    pub fn forward_ids_features(
+        &self,
+        feats: &[(Vec<f32>, usize)],
+        prompts: &[Prompt],
+    ) -> Result<(Tensor, Vec<usize>), ModelError> {
+        let (xs, lengths) = self.upload(feats)?;
+        self.model
+            .forward_ids(&xs, &lengths, prompts)
+            .map_err(compute("forward pass"))
+    }
+
     /// Zero-pads per-clip features into one `[B, T_max, 560]` tensor on the model's device.
     fn upload(&self, feats: &[(Vec<f32>, usize)]) -> Result<(Tensor, Vec<usize>), ModelError> {
         let dim = self.frontend.feature_dim();
@@ -309,7 +323,7 @@ impl SenseVoice {
                 None => out.logits.clone(),
             };
             // Argmax on the device: only B x T ids cross to the host.
-            let ids = decode_logits.argmax(D::Minus1).map_err(compute("argmax"))?;
+            let ids = super::fused::argmax_last(&decode_logits).map_err(compute("argmax"))?;
             (ids, out.lengths, Some(out.logits), None)
         } else if opts.timestamps {
             let (xs, feat_lengths) = self.upload(feats)?;
