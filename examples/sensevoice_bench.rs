@@ -8,6 +8,9 @@
 //! cargo run --release --features cuda --example sensevoice_bench -- speed DIR/model cuda:0 bf16 8 /tmp/clip10.wav /tmp/seg30.wav
 //! # Forward + argmax alone at several batch sizes (the side-by-side with FunASR's bench_forward.py):
 //! cargo run --release --features cuda --example sensevoice_bench -- forward DIR/model cuda:0 bf16 /tmp/seg30.wav 16,32,64 10
+//! # One file end to end (FunASR's generate()), and the frame ids of one segment (for tools/bench/cpu_side.sh):
+//! cargo run --release --example sensevoice_bench -- e2e DIR/model cpu f32 /tmp/seg30.wav 5
+//! cargo run --release --example sensevoice_bench -- ids DIR/model cpu f32 /tmp/seg30.wav /tmp/ids.json
 //! ```
 //! Prints one JSON object per line.
 
@@ -231,7 +234,7 @@ fn forward(
     batches: &[usize],
     repeat: usize,
 ) -> anyhow::Result<()> {
-    let (model, _) = load(model_dir, dev, dt)?;
+    let (model, load_ms) = load(model_dir, dev, dt)?;
     let segment = audio(segment30)?;
     let audio_s_each = segment.len() as f64 / 16_000.0;
     let one = model.features(&segment);
@@ -274,11 +277,53 @@ fn forward(
         println!(
             "{}",
             serde_json::json!({"bench": "forward_argmax", "impl": "gpuscribe", "dtype": format!("{dt:?}"),
-                "batch": batch, "audio_s": audio_s, "median_ms": med, "best_ms": best,
+                "batch": batch, "audio_s": audio_s, "median_ms": med, "best_ms": best, "load_ms": load_ms,
+                "threads": rayon::current_num_threads(),
                 "x_realtime_median": audio_s * 1000.0 / med, "x_realtime_best": audio_s * 1000.0 / best,
                 "frames_equal_to_funasr_fp32": agreement})
         );
     }
+    Ok(())
+}
+
+/// One file end to end (`transcribe_batch`: frontend, forward, decode, timestamps), the
+/// counterpart of FunASR's `generate()` on that file.
+fn e2e(model_dir: &Path, dev: &Device, dt: DType, wav: &Path, repeat: usize) -> anyhow::Result<()> {
+    let (model, load_ms) = load(model_dir, dev, dt)?;
+    let samples = audio(wav)?;
+    let audio_s = samples.len() as f64 / 16_000.0;
+    let opts = DecodeOptions::default();
+    model.transcribe_batch(&[&samples], &opts)?;
+    let runs: Vec<f64> = (0..repeat.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            model
+                .transcribe_batch(&[&samples], &opts)
+                .map(|_| started.elapsed().as_secs_f64() * 1000.0)
+        })
+        .collect::<Result<_, _>>()?;
+    let best = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    let med = median(runs);
+    println!(
+        "{}",
+        serde_json::json!({"bench": "generate", "impl": "gpuscribe", "dtype": format!("{dt:?}"),
+            "batch": 1, "audio_s": audio_s, "median_ms": med, "best_ms": best, "load_ms": load_ms,
+            "x_realtime_best": audio_s * 1000.0 / best, "threads": rayon::current_num_threads()})
+    );
+    Ok(())
+}
+
+/// The greedy frame ids of one file's forward pass (prompt frames included), written as a JSON
+/// list to `out`: what `bench_forward.py --dump-ids` writes for FunASR.
+fn ids(model_dir: &Path, dev: &Device, dt: DType, wav: &Path, out: &Path) -> anyhow::Result<()> {
+    let (model, _) = load(model_dir, dev, dt)?;
+    let feats = model.features(&audio(wav)?);
+    let logits = model
+        .forward_features(&[feats], &[Prompt::default()], None)?
+        .logits;
+    let ids = logits.get(0)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    std::fs::write(out, serde_json::to_string(&ids)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }
 
@@ -428,6 +473,45 @@ fn ops(
             attn.matmul(&vv)?.transpose(1, 2)?.reshape((b, t, d))
         })?,
     );
+    // The fused CPU loops that replace the ops above (f32 on the CPU).
+    if dev.is_cpu() && dt == DType::F32 {
+        use gpuscribe::model::sensevoice::cpu_ops;
+        let full = vec![t; b];
+        let zero3 = Tensor::zeros(3 * d, DType::F32, dev)?;
+        let b1 = Tensor::zeros(hidden, DType::F32, dev)?;
+        let heads_f = cpu_ops::qkv_heads(&qkv, &zero3, h)?;
+        let lo = out_l.forward(&x)?;
+        put(
+            "cpu_layernorm",
+            time_op(dev, reps, || cpu_ops::layer_norm(&x32, &g, &beta, 1e-5))?,
+        );
+        put(
+            "cpu_bias_relu_ffn",
+            time_op(dev, reps, || cpu_ops::bias_act(&hid, &b1, true))?,
+        );
+        put(
+            "cpu_qkv_heads",
+            time_op(dev, reps, || cpu_ops::qkv_heads(&qkv, &zero3, h))?,
+        );
+        put(
+            "cpu_masked_softmax",
+            time_op(dev, reps, || cpu_ops::masked_softmax(&scores, &full))?,
+        );
+        put(
+            "cpu_merge_heads",
+            time_op(dev, reps, || cpu_ops::merge_heads(&attn.matmul(&vv)?))?,
+        );
+        put(
+            "cpu_fsmn_bias_residual",
+            time_op(dev, reps, || {
+                cpu_ops::attention_output(&lo, &beta, &heads_f, &kd, &full, 5, Some(&x32))
+            })?,
+        );
+        put(
+            "cpu_bias_residual",
+            time_op(dev, reps, || cpu_ops::residual_bias(&lo, &beta, &x32))?,
+        );
+    }
     println!(
         "{}",
         serde_json::json!({"bench": "ops_ms", "dtype": format!("{dt:?}"),
@@ -520,6 +604,20 @@ fn main() -> anyhow::Result<()> {
                 .collect::<Result<Vec<usize>, _>>()?,
             repeat.parse()?,
         ),
+        ["e2e", dir, dev, dt, wav, repeat] => e2e(
+            Path::new(dir),
+            &device(dev)?,
+            dtype(dt)?,
+            Path::new(wav),
+            repeat.parse()?,
+        ),
+        ["ids", dir, dev, dt, wav, out] => ids(
+            Path::new(dir),
+            &device(dev)?,
+            dtype(dt)?,
+            Path::new(wav),
+            Path::new(out),
+        ),
         ["ops", dir, dev, dt, batch, frames] => ops(
             Path::new(dir),
             &device(dev)?,
@@ -531,6 +629,7 @@ fn main() -> anyhow::Result<()> {
             "usage: sensevoice_bench parity DIR DEVICE DTYPE [MIN_FRAME_AGREEMENT] | \
              speed MODEL_DIR DEVICE DTYPE BATCH CLIP10_WAV SEGMENT30_WAV | \
              forward MODEL_DIR DEVICE DTYPE SEGMENT30_WAV BATCHES(16,32,64) REPEAT | \
+             e2e MODEL_DIR DEVICE DTYPE WAV REPEAT | ids MODEL_DIR DEVICE DTYPE WAV OUT_JSON | \
              ops MODEL_DIR DEVICE DTYPE BATCH FRAMES"
         ),
     }

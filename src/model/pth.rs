@@ -339,6 +339,8 @@ pub struct SafetensorsEntry {
     pub dtype: String,
     /// Shape.
     pub shape: Vec<usize>,
+    /// Where its bytes lie in the file (checked to be inside it and to match shape and dtype).
+    pub file_range: std::ops::Range<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -402,10 +404,12 @@ pub fn safetensors_header(
                 ),
             ));
         }
+        let data_start = 8 + header_len;
         out.push(SafetensorsEntry {
             name,
             dtype: e.dtype,
             shape: e.shape,
+            file_range: data_start + start..data_start + end,
         });
     }
     strip_module_prefix(&mut out, |t| &mut t.name);

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::weights::{WeightsError, check_against};
 use crate::model::pickle::StorageDType;
@@ -112,20 +113,83 @@ pub(super) fn read_safetensors(
     let file_len = file.metadata().map_err(io)?.len();
     let entries = pth::safetensors_header(&mut file, file_len).map_err(|e| with_path(path, e))?;
     drop(file);
-    if let Some(expected) = expected {
-        let mut found: HashMap<&str, (&[usize], DType)> = HashMap::new();
-        for e in &entries {
-            let dtype = safetensors_dtype(&e.dtype).ok_or_else(|| WeightsError::Tensor {
+    let dtypes = entries
+        .iter()
+        .map(|e| {
+            safetensors_dtype(&e.dtype).ok_or_else(|| WeightsError::Tensor {
                 path: path.to_owned(),
                 name: e.name.clone(),
                 reason: format!("has the unsupported dtype {}", e.dtype),
-            })?;
-            found.insert(e.name.as_str(), (e.shape.as_slice(), dtype));
-        }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(expected) = expected {
+        let found: HashMap<&str, (&[usize], DType)> = entries
+            .iter()
+            .zip(&dtypes)
+            .map(|(e, &dtype)| (e.name.as_str(), (e.shape.as_slice(), dtype)))
+            .collect();
         check_against(path, &found, expected)?;
     }
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| WeightsError::NotACheckpoint {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+    // One tensor per task, each read from the file straight into its own buffer: no copy of the
+    // whole file in memory first, and the reads and page faults spread over the cores.
+    entries
+        .par_iter()
+        .zip(dtypes.par_iter())
+        .map_init(
+            || std::fs::File::open(path),
+            |file, (entry, &dtype)| {
+                let file = file.as_mut().map_err(|e| WeightsError::Io {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                })?;
+                let tensor = read_tensor(file, entry, dtype).map_err(|e| match e {
+                    TensorReadError::Io(source) => WeightsError::Io {
+                        path: path.to_owned(),
+                        source,
+                    },
+                    TensorReadError::Candle(e) => WeightsError::Tensor {
+                        path: path.to_owned(),
+                        name: entry.name.clone(),
+                        reason: e.to_string(),
+                    },
+                })?;
+                Ok((entry.name.clone(), tensor))
+            },
+        )
+        .collect()
+}
+
+enum TensorReadError {
+    Io(std::io::Error),
+    Candle(candle_core::Error),
+}
+
+/// Reads one tensor's bytes (their range checked against the file by the header reader).
+fn read_tensor(
+    file: &mut std::fs::File,
+    entry: &pth::SafetensorsEntry,
+    dtype: DType,
+) -> Result<Tensor, TensorReadError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let range = &entry.file_range;
+    let len = usize::try_from(range.end - range.start).map_err(|_| {
+        TensorReadError::Io(std::io::Error::other(
+            "a tensor larger than the address space",
+        ))
+    })?;
+    file.seek(SeekFrom::Start(range.start))
+        .map_err(TensorReadError::Io)?;
+    if dtype == DType::F32 && cfg!(target_endian = "little") {
+        // Read into the f32 buffer itself: the file's little-endian bytes are the values.
+        let mut values = vec![0f32; len / 4];
+        file.read_exact(bytemuck::cast_slice_mut(&mut values))
+            .map_err(TensorReadError::Io)?;
+        return Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu)
+            .map_err(TensorReadError::Candle);
+    }
+    let mut bytes = vec![0u8; len];
+    file.read_exact(&mut bytes).map_err(TensorReadError::Io)?;
+    Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, &Device::Cpu)
+        .map_err(TensorReadError::Candle)
 }

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::EncoderConfig;
-use super::fused;
+use super::{cpu_ops, fused};
 
 const LAYER_NORM_EPS: f32 = 1e-5;
 
@@ -64,6 +64,10 @@ pub struct FrameContext {
     pub fsmn_unfold: Option<Tensor>,
     /// Valid frames per item, u32 `[B]` on the batch's device, for the fused CUDA kernels.
     pub lengths: Tensor,
+    /// The same lengths on the host, for the fused CPU loops.
+    pub host_lengths: Vec<usize>,
+    /// Whether the layers run the fused CPU loops ([`fused::cpu_enabled_on`]).
+    pub cpu_fused: bool,
 }
 
 impl FrameContext {
@@ -77,14 +81,38 @@ impl FrameContext {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::with_cpu_fused(
+            lengths,
+            max_len,
+            kernel_size,
+            unfold,
+            dtype,
+            device,
+            fused::cpu_enabled_on(device, dtype),
+        )
+    }
+
+    /// [`Self::new`] with the choice of the fused CPU loops made by the caller (`false`: the
+    /// candle ops, for comparing the two).
+    pub fn with_cpu_fused(
+        lengths: &[usize],
+        max_len: usize,
+        kernel_size: usize,
+        unfold: bool,
+        dtype: DType,
+        device: &Device,
+        cpu_fused: bool,
+    ) -> Result<Self> {
+        let cpu_fused = cpu_fused && device.is_cpu() && dtype == DType::F32;
         // The fused kernels mask with `lengths` alone: the masks and the gather index would be
         // uploaded for nothing.
-        let fused = fused::enabled_on(device);
+        let fused = fused::enabled_on(device) || cpu_fused;
         let mask = if fused {
             None
         } else {
             BatchMask::new(lengths, max_len, dtype, device)?
         };
+        let lengths_host = lengths.to_vec();
         let lengths_u32 = lengths.iter().map(|&l| l as u32).collect::<Vec<_>>();
         let lengths = Tensor::from_vec(lengths_u32, lengths.len(), device)?;
         let fsmn_unfold = if unfold && !fused {
@@ -99,6 +127,8 @@ impl FrameContext {
             mask,
             fsmn_unfold,
             lengths,
+            host_lengths: lengths_host,
+            cpu_fused,
         })
     }
 }
@@ -131,6 +161,15 @@ impl LayerNorm {
     pub fn forward_to(&self, xs: &Tensor, dtype: DType) -> Result<Tensor> {
         fused::layer_norm(xs, &self.weight, &self.bias, LAYER_NORM_EPS, dtype)
     }
+
+    /// [`Self::forward`] through the fused CPU loop when `ctx` selects it.
+    pub fn forward_in(&self, xs: &Tensor, ctx: &FrameContext) -> Result<Tensor> {
+        if ctx.cpu_fused {
+            cpu_ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, LAYER_NORM_EPS)
+        } else {
+            self.forward(xs)
+        }
+    }
 }
 
 /// `PositionwiseFeedForward`: `w_2(relu(w_1(x)))`.
@@ -152,6 +191,15 @@ impl PositionwiseFeedForward {
     /// Applies the block in the weights' dtype.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         fused::linear(&self.w_2, &fused::linear(&self.w_1, xs, true)?, false)
+    }
+
+    /// `residual + forward(xs)` with the fused CPU loops (f32 on the CPU).
+    fn forward_cpu(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (Some(b1), Some(b2)) = (self.w_1.bias(), self.w_2.bias()) else {
+            candle_core::bail!("feed_forward: w_1 and w_2 have biases");
+        };
+        let hidden = cpu_ops::bias_act(&fused::matmul_no_bias(&self.w_1, xs)?, b1, true)?;
+        cpu_ops::residual_bias(&fused::matmul_no_bias(&self.w_2, &hidden)?, b2, residual)
     }
 }
 
@@ -253,6 +301,38 @@ impl MultiHeadedAttentionSANM {
         }
     }
 
+    /// `residual + forward(xs)` (or `forward(xs)` without a residual) with the fused CPU
+    /// loops (f32 on the CPU): the bias of the fused projection added while the heads are split,
+    /// the masked softmax in one pass, and the FSMN block, `linear_out`'s bias and the residual
+    /// in one pass after `linear_out`.
+    fn forward_cpu(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        ctx: &FrameContext,
+    ) -> Result<Tensor> {
+        let (Some(qkv_bias), Some(out_bias)) = (self.linear_q_k_v.bias(), self.linear_out.bias())
+        else {
+            candle_core::bail!("self_attn: linear_q_k_v and linear_out have biases");
+        };
+        let qkv = fused::matmul_no_bias(&self.linear_q_k_v, &xs.contiguous()?)?;
+        let heads = cpu_ops::qkv_heads(&qkv, qkv_bias, self.heads)?;
+        let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        let attn = cpu_ops::masked_softmax(&scores, &ctx.host_lengths)?;
+        let merged = cpu_ops::merge_heads(&attn.matmul(&v)?)?;
+        let lo = fused::matmul_no_bias(&self.linear_out, &merged)?;
+        cpu_ops::attention_output(
+            &lo,
+            out_bias,
+            &heads,
+            &self.fsmn_kd,
+            &ctx.host_lengths,
+            self.left_pad,
+            residual,
+        )
+    }
+
     /// Attention over `xs` `[B, T, in_feat]` (compute dtype) → `[B, T, D]` (compute dtype).
     pub fn forward(&self, xs: &Tensor, ctx: &FrameContext) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
@@ -314,6 +394,14 @@ impl EncoderLayerSANM {
 
     /// `xs` is the f32 residual stream `[B, T, in_feat]`; returns f32 `[B, T, D]`.
     pub fn forward(&self, xs: &Tensor, ctx: &FrameContext) -> Result<Tensor> {
+        if ctx.cpu_fused {
+            let xs = xs.contiguous()?;
+            let h = self.norm1.forward_in(&xs, ctx)?;
+            let residual = self.residual.then_some(&xs);
+            let xs = self.self_attn.forward_cpu(&h, residual, ctx)?;
+            let h = self.norm2.forward_in(&xs, ctx)?;
+            return self.feed_forward.forward_cpu(&h, &xs);
+        }
         let h = self.norm1.forward_to(xs, self.dtype)?;
         let att = self.self_attn.forward(&h, ctx)?;
         let xs = if self.residual {
@@ -395,16 +483,41 @@ impl SenseVoiceEncoderSmall {
         xs: &Tensor,
         lengths: &[usize],
         unfold: bool,
+        capture: Option<Capture<'_>>,
+    ) -> Result<Tensor> {
+        let cpu_fused = fused::cpu_enabled_on(xs.device(), self.dtype);
+        self.forward_impl(xs, lengths, unfold, cpu_fused, capture)
+    }
+
+    /// [`Self::forward`] with candle's ops only (no fused CPU loops): the reference the fused
+    /// CPU path is tested against.
+    pub fn forward_candle_ops(
+        &self,
+        xs: &Tensor,
+        lengths: &[usize],
+        capture: Option<Capture<'_>>,
+    ) -> Result<Tensor> {
+        let unfold = !xs.device().is_cpu();
+        self.forward_impl(xs, lengths, unfold, false, capture)
+    }
+
+    fn forward_impl(
+        &self,
+        xs: &Tensor,
+        lengths: &[usize],
+        unfold: bool,
+        cpu_fused: bool,
         mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
         let (_, t, depth) = xs.dims3()?;
-        let ctx = FrameContext::new(
+        let ctx = FrameContext::with_cpu_fused(
             lengths,
             t,
             self.kernel_size,
             unfold,
             self.dtype,
             xs.device(),
+            cpu_fused,
         )?;
         let pe = sinusoidal_position_encoding(t, depth, xs.device())?;
         let mut xs =
@@ -424,13 +537,13 @@ impl SenseVoiceEncoderSmall {
             xs = layer.forward(&xs, &ctx)?;
             emit(&format!("encoders.{i}"), &xs)?;
         }
-        xs = self.after_norm.forward(&xs)?;
+        xs = self.after_norm.forward_in(&xs, &ctx)?;
         emit("after_norm", &xs)?;
         for (i, layer) in self.tp_encoders.iter().enumerate() {
             xs = layer.forward(&xs, &ctx)?;
             emit(&format!("tp_encoders.{i}"), &xs)?;
         }
-        xs = self.tp_norm.forward(&xs)?;
+        xs = self.tp_norm.forward_in(&xs, &ctx)?;
         emit("tp_norm", &xs)?;
         Ok(xs)
     }
@@ -449,4 +562,132 @@ pub fn sinusoidal_position_encoding(t: usize, depth: usize, device: &Device) -> 
         data.extend(inv.iter().map(|&s| (p * s).cos()));
     }
     Tensor::from_vec(data, (1, t, 2 * half), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A deterministic fill in [-scale, scale) (xorshift), so a failure reproduces.
+    fn fill(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+    }
+
+    /// A small random encoder (width 32, 4 heads, K 11) with input width 40.
+    fn random_encoder(sanm_shfit: usize) -> (SenseVoiceEncoderSmall, usize) {
+        let cfg = EncoderConfig {
+            output_size: 32,
+            attention_heads: 4,
+            linear_units: 48,
+            num_blocks: 3,
+            tp_blocks: 2,
+            kernel_size: 11,
+            sanm_shfit,
+            normalize_before: true,
+        };
+        let (d, input) = (cfg.output_size, 40);
+        let mut tensors = HashMap::new();
+        let mut seed = 0;
+        let mut put = |name: String, shape: Vec<usize>, scale: f32| {
+            seed += 1;
+            tensors.insert(name, fill(&shape, seed, scale));
+        };
+        let mut layer = |prefix: String, in_feat: usize| {
+            let mut p = |n: &str, shape: Vec<usize>, scale: f32| {
+                put(format!("{prefix}.{n}"), shape, scale);
+            };
+            p("self_attn.linear_q_k_v.weight", vec![3 * d, in_feat], 0.3);
+            p("self_attn.linear_q_k_v.bias", vec![3 * d], 0.1);
+            p("self_attn.linear_out.weight", vec![d, d], 0.3);
+            p("self_attn.linear_out.bias", vec![d], 0.1);
+            p("self_attn.fsmn_block.weight", vec![d, 1, 11], 0.3);
+            p("feed_forward.w_1.weight", vec![48, d], 0.3);
+            p("feed_forward.w_1.bias", vec![48], 0.1);
+            p("feed_forward.w_2.weight", vec![d, 48], 0.3);
+            p("feed_forward.w_2.bias", vec![d], 0.1);
+            p("norm1.weight", vec![in_feat], 1.0);
+            p("norm1.bias", vec![in_feat], 0.5);
+            p("norm2.weight", vec![d], 1.0);
+            p("norm2.bias", vec![d], 0.5);
+        };
+        layer("encoders0.0".to_owned(), input);
+        for i in 0..cfg.num_blocks - 1 {
+            layer(format!("encoders.{i}"), d);
+        }
+        for i in 0..cfg.tp_blocks {
+            layer(format!("tp_encoders.{i}"), d);
+        }
+        for norm in ["after_norm", "tp_norm"] {
+            put(format!("{norm}.weight"), vec![d], 1.0);
+            put(format!("{norm}.bias"), vec![d], 0.5);
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let encoder = SenseVoiceEncoderSmall::load(input, &cfg, &vb).expect("encoder");
+        (encoder, input)
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("diff");
+        let scale = b
+            .abs()
+            .and_then(|t| t.max_all()?.to_scalar::<f32>())
+            .expect("scale");
+        diff / scale
+    }
+
+    #[test]
+    fn fused_cpu_path_equals_candle_ops_layer_by_layer() {
+        for sanm_shfit in [0, 2] {
+            let (encoder, input) = random_encoder(sanm_shfit);
+            let xs = fill(&[3, 23, input], 99, 1.0);
+            // Unpadded and padded batches (one item shorter than the FSMN kernel).
+            for lengths in [[23, 23, 23], [23, 17, 6]] {
+                let mut plain = Vec::new();
+                let mut keep = |name: &str, t: &Tensor| -> Result<()> {
+                    plain.push((name.to_owned(), t.clone()));
+                    Ok(())
+                };
+                let want = encoder
+                    .forward_candle_ops(&xs, &lengths, Some(&mut keep))
+                    .expect("candle ops");
+                let mut fused = Vec::new();
+                let mut keep = |name: &str, t: &Tensor| -> Result<()> {
+                    fused.push((name.to_owned(), t.clone()));
+                    Ok(())
+                };
+                let got = encoder
+                    .forward_impl(&xs, &lengths, false, true, Some(&mut keep))
+                    .expect("fused");
+                fused.push(("output".to_owned(), got));
+                plain.push(("output".to_owned(), want));
+                assert_eq!(plain.len(), fused.len());
+                // Only the valid frames are compared: padded ones are free in both paths.
+                for ((name, a), (_, b)) in fused.iter().zip(&plain) {
+                    for (i, &len) in lengths.iter().enumerate() {
+                        let a = a.get(i).and_then(|t| t.narrow(0, 0, len)).expect("a");
+                        let b = b.get(i).and_then(|t| t.narrow(0, 0, len)).expect("b");
+                        let r = rel(&a, &b);
+                        assert!(
+                            r < 1e-5,
+                            "shift {sanm_shfit} {lengths:?} {name} item {i}: {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

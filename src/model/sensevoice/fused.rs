@@ -1,8 +1,10 @@
-//! Encoder steps with two implementations: one fused CUDA kernel each (`cuda_ops`, in CUDA
-//! builds on a CUDA device) and the plain candle ops everywhere else. Both compute the same
-//! function in f32 (the fused ones round once at the end, the candle ones after each op).
+//! Encoder steps with three implementations: one fused CUDA kernel each (`cuda_ops`, in CUDA
+//! builds on a CUDA device), fused CPU loops for f32 on the CPU (`cpu_ops`), and the plain
+//! candle ops everywhere else. All compute the same function in f32 (the fused ones round once
+//! at the end, the candle ones after each op).
 //!
-//! `GPUSCRIBE_NO_FUSED_KERNELS=1` turns the fused kernels off, for comparing the two paths.
+//! `GPUSCRIBE_NO_FUSED_KERNELS=1` turns the fused kernels off (CUDA and CPU), for comparing the
+//! paths.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::Linear;
@@ -15,6 +17,21 @@ pub fn enabled_for(t: &Tensor) -> bool {
 /// Whether `device` runs the fused kernels.
 pub fn enabled_on(device: &Device) -> bool {
     cfg!(feature = "cuda") && device.is_cuda() && !disabled()
+}
+
+/// Whether the fused CPU loops of `cpu_ops` run for a model computing in `dtype` on `device`
+/// (f32 on the CPU, unless `GPUSCRIBE_NO_FUSED_KERNELS` is set).
+pub fn cpu_enabled_on(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32 && !disabled()
+}
+
+fn cpu_enabled_for(t: &Tensor) -> bool {
+    cpu_enabled_on(t.device(), t.dtype())
+}
+
+/// `x · Wᵀ` (no bias) as one matrix product over all leading dimensions.
+pub fn matmul_no_bias(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    Linear::new(layer.weight().clone(), None).forward(x)
 }
 
 /// 0: follow `GPUSCRIBE_NO_FUSED_KERNELS`; 1: on; 2: off (see [`set_fused_kernels`]).
@@ -39,7 +56,8 @@ fn disabled() -> bool {
     }
 }
 
-/// `relu?(x · Wᵀ + b)`: candle's matmul, then the bias (and ReLU) in one pass.
+/// `relu?(x · Wᵀ + b)`: candle's matmul, then the bias (and ReLU) in one pass (a CUDA kernel,
+/// or on the CPU in f32 one multi-threaded loop with the same result as candle's ops).
 pub fn linear(layer: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
     let Some(bias) = layer.bias() else {
         let y = layer.forward(x)?;
@@ -53,7 +71,10 @@ pub fn linear(layer: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
         };
         return x.contiguous()?.apply_op3_no_bwd(layer.weight(), bias, &op);
     }
-    let y = Linear::new(layer.weight().clone(), None).forward(x)?;
+    let y = matmul_no_bias(layer, x)?;
+    if cpu_enabled_for(&y) && y.is_contiguous() {
+        return super::cpu_ops::bias_act(&y, bias, relu);
+    }
     #[cfg(feature = "cuda")]
     if enabled_for(&y) {
         return y.apply_op2_no_bwd(bias, &super::cuda_ops::BiasAct { relu });
