@@ -8,7 +8,7 @@ use super::command::Command;
 use super::engine_link::{gpu_free_list, target_for};
 use super::inputs::{expand_paths, recording_file_name};
 use super::model_bar::ModelGate;
-use super::recording::RecordState;
+use super::recording::{KeptLive, RecordState};
 use super::tasks::{self, DialogAnswer, TaskResult};
 use super::{GpuScribeApp, LogLine};
 use crate::audio::{DeviceList, RecordError, RecordEvent};
@@ -393,10 +393,12 @@ impl GpuScribeApp {
     }
 
     /// Queues a recording's parts, recorded as parts of it.
-    fn queue_recording(&mut self, parts: &[PathBuf], token: Option<u64>) {
-        if let Some(queued) = self.send_jobs(parts, "the recording was kept but not queued") {
-            self.record_queued(parts, &queued, token);
+    fn queue_recording(&mut self, parts: &[PathBuf], token: Option<u64>) -> Vec<JobId> {
+        let queued = self.send_jobs(parts, "the recording was kept but not queued");
+        if let Some(queued) = &queued {
+            self.record_queued(parts, queued, token);
         }
+        queued.unwrap_or_default()
     }
 
     pub(super) fn drain_gpu_feed(&mut self) {
@@ -522,6 +524,7 @@ impl GpuScribeApp {
                     self.recording_token = Some(token);
                     self.recording.state = RecordState::Recording(handle);
                     self.send(Request::Recording(true));
+                    self.mark_live_start();
                 }
             }
             TaskResult::RecordingStarted(Err(err)) => {
@@ -531,14 +534,17 @@ impl GpuScribeApp {
             }
             TaskResult::RecordingStopped(result, dropped_frames) => {
                 self.recording.state = RecordState::Idle;
-                // The saved file is transcribed as a whole next; its transcript replaces the
-                // live lines.
+                // The saved file is transcribed as a whole next; the live lines stay until its
+                // transcript is done and takes their place.
+                let mut live_lines = Vec::new();
                 if let Some(live) = self.recording.live.take() {
-                    for problem in live.problems {
-                        self.log_line(problem, true);
+                    for problem in &live.problems {
+                        self.log_line(problem.clone(), true);
                     }
+                    live_lines = live.into_lines();
                 }
                 self.send(Request::Recording(false));
+                self.mark_live_stop();
                 let token = self.recording_token.take();
                 let dropped = if dropped_frames > 0 {
                     format!(" ({dropped_frames} frames dropped: the disk could not keep up)")
@@ -578,8 +584,16 @@ impl GpuScribeApp {
                         ok,
                     });
                 }
-                if !parts.is_empty() {
-                    self.queue_recording(&parts, token);
+                let jobs = if parts.is_empty() {
+                    Vec::new()
+                } else {
+                    self.queue_recording(&parts, token)
+                };
+                if !live_lines.is_empty() {
+                    self.recording.kept_live = Some(KeptLive {
+                        lines: live_lines,
+                        jobs,
+                    });
                 }
             }
             TaskResult::ShowFile(Err(message)) => self.log_line(message, true),
@@ -591,6 +605,7 @@ impl GpuScribeApp {
                     "record-start" | "record-stop" => {
                         self.recording.state = RecordState::Idle;
                         self.send(Request::Recording(false));
+                        self.mark_live_stop();
                     }
                     "audio-devices" => self.recording.devices = Some(DeviceList::default()),
                     _ => {}
@@ -636,17 +651,21 @@ impl GpuScribeApp {
         }
         self.recording.error = None;
         self.recording.last_dropped_frames = 0;
+        self.recording.kept_live = None;
         let path = self
             .recordings_dir
             .join(recording_file_name(SystemTime::now()));
-        let device = self.settings.input_device.clone();
+        let source = match &self.capture_file {
+            Some(file) => crate::audio::CaptureSource::File(file.clone()),
+            None => crate::audio::CaptureSource::Device(self.settings.input_device.clone()),
+        };
         let (tap, live) = crate::audio::SampleTap::new(crate::audio::TapPolicy::Drop);
         self.recording.live = Some(super::recording::LiveView::new(
             live,
             self.settings.decode.clone(),
         ));
         let spawned = self.tasks.spawn("record-start", move || {
-            tasks::start_recording(device.as_deref(), path, Some(tap))
+            tasks::start_recording(source, path, Some(tap))
         });
         match spawned {
             Ok(()) => self.recording.state = RecordState::Starting,
@@ -671,9 +690,21 @@ impl GpuScribeApp {
     }
 
     /// Feeds the live captions: the audio captured since the last frame, the next clip out.
+    /// Once a stopped recording's transcript is done, its live lines go.
     pub(super) fn drain_live(&mut self) {
         if let (Some(live), Some(engine)) = (self.recording.live.as_mut(), self.engine.as_ref()) {
             live.feed(engine);
+        }
+        let replaced = self.recording.kept_live.as_ref().is_some_and(|kept| {
+            !kept.jobs.is_empty()
+                && kept.jobs.iter().all(|&id| {
+                    self.jobs
+                        .row(id)
+                        .is_some_and(|row| row.status == super::JobStatus::Done)
+                })
+        });
+        if replaced {
+            self.recording.kept_live = None;
         }
     }
 

@@ -34,6 +34,19 @@ pub struct RecordingView {
     pub last_dropped_frames: u64,
     /// Live captions of the recording in progress.
     pub live: Option<LiveView>,
+    /// The live lines of the last recording, until its transcript is done.
+    pub kept_live: Option<KeptLive>,
+}
+
+/// A stopped recording's live lines, shown while the saved file is transcribed. They go once
+/// every part's transcript is done; if one fails (or the file could not be queued) they stay
+/// until the next recording, so nothing transcribed is lost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeptLive {
+    /// The final lines, and the last partial (still partial) if the recording stopped mid-word.
+    pub lines: Vec<LiveLine>,
+    /// The recording's jobs.
+    pub jobs: Vec<crate::engine::JobId>,
 }
 
 /// Live captions while recording: the tap from the capture thread, the live session on the
@@ -74,6 +87,13 @@ impl LiveView {
             self.apply(update);
         }
         self.driver.pump(engine);
+    }
+
+    /// The lines shown, in order: the finals, then the partial if there is one.
+    pub fn into_lines(self) -> Vec<LiveLine> {
+        let mut lines = self.finals;
+        lines.extend(self.partial);
+        lines
     }
 
     /// Shows an update: a final replaces the partial of its utterance.
