@@ -106,7 +106,8 @@ def transcribe(bin_path: str, model: str, device: str, wavs: list[Path]) -> list
     text = out.stdout.strip()
     while text:
         obj, end = decoder.raw_decode(text)
-        by_path[obj["path"]] = obj["raw_text"]
+        for item in obj if isinstance(obj, list) else [obj]:
+            by_path[item["path"]] = item["raw_text"]
         text = text[end:].strip()
     return [by_path[str(w)] for w in wavs]
 
