@@ -125,7 +125,12 @@ fn live_lines_come_while_recording_and_the_recording_transcript_takes_their_plac
     loop {
         harness.step();
         let app = harness.state();
-        if let Some(live) = &app.recording().live {
+        if let Some(live) = app
+            .recording()
+            .live
+            .as_ref()
+            .filter(|_| app.recording().is_recording())
+        {
             let frame = Frame {
                 at: clicked.elapsed().as_secs_f64(),
                 finals: live.finals.clone(),

@@ -437,12 +437,22 @@ impl GpuScribeApp {
                     }
                     self.engine_view.slots = slots;
                 }
-                // The engine has already written it to the tracing log.
-                Event::Notice(text) => self.log.push(LogLine {
-                    at: SystemTime::now(),
-                    text,
-                    is_error: false,
-                }),
+                // The engine has already written it to the tracing log. A fallback notice comes
+                // with every live clip: the window says it once per recording.
+                Event::Notice(text) => {
+                    let repeated = self
+                        .recording
+                        .live
+                        .as_mut()
+                        .is_some_and(|live| !live.first_notice(&text));
+                    if !repeated {
+                        self.log.push(LogLine {
+                            at: SystemTime::now(),
+                            text,
+                            is_error: false,
+                        });
+                    }
+                }
                 Event::Marker { uuid, kind, at } => {
                     if let Some(uuid) = uuid {
                         self.engine_view.markers.record(uuid, kind, at, now);
