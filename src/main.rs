@@ -223,6 +223,8 @@ fn run_window(
                 model_store: Some(gpuscribe::model_store::StoreConfig::from_env()),
                 library_path: Some(gpuscribe::library::default_library_path()),
                 notices,
+                capture_file: std::env::var_os(gpuscribe::app::CAPTURE_FILE_ENV)
+                    .map(std::path::PathBuf::from),
             };
             Ok(Box::new(GpuScribeApp::new(cc, deps)))
         }),

@@ -7,11 +7,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gpuscribe::engine::batch::transcribe_files;
 use gpuscribe::engine::{
-    DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, IdlePolicy, ResidencyConfig,
+    DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, Event, IdlePolicy, Pcm16, Request,
+    Residency, ResidencyConfig,
 };
 use gpuscribe::live::{LiveConfig, LiveDriver, LiveLine, LiveUpdate, Pace, WavFeed, run_live};
 
@@ -218,4 +219,68 @@ fn listen_names_a_missing_file() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/talk.wav"), "{stderr}");
+}
+
+/// The last `Status` the engine sends within `window`, or the first one `stop` accepts.
+fn watch_status(
+    engine: &EngineHandle,
+    window: Duration,
+    stop: &dyn Fn(Residency) -> bool,
+) -> Option<Residency> {
+    let deadline = Instant::now() + window;
+    let mut last = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Some(Event::Status(slots)) = engine.recv_timeout(left) {
+            last = slots.first().map(|s| s.residency);
+            if last.is_some_and(stop) {
+                break;
+            }
+        }
+    }
+    last
+}
+
+#[test]
+fn the_model_stays_loaded_while_recording_also_when_it_loads_after_the_recording_began() {
+    // Offload after 1 idle second, so a paused timer is seen quickly.
+    let config = EngineConfig {
+        residency: ResidencyConfig {
+            offload: IdlePolicy::AfterSecs(1),
+            release_after_secs: None,
+        },
+        ..config()
+    };
+    let engine = EngineHandle::spawn(config, Arc::new(|| {})).unwrap();
+    // As the window does: Record first; the first live clip then loads the model.
+    engine.send(Request::Recording(true));
+    let job = engine.transcribe_samples(
+        "live clip".to_owned(),
+        Pcm16::from_f32(&[0.0; 8_000]),
+        DecodeSettings::default(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.checked_duration_since(Instant::now()).unwrap();
+        match engine.recv_timeout(left) {
+            Some(Event::JobDone { job_id, .. }) if job_id == job => break,
+            Some(Event::JobFailed { message, .. }) => panic!("{message}"),
+            Some(_) => {}
+            None => panic!("no answer"),
+        }
+    }
+    // Three idle seconds while recording: nothing may leave the device.
+    let during = watch_status(&engine, Duration::from_secs(3), &|r| r != Residency::Ready);
+    assert!(
+        matches!(during, None | Some(Residency::Ready)),
+        "while recording: {during:?}"
+    );
+    // The recording ends: the (paused) idle second runs out and the weights go.
+    engine.send(Request::Recording(false));
+    let after = watch_status(&engine, Duration::from_secs(20), &|r| {
+        matches!(r, Residency::Offloaded | Residency::Released)
+    });
+    assert!(
+        matches!(after, Some(Residency::Offloaded | Residency::Released)),
+        "after the recording: {after:?}"
+    );
 }

@@ -8,7 +8,7 @@ use super::command::Command;
 use super::engine_link::{gpu_free_list, target_for};
 use super::inputs::{expand_paths, recording_file_name};
 use super::model_bar::ModelGate;
-use super::recording::RecordState;
+use super::recording::{KeptLive, RecordState};
 use super::tasks::{self, DialogAnswer, TaskResult};
 use super::{GpuScribeApp, LogLine};
 use crate::audio::{DeviceList, RecordError, RecordEvent};
@@ -458,9 +458,9 @@ impl GpuScribeApp {
         offsets_s: &[f64],
         recorded_s: Option<f64>,
         token: Option<u64>,
-    ) {
+    ) -> Vec<JobId> {
         let Some(first) = parts.first().cloned() else {
-            return;
+            return Vec::new();
         };
         let Some(engine) = &self.engine else {
             self.log_line(
@@ -468,7 +468,7 @@ impl GpuScribeApp {
                     .to_owned(),
                 true,
             );
-            return;
+            return Vec::new();
         };
         let job_ids: Vec<JobId> = parts
             .iter()
@@ -487,11 +487,12 @@ impl GpuScribeApp {
         };
         if let Some(library) = &mut self.library {
             library.send(LibraryRequest::QueuedRecording {
-                job_ids,
+                job_ids: job_ids.clone(),
                 job,
                 token,
             });
         }
+        job_ids
     }
 
     pub(super) fn drain_gpu_feed(&mut self) {
@@ -530,12 +531,22 @@ impl GpuScribeApp {
                     }
                     self.engine_view.slots = slots;
                 }
-                // The engine has already written it to the tracing log.
-                Event::Notice(text) => self.log.push(LogLine {
-                    at: SystemTime::now(),
-                    text,
-                    is_error: false,
-                }),
+                // The engine has already written it to the tracing log. A fallback notice comes
+                // with every live clip: the window says it once per recording.
+                Event::Notice(text) => {
+                    let repeated = self
+                        .recording
+                        .live
+                        .as_mut()
+                        .is_some_and(|live| !live.first_notice(&text));
+                    if !repeated {
+                        self.log.push(LogLine {
+                            at: SystemTime::now(),
+                            text,
+                            is_error: false,
+                        });
+                    }
+                }
                 Event::Marker { uuid, kind, at } => {
                     if let Some(uuid) = uuid {
                         self.engine_view.markers.record(uuid, kind, at, now);
@@ -620,6 +631,7 @@ impl GpuScribeApp {
                     self.recording_token = Some(token);
                     self.recording.state = RecordState::Recording(handle);
                     self.send(Request::Recording(true));
+                    self.mark_live_start();
                 }
             }
             TaskResult::RecordingStarted(Err(err)) => {
@@ -629,14 +641,17 @@ impl GpuScribeApp {
             }
             TaskResult::RecordingStopped(result, dropped_frames) => {
                 self.recording.state = RecordState::Idle;
-                // The saved file is transcribed as a whole next; its transcript replaces the
-                // live lines.
+                // The saved file is transcribed as a whole next; the live lines stay until its
+                // transcript is done and takes their place.
+                let mut live_lines = Vec::new();
                 if let Some(live) = self.recording.live.take() {
-                    for problem in live.problems {
-                        self.log_line(problem, true);
+                    for problem in &live.problems {
+                        self.log_line(problem.clone(), true);
                     }
+                    live_lines = live.into_lines();
                 }
                 self.send(Request::Recording(false));
+                self.mark_live_stop();
                 let token = self.recording_token.take();
                 let dropped = if dropped_frames > 0 {
                     format!(" ({dropped_frames} frames dropped: the disk could not keep up)")
@@ -676,14 +691,22 @@ impl GpuScribeApp {
                         ok,
                     });
                 }
-                if !parts.is_empty() {
+                let jobs = if parts.is_empty() {
+                    Vec::new()
+                } else {
                     let offsets = crate::audio::wav_sink::part_offsets_s(
                         parts.len(),
                         self.recording_rate_hz,
                         crate::audio::wav_sink::part_limit_bytes(),
                     );
                     let known = (recorded_s > 0.0).then_some(recorded_s);
-                    self.queue_recording(&parts, &offsets, known, token);
+                    self.queue_recording(&parts, &offsets, known, token)
+                };
+                if !live_lines.is_empty() {
+                    self.recording.kept_live = Some(KeptLive {
+                        lines: live_lines,
+                        jobs,
+                    });
                 }
             }
             TaskResult::ShowFile(Err(message)) => self.log_line(message, true),
@@ -695,6 +718,7 @@ impl GpuScribeApp {
                     "record-start" | "record-stop" => {
                         self.recording.state = RecordState::Idle;
                         self.send(Request::Recording(false));
+                        self.mark_live_stop();
                     }
                     "audio-devices" => self.recording.devices = Some(DeviceList::default()),
                     _ => {}
@@ -740,17 +764,21 @@ impl GpuScribeApp {
         }
         self.recording.error = None;
         self.recording.last_dropped_frames = 0;
+        self.recording.kept_live = None;
         let path = self
             .recordings_dir
             .join(recording_file_name(SystemTime::now()));
-        let device = self.settings.input_device.clone();
+        let source = match &self.capture_file {
+            Some(file) => crate::audio::CaptureSource::File(file.clone()),
+            None => crate::audio::CaptureSource::Device(self.settings.input_device.clone()),
+        };
         let (tap, live) = crate::audio::SampleTap::new(crate::audio::TapPolicy::Drop);
         self.recording.live = Some(super::recording::LiveView::new(
             live,
             self.settings.decode.clone(),
         ));
         let spawned = self.tasks.spawn("record-start", move || {
-            tasks::start_recording(device.as_deref(), path, Some(tap))
+            tasks::start_recording(source, path, Some(tap))
         });
         match spawned {
             Ok(()) => self.recording.state = RecordState::Starting,
@@ -775,9 +803,21 @@ impl GpuScribeApp {
     }
 
     /// Feeds the live captions: the audio captured since the last frame, the next clip out.
+    /// Once a stopped recording's transcript is done, its live lines go.
     pub(super) fn drain_live(&mut self) {
         if let (Some(live), Some(engine)) = (self.recording.live.as_mut(), self.engine.as_ref()) {
             live.feed(engine);
+        }
+        let replaced = self.recording.kept_live.as_ref().is_some_and(|kept| {
+            !kept.jobs.is_empty()
+                && kept.jobs.iter().all(|&id| {
+                    self.jobs
+                        .row(id)
+                        .is_some_and(|row| row.status == super::JobStatus::Done)
+                })
+        });
+        if replaced {
+            self.recording.kept_live = None;
         }
     }
 

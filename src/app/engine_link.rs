@@ -57,6 +57,8 @@ pub fn marker_label(kind: MarkerKind) -> &'static str {
         MarkerKind::Restore => "Restore",
         MarkerKind::Release => "Release",
         MarkerKind::OutOfMemory => "OOM",
+        MarkerKind::LiveStart => "Live",
+        MarkerKind::LiveStop => "Live end",
     }
 }
 

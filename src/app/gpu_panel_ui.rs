@@ -237,6 +237,7 @@ fn marker_color(kind: MarkerKind) -> Color32 {
         MarkerKind::Offload => Color32::from_rgb(0xff, 0xb7, 0x4d),
         MarkerKind::Release => Color32::from_rgb(0xba, 0x68, 0xc8),
         MarkerKind::OutOfMemory => ERROR_COLOR,
+        MarkerKind::LiveStart | MarkerKind::LiveStop => Color32::from_rgb(0x66, 0xbb, 0x6a),
     }
 }
 

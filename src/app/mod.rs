@@ -22,6 +22,7 @@ mod history;
 mod history_ui;
 mod inputs;
 mod jobs;
+mod live_marks;
 mod live_ui;
 mod model_bar;
 mod model_bar_ui;
@@ -58,9 +59,12 @@ pub use inputs::{
     AUDIO_EXTENSIONS, default_recordings_dir, expand_paths, is_audio_file, recording_file_name,
 };
 pub use jobs::{JobList, JobRow, JobStatus, Overall};
+pub use live_ui::{LIVE_HEADING, TRANSCRIBING_RECORDING, live_line_text, live_stamp};
 pub use model_bar::{ModelState, download_label, download_label_for};
 pub use model_bar_ui::{USE_FOLDER_LABEL, WAITING_TEXT, progress_text};
 pub use queue_ui::DROP_HINT;
+pub use record_ui::{RECORD_LABEL, STOP_LABEL};
+pub use recording::{KeptLive, LiveView, RecordState, RecordingView};
 pub use settings::{PlotWindow, Settings};
 pub use settings_file::{SETTINGS_FILE, check_settings_file, settings_file_path};
 pub use toolbar_ui::{AUTO_LABEL, CPU_LABEL, all_gpus_label, gpu_entry_label};
@@ -69,13 +73,16 @@ use crate::engine::{DeviceTarget, EngineConfig, EngineHandle, GpuFree};
 use crate::gpu::{DeviceChoice, GpuFeed, GpuSnapshot, ResolvedDevice, cuda_visible_gpus};
 use crate::model_store::{ModelStore, StoreConfig};
 use model_bar::ModelGate;
-use recording::RecordingView;
 use tasks::Tasks;
 
 /// Starts an engine for a configuration: [`EngineHandle::spawn`] in the app, a handle over
 /// test channels ([`EngineHandle::from_channels`]) in tests. Called again when the model
 /// folder changes.
 pub type EngineFactory = Box<dyn FnMut(EngineConfig) -> std::io::Result<EngineHandle>>;
+
+/// The environment variable naming a file that **Record** plays as its input
+/// ([`AppDeps::capture_file`]).
+pub const CAPTURE_FILE_ENV: &str = "GPUSCRIBE_CAPTURE_FILE";
 
 /// What the app needs from the outside world; tests pass fakes.
 pub struct AppDeps {
@@ -100,6 +107,9 @@ pub struct AppDeps {
     pub library_path: Option<PathBuf>,
     /// Problems found before the window opened (a damaged settings file, …), shown in the log.
     pub notices: Vec<String>,
+    /// Record plays this audio file in real time instead of opening an input device
+    /// (`GPUSCRIBE_CAPTURE_FILE`; demos and tests of the live view).
+    pub capture_file: Option<PathBuf>,
 }
 
 impl AppDeps {
@@ -116,6 +126,7 @@ impl AppDeps {
             model_store: None,
             library_path: None,
             notices: Vec::new(),
+            capture_file: None,
         }
     }
 }
@@ -205,6 +216,11 @@ pub struct GpuScribeApp {
     recording_token: Option<u64>,
     /// The sample rate of the recording in progress (its parts' offsets follow from it).
     recording_rate_hz: u32,
+    /// [`AppDeps::capture_file`].
+    capture_file: Option<PathBuf>,
+    /// The GPUs marked with the live session's start, for its stop marker (`None`: no live
+    /// session marked).
+    live_marked: Option<Vec<String>>,
 }
 
 /// The model store and gate for `engine`'s release files, from the app's store settings.
@@ -235,6 +251,7 @@ impl GpuScribeApp {
             model_store,
             library_path,
             mut notices,
+            capture_file,
         } = deps;
         let (settings, settings_problem) = settings_file::load_settings(cc.storage);
         // The file check before start-up says the same, with the backup's name.
@@ -307,6 +324,8 @@ impl GpuScribeApp {
             next_recording_token: 1,
             recording_token: None,
             recording_rate_hz: 0,
+            capture_file,
+            live_marked: None,
         };
         if let Some(err) = store_error {
             app.log_line(err, true);
@@ -347,6 +366,11 @@ impl GpuScribeApp {
     /// What the engine last reported (slots, markers).
     pub fn engine_view(&self) -> &EngineView {
         &self.engine_view
+    }
+
+    /// The recorder and its live lines.
+    pub fn recording(&self) -> &RecordingView {
+        &self.recording
     }
 
     /// The transcription queue.

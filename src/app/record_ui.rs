@@ -8,6 +8,7 @@ use super::command::Command;
 use super::gpu_panel_ui::ERROR_COLOR;
 use super::queue_ui::clock_secs;
 use super::recording::{RecordState, RecordingView};
+use crate::audio::InputDevice;
 
 /// The record button's text when idle.
 pub const RECORD_LABEL: &str = "● Record";
@@ -100,6 +101,8 @@ pub fn input_ui(ui: &mut egui::Ui, view: &InputView<'_>, commands: &mut Vec<Comm
         .filter(|_| view.recording.is_recording())
     {
         super::live_ui::live_ui(ui, live);
+    } else if let Some(kept) = &view.recording.kept_live {
+        super::live_ui::kept_live_ui(ui, kept);
     }
 }
 
@@ -107,27 +110,37 @@ fn microphone_ui(ui: &mut egui::Ui, view: &InputView<'_>, commands: &mut Vec<Com
     ui.horizontal(|ui| {
         let Some(devices) = &view.recording.devices else {
             // No spinner: listing is quick, and a spinner would repaint every frame meanwhile.
-            ui.label("Microphone");
+            ui.label("Input");
             ui.label(RichText::new("listing input devices…").weak());
             return;
         };
-        let chosen_name = view.input_device.map_or(DEFAULT_INPUT_LABEL, |id| {
-            devices
-                .devices()
-                .iter()
-                .find(|d| d.id == id)
-                .map_or(id, |d| d.name.as_str())
-        });
+        let chosen_name = view.input_device.map_or_else(
+            || DEFAULT_INPUT_LABEL.to_owned(),
+            |id| {
+                devices
+                    .devices()
+                    .iter()
+                    .find(|d| d.id == id)
+                    .map_or_else(|| id.to_owned(), InputDevice::label)
+            },
+        );
         let mut chosen = view.input_device.map(str::to_owned);
         ui.add_enabled_ui(!view.recording.is_active(), |ui| {
-            egui::ComboBox::new("input_device", "Microphone")
+            egui::ComboBox::new("input_device", "Input")
                 .selected_text(chosen_name)
                 .width(200.0)
                 .show_ui(ui, |ui| {
                     ui.selectable_value(&mut chosen, None, DEFAULT_INPUT_LABEL);
                     for device in devices.devices() {
-                        ui.selectable_value(&mut chosen, Some(device.id.clone()), &device.name)
-                            .on_hover_text(&device.id);
+                        ui.selectable_value(&mut chosen, Some(device.id.clone()), device.label())
+                            .on_hover_text(if device.is_monitor {
+                                format!(
+                                    "{}: records what this computer plays (a call, a video)",
+                                    device.id
+                                )
+                            } else {
+                                device.id.clone()
+                            });
                     }
                 });
         });

@@ -34,6 +34,19 @@ pub struct RecordingView {
     pub last_dropped_frames: u64,
     /// Live captions of the recording in progress.
     pub live: Option<LiveView>,
+    /// The live lines of the last recording, until its transcript is done.
+    pub kept_live: Option<KeptLive>,
+}
+
+/// A stopped recording's live lines, shown while the saved file is transcribed. They go once
+/// every part's transcript is done; if one fails (or the file could not be queued) they stay
+/// until the next recording, so nothing transcribed is lost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeptLive {
+    /// The final lines, and the last partial (still partial) if the recording stopped mid-word.
+    pub lines: Vec<LiveLine>,
+    /// The recording's jobs.
+    pub jobs: Vec<crate::engine::JobId>,
 }
 
 /// Live captions while recording: the tap from the capture thread, the live session on the
@@ -49,6 +62,8 @@ pub struct LiveView {
     pub partial: Option<LiveLine>,
     /// Utterances that failed or were dropped, for the log.
     pub problems: Vec<String>,
+    /// What the engine said about live clips so far, without the clips' names.
+    seen_notices: std::collections::HashSet<String>,
 }
 
 impl LiveView {
@@ -60,6 +75,20 @@ impl LiveView {
             finals: Vec::new(),
             partial: None,
             problems: Vec::new(),
+            seen_notices: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Whether an engine notice is worth logging: a notice about a live clip (`live audio
+    /// 2.62–4.85 s: running on CPU …`, which a fallback sends for every clip) is logged the first
+    /// time only; other notices always.
+    pub fn first_notice(&mut self, text: &str) -> bool {
+        match text
+            .strip_prefix("live audio ")
+            .and_then(|rest| rest.split_once(": "))
+        {
+            Some((_, what)) => self.seen_notices.insert(what.to_owned()),
+            None => true,
         }
     }
 
@@ -74,6 +103,13 @@ impl LiveView {
             self.apply(update);
         }
         self.driver.pump(engine);
+    }
+
+    /// The lines shown, in order: the finals, then the partial if there is one.
+    pub fn into_lines(self) -> Vec<LiveLine> {
+        let mut lines = self.finals;
+        lines.extend(self.partial);
+        lines
     }
 
     /// Shows an update: a final replaces the partial of its utterance.
@@ -173,5 +209,16 @@ mod tests {
             "{:?}",
             view.problems
         );
+    }
+
+    #[test]
+    fn a_notice_about_live_clips_is_logged_once_per_recording() {
+        let (_tap, rx) = SampleTap::new(TapPolicy::Drop);
+        let mut view = LiveView::new(rx, DecodeSettings::default());
+        assert!(view.first_notice("live audio 0.35–1.20 s: running on CPU (no CUDA)"));
+        assert!(!view.first_notice("live audio 0.35–1.63 s: running on CPU (no CUDA)"));
+        assert!(view.first_notice("live audio 2.62–4.85 s: GPU 0 is out of memory"));
+        assert!(view.first_notice("talk.wav: running on CPU (no CUDA)"));
+        assert!(view.first_notice("talk.wav: running on CPU (no CUDA)"));
     }
 }

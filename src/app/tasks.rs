@@ -149,9 +149,10 @@ pub fn save_export(transcript: &FileTranscript, format: ExportFormat) -> TaskRes
     })
 }
 
-/// Opens the input device and starts writing `wav_path`; `tap` gets a live copy.
+/// Opens the input (a device, or a file played as one) and starts writing `wav_path`; `tap`
+/// gets a live copy.
 pub fn start_recording(
-    device_id: Option<&str>,
+    source: crate::audio::CaptureSource,
     wav_path: PathBuf,
     tap: Option<crate::audio::SampleTap>,
 ) -> TaskResult {
@@ -163,7 +164,7 @@ pub fn start_recording(
             source: hound::Error::IoError(source),
         }));
     }
-    TaskResult::RecordingStarted(Recorder::start_with_tap(device_id, &wav_path, tap))
+    TaskResult::RecordingStarted(Recorder::start_from(source, &wav_path, tap))
 }
 
 /// Opens the folder holding `path` in the file manager (`xdg-open`); waits for it to start.

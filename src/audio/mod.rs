@@ -27,6 +27,7 @@ pub mod decode;
 pub mod devices;
 pub mod level;
 pub mod record;
+mod record_file;
 pub mod resample;
 pub mod tap;
 pub mod wav_repair;
@@ -36,9 +37,11 @@ pub use decode::{
     DecodeError, DecodeProgress, DecodedAudio, EndedEarly, SkippedRange, decode_bytes,
     decode_bytes_to, decode_file, decode_file_to,
 };
-pub use devices::{DeviceList, InputDevice};
+pub use devices::{DeviceList, HostDevice, InputDevice, MONITOR_NOTE, is_monitor_source};
 pub use level::{Level, LevelMeter};
-pub use record::{FLUSH_INTERVAL, RecordError, RecordEvent, Recorded, Recorder, RecorderHandle};
+pub use record::{
+    CaptureSource, FLUSH_INTERVAL, RecordError, RecordEvent, Recorded, Recorder, RecorderHandle,
+};
 pub use resample::MonoResampler;
 pub use tap::{SampleTap, TapPolicy, TapReceiver};
 pub use wav_repair::{WavCheck, WavRepairError, recording_parts, repair_wav, wav_duration_s};

@@ -22,6 +22,7 @@ use cpal::{FromSample, Sample, SizedSample};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::level::{Level, LevelAccumulator, LevelMeter};
+use super::record_file::FilePlayer;
 use super::tap::SampleTap;
 use super::wav_sink::{SinkEnd, StreamFault, WavSink, run_sink_loop};
 
@@ -152,6 +153,17 @@ struct Counters {
     sample_rate_hz: AtomicU64,
 }
 
+/// Where a recording's audio comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureSource {
+    /// An input device by id (`None`: the default input).
+    Device(Option<String>),
+    /// An audio file (any format [`decode_file`](super::decode_file) reads) played in real
+    /// time as if a microphone heard it, then silence until stopped: the whole capture path
+    /// but the sound card, for demos and tests (`GPUSCRIBE_CAPTURE_FILE`).
+    File(PathBuf),
+}
+
 /// Starts recordings.
 pub struct Recorder;
 
@@ -170,6 +182,19 @@ impl Recorder {
         wav_path: &Path,
         tap: Option<SampleTap>,
     ) -> Result<RecorderHandle, RecordError> {
+        Self::start_from(
+            CaptureSource::Device(device_id.map(str::to_owned)),
+            wav_path,
+            tap,
+        )
+    }
+
+    /// [`start_with_tap`](Self::start_with_tap) from any [`CaptureSource`].
+    pub fn start_from(
+        source: CaptureSource,
+        wav_path: &Path,
+        tap: Option<SampleTap>,
+    ) -> Result<RecorderHandle, RecordError> {
         let level = Arc::new(LevelMeter::new());
         let counters = Arc::new(Counters::default());
         let (startup_tx, startup_rx) = bounded::<Result<Started, RecordError>>(1);
@@ -177,7 +202,7 @@ impl Recorder {
         let (events_tx, events_rx) = bounded::<RecordEvent>(EVENT_CAPACITY);
         let (result_tx, result_rx) = bounded::<Result<Recorded, RecordError>>(1);
         let job = CaptureJob {
-            device_id: device_id.map(str::to_owned),
+            source,
             wav_path: wav_path.to_owned(),
             level: Arc::clone(&level),
             counters: Arc::clone(&counters),
@@ -321,7 +346,7 @@ struct Started {
 
 /// Everything the capture thread needs; moved into it.
 struct CaptureJob {
-    device_id: Option<String>,
+    source: CaptureSource,
     wav_path: PathBuf,
     level: Arc<LevelMeter>,
     counters: Arc<Counters>,
@@ -394,15 +419,18 @@ impl CaptureJob {
     }
 
     fn open(&mut self) -> Result<Opened, RecordError> {
-        let host = cpal::default_host();
-        let device = match &self.device_id {
-            None => host
+        let device_id = match &self.source {
+            CaptureSource::Device(id) => id.clone(),
+            CaptureSource::File(path) => return self.open_file(&path.clone()),
+        };
+        let device = match &device_id {
+            None => cpal::default_host()
                 .default_input_device()
                 .ok_or(RecordError::NoInputDevice)?,
-            Some(id) => find_device(&host, id)?,
+            Some(id) => find_device(id)?,
         };
         let device_name = device.description().map_or_else(
-            |_| self.device_id.clone().unwrap_or_default(),
+            |_| device_id.clone().unwrap_or_default(),
             |d| d.name().to_owned(),
         );
         let open_error = |err: &cpal::Error| map_open_error(&device_name, err);
@@ -438,7 +466,7 @@ impl CaptureJob {
         .map_err(|e| open_error(&e))?;
         stream.play().map_err(|e| open_error(&e))?;
         Ok(Opened {
-            stream,
+            stream: Running::Device { _stream: stream },
             consumer,
             sink,
             fault_rx,
@@ -447,10 +475,63 @@ impl CaptureJob {
             channels,
         })
     }
+
+    /// A file as the microphone: decoded to 16 kHz mono, fed through the same callback.
+    fn open_file(&mut self, path: &Path) -> Result<Opened, RecordError> {
+        let device_name = format!("file {}", path.display());
+        let audio =
+            super::decode_file(path, &mut |_| {}).map_err(|err| RecordError::OpenDevice {
+                device: device_name.clone(),
+                message: err.to_string(),
+            })?;
+        let sample_rate_hz = super::MODEL_SAMPLE_RATE_HZ;
+        let (producer, consumer) =
+            rtrb::RingBuffer::<f32>::new(sample_rate_hz as usize * RING_SECONDS);
+        // A file never faults; the sender lives as long as the player.
+        let (fault_tx, fault_rx) = bounded::<StreamFault>(1);
+        let mut sink = WavSink::create(&self.wav_path, sample_rate_hz, FLUSH_INTERVAL)?;
+        if let Some(tap) = self.tap.take() {
+            sink.set_tap(tap);
+        }
+        self.counters
+            .sample_rate_hz
+            .store(u64::from(sample_rate_hz), Ordering::Relaxed);
+        let mut callback = CallbackState {
+            producer,
+            channels: 1,
+            level: Arc::clone(&self.level),
+            counters: Arc::clone(&self.counters),
+        };
+        let player = FilePlayer::start(audio.samples, sample_rate_hz, move |chunk| {
+            let _keep = &fault_tx;
+            callback.on_data(chunk);
+        })
+        .map_err(|message| RecordError::OpenDevice {
+            device: device_name.clone(),
+            message,
+        })?;
+        Ok(Opened {
+            stream: Running::File { _player: player },
+            consumer,
+            sink,
+            fault_rx,
+            device_name,
+            sample_rate_hz,
+            channels: 1,
+        })
+    }
+}
+
+/// What delivers the audio; held, never read: dropping it stops the delivery.
+enum Running {
+    /// cpal calls the callback.
+    Device { _stream: cpal::Stream },
+    /// A thread plays a file into the callback.
+    File { _player: FilePlayer },
 }
 
 struct Opened {
-    stream: cpal::Stream,
+    stream: Running,
     consumer: rtrb::Consumer<f32>,
     sink: WavSink,
     fault_rx: Receiver<StreamFault>,
@@ -459,13 +540,18 @@ struct Opened {
     channels: u16,
 }
 
-fn find_device(host: &cpal::Host, id: &str) -> Result<cpal::Device, RecordError> {
+/// The device with this id, on the host the id names (`pulseaudio:…` on PulseAudio, where the
+/// build has that host), else on the default host.
+fn find_device(id: &str) -> Result<cpal::Device, RecordError> {
     let not_found = || RecordError::DeviceNotFound {
         device_id: id.to_owned(),
     };
-    if let Ok(parsed) = cpal::DeviceId::from_str(id)
-        && let Some(device) = host.device_by_id(&parsed)
-    {
+    let parsed = cpal::DeviceId::from_str(id).ok();
+    let host = parsed
+        .as_ref()
+        .and_then(|p| cpal::host_from_id(p.host()).ok())
+        .unwrap_or_else(cpal::default_host);
+    if let Some(device) = parsed.as_ref().and_then(|p| host.device_by_id(p)) {
         return Ok(device);
     }
     // Fall back to comparing the printed ids (covers hosts whose ids do not round-trip).

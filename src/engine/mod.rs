@@ -200,6 +200,10 @@ pub enum MarkerKind {
     Release,
     /// Out of memory.
     OutOfMemory,
+    /// Live transcription started (the window marks it; the engine never sends it).
+    LiveStart,
+    /// Live transcription stopped (the window marks it; the engine never sends it).
+    LiveStop,
 }
 
 /// One device's model state, for the badge.

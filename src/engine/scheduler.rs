@@ -188,6 +188,9 @@ pub(super) struct Scheduler {
     next_generation: u64,
     last_status: Vec<SlotStatus>,
     keep_loaded: bool,
+    /// A recording (live transcription) is on: slots made meanwhile start with their idle
+    /// timer paused too.
+    recording: bool,
     restarts: u32,
 }
 
@@ -218,6 +221,7 @@ impl Scheduler {
             next_generation: 1,
             last_status: Vec::new(),
             keep_loaded: false,
+            recording: false,
             restarts: 0,
         }
     }
@@ -417,6 +421,7 @@ impl Scheduler {
                 }
             }
             Request::Recording(on) => {
+                self.recording = on;
                 for i in 0..self.slots.len() {
                     self.residency(i, ResidencyEvent::Recording(on));
                 }
@@ -497,6 +502,9 @@ impl Scheduler {
         let mut residency = ResidencyMachine::new(self.config.residency);
         // A device used for the first time follows the current "keep loaded" choice.
         residency.on_event(ResidencyEvent::KeepLoaded(self.keep_loaded), Instant::now());
+        if self.recording {
+            residency.on_event(ResidencyEvent::Recording(true), Instant::now());
+        }
         self.slots.push(Slot {
             device,
             key,
