@@ -132,7 +132,9 @@ fn main() {
                     settings: DecodeSettings::default(),
                     device_request: "auto".into(),
                     model: "FunAudioLLM/SenseVoiceSmall".into(),
+                    model_revision: None,
                     recording: None,
+                    parts: Vec::new(),
                 })
                 .unwrap();
             lib.job_done(id, &t, 1000.0).unwrap();

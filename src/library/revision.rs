@@ -122,12 +122,11 @@ pub fn fingerprint(dir: &Path) -> std::io::Result<String> {
         hasher.update((name.len() as u64).to_le_bytes());
         hasher.update(name);
         hasher.update(size.to_le_bytes());
-        let mut file = std::fs::File::open(dir.join(file_name))?;
-        let mut buf = Vec::new();
         if *size <= WHOLE_FILE_BYTES {
-            file.read_to_end(&mut buf)?;
-            hasher.update(&buf);
+            hasher.update(std::fs::read(dir.join(file_name))?);
         } else {
+            let mut file = std::fs::File::open(dir.join(file_name))?;
+            let mut buf = Vec::new();
             (&mut file).take(SAMPLE_BYTES).read_to_end(&mut buf)?;
             hasher.update(&buf);
             buf.clear();

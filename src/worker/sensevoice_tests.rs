@@ -53,10 +53,10 @@ fn run_files(opener: &Opener, files: &[PathBuf], budget_s: f64) -> Vec<WorkerEve
 
 /// Each job's events apart from heartbeats and timings: its segments from the progress events
 /// (sorted by time; their grouping follows the batches), its decode summary, its end.
-fn outcome(
-    events: &[WorkerEvent],
-    job: u64,
-) -> (Vec<String>, Option<(f64, Option<String>)>, String) {
+/// What [`outcome`] reads off a job's events: segment texts, the decode summary, the end.
+type Outcome = (Vec<String>, Option<(f64, Option<String>)>, String);
+
+fn outcome(events: &[WorkerEvent], job: u64) -> Outcome {
     let mut segments = Vec::new();
     let mut decoded = None;
     let mut end = String::new();
