@@ -51,12 +51,12 @@ fn run_files(opener: &Opener, files: &[PathBuf], budget_s: f64) -> Vec<WorkerEve
         .collect()
 }
 
+/// A job's segments (as text), its decode summary (length, warning) and its end (as text).
+type Outcome = (Vec<String>, Option<(f64, Option<String>)>, String);
+
 /// Each job's events apart from heartbeats and timings: its segments from the progress events
 /// (sorted by time; their grouping follows the batches), its decode summary, its end.
-fn outcome(
-    events: &[WorkerEvent],
-    job: u64,
-) -> (Vec<String>, Option<(f64, Option<String>)>, String) {
+fn outcome(events: &[WorkerEvent], job: u64) -> Outcome {
     let mut segments = Vec::new();
     let mut decoded = None;
     let mut end = String::new();
