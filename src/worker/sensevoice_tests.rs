@@ -51,11 +51,11 @@ fn run_files(opener: &Opener, files: &[PathBuf], budget_s: f64) -> Vec<WorkerEve
         .collect()
 }
 
-/// Each job's events apart from heartbeats and timings: its segments from the progress events
-/// (sorted by time; their grouping follows the batches), its decode summary, its end.
-/// What [`outcome`] reads off a job's events: segment texts, the decode summary, the end.
+/// A job's segments (as text), its decode summary (length, warning) and its end (as text).
 type Outcome = (Vec<String>, Option<(f64, Option<String>)>, String);
 
+/// Each job's events apart from heartbeats and timings: its segments from the progress events
+/// (sorted by time; their grouping follows the batches), its decode summary, its end.
 fn outcome(events: &[WorkerEvent], job: u64) -> Outcome {
     let mut segments = Vec::new();
     let mut decoded = None;
