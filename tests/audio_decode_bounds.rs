@@ -1,6 +1,9 @@
 //! The decoder against containers that lie about their length, and its progress when a
 //! container states no length: crafted WAV and FLAC files written here, byte by byte.
 
+// Test helpers panic on purpose: a failed fixture write or decode is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::ops::ControlFlow;
 use std::path::Path;
 
