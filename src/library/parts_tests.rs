@@ -170,8 +170,10 @@ fn a_recording_in_three_files_is_one_job_with_continuous_times() {
     assert_eq!(lib.list(Some("gamma"), 10).expect("search")[0].id, id);
     let srt = render(t, ExportFormat::Srt);
     assert!(srt.contains("alphas") && srt.contains("gammas"), "{srt}");
+    // The last cue ends in the third part (its start may move earlier to reach the shortest
+    // cue length, since the audio ends at 4.5 s).
     assert!(
-        srt.contains("\n00:00:04,"),
+        srt.contains("--> 00:00:04,"),
         "a cue in the third part: {srt}"
     );
 
