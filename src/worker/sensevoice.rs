@@ -61,9 +61,7 @@ fn dtype_label(dtype: DType) -> &'static str {
 
 /// Frees what the device's memory pool holds after tensors were dropped.
 fn synchronize(device: &Device) {
-    if let Err(err) = device.synchronize() {
-        tracing::warn!("device synchronize failed: {err}");
-    }
+    crate::model::release_device_memory(device);
 }
 
 impl SpeechModel for SenseVoiceModel {

@@ -75,9 +75,7 @@ impl SpeechModel for WhisperModel {
 
     fn offload(&mut self) -> Result<(), String> {
         self.model.offload();
-        if let Err(err) = self.model.device().synchronize() {
-            tracing::warn!("device synchronize failed: {err}");
-        }
+        crate::model::release_device_memory(self.model.device());
         Ok(())
     }
 

@@ -35,18 +35,22 @@ model="${MODEL:-tests/data/sensevoice/tiny}"
 device="${DEVICE:-cpu}"
 read -r -a hours <<<"${HOURS-1 10 24}"
 read -r -a mp3_hours <<<"${MP3_HOURS-10}"
-for tool in sox; do
-  command -v "$tool" >/dev/null || { echo "rss.sh needs $tool" >&2; exit 1; }
-done
+# Without sox (e.g. a GPU machine), tools/bench/wav_concat.py joins and repeats the WAVs.
+have_sox=$(command -v sox >/dev/null && echo 1 || true)
 if [ -n "${OUT:-}" ]; then tmp="$OUT"; mkdir -p "$tmp"; else
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fi
 
 clips=tests/data/sensevoice/audio
-# -D: no dither, so the same file comes out every time.
-sox -D "$clips/ja_long.wav" "$clips/zh_mid.wav" "$clips/en_short.wav" -p pad 0 0.6 \
-  | sox -D - -r 16000 -c 1 -b 16 "$tmp/unit.wav"
-unit_s=$(soxi -D "$tmp/unit.wav")
+if [ -n "$have_sox" ]; then
+  # -D: no dither, so the same file comes out every time.
+  sox -D "$clips/ja_long.wav" "$clips/zh_mid.wav" "$clips/en_short.wav" -p pad 0 0.6 \
+    | sox -D - -r 16000 -c 1 -b 16 "$tmp/unit.wav"
+  unit_s=$(soxi -D "$tmp/unit.wav")
+else
+  unit_s=$(python3 tools/bench/wav_concat.py unit "$tmp/unit.wav" 0.6 \
+    "$clips/ja_long.wav" "$clips/zh_mid.wav" "$clips/en_short.wav")
+fi
 
 # Prints "peak_kib_cli peak_kib_worker" for the command line "$@", run to its end; its own
 # stdout goes to $tmp/out.txt, its stderr to $tmp/err.txt, GNU time's report to $tmp/time.txt.
@@ -97,7 +101,11 @@ PY
 
 for h in "${hours[@]}"; do
   reps=$(python3 -c "import math; print(math.ceil($h * 3600 / $unit_s) - 1)")
-  sox "$tmp/unit.wav" "$tmp/long.wav" repeat "$reps"
+  if [ -n "$have_sox" ]; then
+    sox "$tmp/unit.wav" "$tmp/long.wav" repeat "$reps"
+  else
+    python3 tools/bench/wav_concat.py repeat "$tmp/unit.wav" "$tmp/long.wav" "$reps" >/dev/null
+  fi
   run_one wav "$h" "$tmp/long.wav"
   rm -f "$tmp/long.wav"
 done

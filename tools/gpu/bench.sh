@@ -6,12 +6,18 @@
 # BIN holds the `--features cuda` release builds of gpuscribe, gpuscribe-worker and the examples
 # sensevoice_bench and residency_bench. Python needs torch 2.11 and funasr 1.4.16 (see
 # tools/reference/requirements.txt). Steps (default: all): elf full parity speed funasr best cpuside
-# residency squeeze hour cpu cudatest.
+# residency squeeze hour cpu cudatest pool live rss10h whisper.
 #   best     forward + argmax, ours (bf16, f16, f32) against FunASR at its best (fp32, autocast f16 and
 #            bf16) at batch 16/32/64 in one run, plus FunASR's own autocast agreement and generate();
 #            the table comes from tools/gpu/compare.py
 #   cudatest tests/sensevoice_cuda.rs (BIN/sensevoice_cuda: `cargo test --release --features cuda
 #            --test sensevoice_cuda --no-run`'s binary) with its ignored GPU tests
+#   pool     our forward (bf16, batch 16 and 32) with the memory pool keeping freed memory (the
+#            default) and giving it back at every sync (GPUSCRIBE_CUDA_POOL=release), alternating
+#   live     tools/bench/live_latency.py: `gpuscribe listen --from-wav` at real-time pace on cuda:0
+#   rss10h   tools/bench/rss.sh: peak RSS of both processes for a 10 h WAV on cuda:0
+#   whisper  random whisper tiny and base (tools/reference/whisper_generate.py), transformers'
+#            timings (whisper_bench.py) and ours (BIN/whisper_bench) at f32/f16/bf16; needs transformers
 #   cpuside  the same on the CPU cores of this machine (f32; FunASR also with bf16 autocast), one 30 s
 #            segment, both with every core (CPU_THREADS, default nproc)
 set -uo pipefail
@@ -20,7 +26,7 @@ OUT=${OUT:-/tmp/out}
 WORK=${WORK:-/tmp/gs-bench}
 mkdir -p "$OUT" "$WORK"
 export GPUSCRIBE_WORKER="$BIN/gpuscribe-worker"
-steps=${*:-elf full parity speed funasr best cpuside residency squeeze hour cpu cudatest}
+steps=${*:-elf full parity speed funasr best cpuside residency squeeze hour cpu cudatest pool live rss10h whisper}
 has() { [[ " $steps " == *" $1 "* ]]; }
 say() { echo; echo "::: $*"; }
 
@@ -112,9 +118,16 @@ if has hour; then
     say "a 1-hour file end to end on GPU 0 (bf16), with peak VRAM of our worker"
     nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader -lms 100 > "$WORK/hour-vram.csv" &
     start=$(date +%s.%N)
-    "$BIN/gpuscribe" transcribe --device cuda:0 --model-dir "$MODEL" --format json "$WORK/speech_3600s.wav" > "$WORK/hour.json"
+    # stderr (the CLI's progress) with the seconds since the start in front of each line.
+    "$BIN/gpuscribe" transcribe --device cuda:0 --model-dir "$MODEL" --format json "$WORK/speech_3600s.wav" \
+        2> >(python3 -u -c 'import sys, time
+t = float(sys.argv[1])
+for line in sys.stdin:
+    for part in line.replace("\r", "\n").splitlines():
+        print(f"{time.time() - t:7.3f}  {part}")' "$start" > "$WORK/hour-stderr.txt") > "$WORK/hour.json"
     rc=$?; end=$(date +%s.%N)
     kill %1; wait
+    sort -u -k2 "$WORK/hour-stderr.txt" | sort -n | awk '!seen[substr($0, 10, 30)]++' | head -40
     echo "exit $rc; wall $(python3 -c "print(round($end-$start,2))") s (process start, CUDA init, load, decode, transcribe)"
     python3 - "$WORK" <<'PY'
 import csv, json, sys
@@ -137,4 +150,35 @@ if has cpu; then
     $nocuda "$BIN/gpuscribe" gpus | head -3
     $nocuda "$BIN/gpuscribe" transcribe --device auto --model-dir tests/data/sensevoice/tiny --format json tests/data/sensevoice/audio/zh_mid.wav | head -12
     echo "exit $?"
+fi
+
+if has pool; then
+    say "the memory pool: keeping freed memory (default) against giving it back at every sync"
+    for round in 1 2; do
+        for pool in keep release; do
+            GPUSCRIBE_CUDA_POOL=$pool "$BIN/sensevoice_bench" forward "$MODEL" cuda:0 bf16 \
+                "$WORK/speech_30s.wav" 16,32 10 | sed "s/^{/{\"pool\": \"$pool\", \"round\": $round, /"
+        done
+    done
+fi
+
+if has live; then
+    say "live transcription latency on cuda:0 (gpuscribe listen --from-wav at real-time pace)"
+    python3 tools/bench/live_latency.py "$BIN/gpuscribe" "$MODEL" cuda:0
+fi
+
+if has rss10h; then
+    say "peak RSS of gpuscribe transcribe and its worker, 10 h WAV, cuda:0"
+    BIN="$BIN/gpuscribe" WORKER="$BIN/gpuscribe-worker" MODEL="$MODEL" DEVICE=cuda:0 HOURS="1 10" \
+        MP3_HOURS="" OUT="$WORK/rss" bash tools/bench/rss.sh
+fi
+
+if has whisper; then
+    say "Whisper tiny and base (random weights of the real configs) against transformers, same GPU"
+    for p in tiny base; do
+        ( cd tools/reference && python3 whisper_generate.py --preset $p --model-only --out "$WORK/w$p" 2>&1 | tail -1 )
+        ( cd tools/reference && python3 whisper_bench.py --model "$WORK/w$p/model" --device cuda:0 \
+            --dtypes float32,float16,bfloat16 --out "$WORK/ref-$p.json" 2>&1 | tail -4 )
+        "$BIN/whisper_bench" "$WORK/w$p/model" "$WORK/ref-$p.json" cuda:0 f32,f16,bf16
+    done
 fi

@@ -207,19 +207,24 @@ fn device(dev: &CudaDevice) -> Result<Arc<Mutex<Device>>> {
     Ok(d)
 }
 
-/// Enqueues `out = act(x · wᵀ + bias) (+ out if s.accumulate)` on `dev`'s stream.
+/// Enqueues `out = act(x · wᵀ + bias) (+ residual)` on `dev`'s stream; `residual` is given
+/// exactly when `s.accumulate` is set.
 ///
 /// # Safety
-/// `w`, `x`, `bias` and `out` must be live device buffers of `dev` of at least N·K, M·K, N and
-/// M·N elements of `s.half`'s type, used only on candle's stream of `dev`.
+/// `w`, `x`, `bias`, `out` (and `residual`) must be live device buffers of `dev` of at least
+/// N·K, M·K, N and M·N (M·N) elements of `s.half`'s type, used only on candle's stream of `dev`.
 pub unsafe fn matmul_bias(
     dev: &CudaDevice,
     s: Shape,
     w: CUdeviceptr,
     x: CUdeviceptr,
     bias: CUdeviceptr,
+    residual: Option<CUdeviceptr>,
     out: CUdeviceptr,
 ) -> Result<()> {
+    if residual.is_some() != s.accumulate {
+        candle_core::bail!("cuBLASLt: a residual must come with `accumulate` ({s:?})");
+    }
     let d = device(dev)?;
     let mut d = d.lock().unwrap_or_else(PoisonError::into_inner);
     if !d.plans.contains_key(&s) {
@@ -241,9 +246,11 @@ pub unsafe fn matmul_bias(
     )?;
     let alpha = 1.0f32;
     let beta = if s.accumulate { 1.0f32 } else { 0.0 };
-    // SAFETY: the plan's layouts describe the buffers the caller vouches for; C and D are the
-    // same buffer (allowed by cuBLASLt with identical layouts); the lock keeps the plan's bias
-    // pointer ours until the product is enqueued.
+    // C is read only with beta = 1 (`accumulate`); otherwise it is `out` itself, never read.
+    let c = residual.unwrap_or(out);
+    // SAFETY: the plan's layouts describe the buffers the caller vouches for; C and D share one
+    // layout (cuBLASLt allows C and D to be the same buffer or two); the lock keeps the plan's
+    // bias pointer ours until the product is enqueued.
     unsafe {
         lt::matmul(
             handle,
@@ -254,7 +261,7 @@ pub unsafe fn matmul_bias(
             plan.w,
             x as *const c_void,
             plan.x,
-            out as *const c_void,
+            c as *const c_void,
             plan.out,
             out as *mut c_void,
             plan.out,

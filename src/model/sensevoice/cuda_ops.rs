@@ -54,6 +54,28 @@ fn rows_config(rows: usize) -> Result<LaunchConfig> {
     })
 }
 
+/// One warp per row, `ROW_THREADS / 32` rows a block (the `*_warp` kernels; rows past the end
+/// return at once).
+fn warp_rows_config(rows: usize) -> Result<LaunchConfig> {
+    let warps = (ROW_THREADS / 32) as usize;
+    Ok(LaunchConfig {
+        grid_dim: (to_u32(rows.div_ceil(warps).max(1), "row blocks")?, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// `ROW_THREADS`-thread blocks for a grid-stride loop over `n` items, at most `max_blocks`.
+fn grid_stride_config(n: usize, max_blocks: usize) -> LaunchConfig {
+    // Clamped below `u32::MAX`, so the cast keeps the value.
+    let blocks = n.div_ceil(ROW_THREADS as usize).clamp(1, max_blocks.min(1 << 30)) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn to_u32(value: usize, what: &str) -> Result<u32> {
     u32::try_from(value)
         .map_err(|_| candle_core::Error::Msg(format!("{what} {value} overflows u32")))
@@ -284,12 +306,7 @@ impl candle_core::CustomOp3 for LayerNormTo {
                 let (dim, rows_u64) = (to_u32(d, "width")?, rows as u64);
                 launch.arg(&src).arg(&g).arg(&b).arg(&out).arg(&dim);
                 launch.arg(&self.eps).arg(&rows_u64);
-                let warps = (ROW_THREADS / 32) as usize;
-                let cfg = LaunchConfig {
-                    grid_dim: (to_u32(rows.div_ceil(warps).max(1), "row blocks")?, 1, 1),
-                    block_dim: (ROW_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = warp_rows_config(rows)?;
                 // SAFETY: matches `layer_norm_warp_*`; one warp per row of `d` (a multiple of
                 // 128, at most 128 · LN_MAX_VEC) f32 values read as float4 from a 16-byte
                 // aligned start; rows beyond `rows` return at once.
@@ -313,6 +330,132 @@ impl candle_core::CustomOp3 for LayerNormTo {
             unsafe { launch.launch(rows_config(n / d)?) }.w()?;
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         });
+        Ok((storage, x_l.shape().clone()))
+    }
+}
+
+/// Whether [`AddLayerNorm`] serves rows of `dim` values (its one-warp kernel holds a row of
+/// 128 · n ≤ 128 · `LN_MAX_VEC` values in registers).
+pub fn add_layer_norm_fits(dim: usize) -> bool {
+    dim > 0 && dim % 128 == 0 && dim <= 128 * LN_MAX_VEC
+}
+
+/// LayerNorm of `x + update` (f32 residual `x`, `update` in the output dtype, f32 gamma and
+/// beta packed as `[2, D]`), written in the update's dtype; the f32 sum itself is kept for
+/// [`AddLayerNorm::take_sum`] when `keep_sum` is set. One kernel where an add and a LayerNorm
+/// were two (and the sum's round trip through memory).
+pub struct AddLayerNorm {
+    /// The variance epsilon.
+    pub eps: f32,
+    /// Write the sum `x + update` too.
+    pub keep_sum: bool,
+    sum: std::sync::Mutex<Option<(CudaStorage, Shape)>>,
+}
+
+impl AddLayerNorm {
+    /// An op for one call (the sum of that call is kept in it).
+    pub fn new(eps: f32, keep_sum: bool) -> Self {
+        Self {
+            eps,
+            keep_sum,
+            sum: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The f32 sum of the call that ran (with `keep_sum`), as a tensor.
+    pub fn take_sum(&self) -> Result<candle_core::Tensor> {
+        let taken = self
+            .sum
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some((storage, shape)) = taken else {
+            candle_core::bail!("add + layer norm: no sum was kept");
+        };
+        Ok(candle_core::Tensor::from_storage(
+            candle_core::Storage::Cuda(storage),
+            shape,
+            candle_core::op::BackpropOp::none(),
+            false,
+        ))
+    }
+}
+
+impl candle_core::CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "sensevoice-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_l: &Layout,
+        update: &CudaStorage,
+        u_l: &Layout,
+        gamma_beta: &CudaStorage,
+        gb_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = x_l.shape().dims().last().copied().unwrap_or(0);
+        let fits = x.dtype() == DType::F32
+            && gamma_beta.dtype() == DType::F32
+            && u_l.shape() == x_l.shape()
+            && gb_l.shape().elem_count() == 2 * d
+            && add_layer_norm_fits(d)
+            && x_l.start_offset() % 4 == 0;
+        if !fits {
+            candle_core::bail!("add + layer norm: x {x_l:?}, update {u_l:?}, gamma/beta {gb_l:?}");
+        }
+        let n = x_l.shape().elem_count();
+        let rows = n / d;
+        let dev = x.device();
+        let src = contiguous::<f32>(x, x_l, "residual")?;
+        let gb = contiguous::<f32>(gamma_beta, gb_l, "layer norm weight and bias")?;
+        let (sum, storage) = with_float_type!(update.dtype(), self.name(), |T| {
+            let upd = contiguous::<T>(update, u_l, "update")?;
+            let out = output::<T>(dev, n)?;
+            let sum = if self.keep_sum {
+                Some(output::<f32>(dev, n)?)
+            } else {
+                None
+            };
+            let func =
+                dev.get_or_load_custom_func(&kernel_name::<T>("add_layer_norm_warp"), MODULE, PTX)?;
+            let mut launch = func.builder();
+            let (dim, rows_u64) = (to_u32(d, "width")?, rows as u64);
+            let no_sum: u64 = 0;
+            launch.arg(&src).arg(&upd).arg(&gb);
+            match &sum {
+                Some(sum) => launch.arg(sum),
+                None => launch.arg(&no_sum),
+            };
+            launch.arg(&out).arg(&dim).arg(&self.eps).arg(&rows_u64);
+            // SAFETY: matches `add_layer_norm_warp_*`: x, update, out (and sum) hold `rows`
+            // rows of `d` values (a multiple of 128, at most 128 · LN_MAX_VEC; x read as float4
+            // from a 16-byte aligned start), gamma_beta 2·d; a null sum pointer is not written.
+            unsafe { launch.launch(warp_rows_config(rows)?) }.w()?;
+            (
+                sum.map(|s| CudaStorage::wrap_cuda_slice(s, dev.clone())),
+                CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            )
+        });
+        if let Some(sum) = sum {
+            *self
+                .sum
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((sum, x_l.shape().clone()));
+        }
         Ok((storage, x_l.shape().clone()))
     }
 }
@@ -366,12 +509,7 @@ impl candle_core::CustomOp2 for MaskedSoftmax {
                     .arg(&keys)
                     .arg(&rows_per_item);
                 launch.arg(&rows_u64);
-                let warps = (ROW_THREADS / 32) as usize;
-                let cfg = LaunchConfig {
-                    grid_dim: (to_u32(rows.div_ceil(warps).max(1), "row blocks")?, 1, 1),
-                    block_dim: (ROW_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = warp_rows_config(rows)?;
                 // SAFETY: matches `masked_softmax_warp_*`; one warp per row of `tk` ≤
                 // SOFTMAX_WARP_KEYS keys, rows beyond `rows` return at once.
                 unsafe { launch.launch(cfg) }.w()?;
@@ -432,12 +570,7 @@ impl candle_core::CustomOp2 for AddToF32 {
             let mut launch = func.builder();
             let count = n as u64;
             launch.arg(&lhs).arg(&rhs).arg(&out).arg(&count);
-            let blocks = n.div_ceil(ROW_THREADS as usize).clamp(1, 65_535) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (ROW_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid_stride_config(n, 65_535);
             // SAFETY: matches `add_to_f32_*`; grid-stride loop over the n elements.
             unsafe { launch.launch(cfg) }.w()?;
             CudaStorage::wrap_cuda_slice(out, dev.clone())
@@ -509,12 +642,7 @@ impl candle_core::CustomOp1 for Heads {
                 to_u32(row_bytes / 16, "vectors per row")?,
             );
             launch.arg(&src).arg(&out).arg(&b).arg(&t).arg(&h).arg(&vpr);
-            let blocks = vectors.div_ceil(ROW_THREADS as usize).clamp(1, 1 << 20) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (ROW_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid_stride_config(vectors, 1 << 20);
             // SAFETY: matches `split_heads` / `merge_heads`: both buffers hold `vectors`
             // 16-byte vectors (checked above: rows are whole vectors, the start is aligned and
             // candle's allocations are 256-byte aligned); grid-stride loop over them.
@@ -605,24 +733,35 @@ impl candle_core::CustomOp3 for LinearLt {
                 let a = contiguous::<$t>(w, w_l, "linear weight")?;
                 let b = contiguous::<$t>(x, x_l, "linear input")?;
                 let bias = contiguous::<$t>(bias, b_l, "linear bias")?;
-                let mut out = output::<$t>(dev, m * n)?;
-                if let Some((storage, layout)) = &residual {
-                    let candle_core::Storage::Cuda(r) = &**storage else {
-                        candle_core::bail!("linear: the residual is not on the GPU");
-                    };
-                    let r = contiguous::<$t>(r, layout, "linear residual")?;
-                    stream.memcpy_dtod(&r, &mut out).w()?;
-                }
+                let out = output::<$t>(dev, m * n)?;
+                let residual = match &residual {
+                    Some((storage, layout)) => {
+                        let candle_core::Storage::Cuda(r) = &**storage else {
+                            candle_core::bail!("linear: the residual is not on the GPU");
+                        };
+                        Some(contiguous::<$t>(r, layout, "linear residual")?)
+                    }
+                    None => None,
+                };
                 {
                     let (a_ptr, _a) = a.device_ptr(&stream);
                     let (b_ptr, _b) = b.device_ptr(&stream);
                     let (bias_ptr, _bias) = bias.device_ptr(&stream);
                     let (out_ptr, _out) = out.device_ptr(&stream);
-                    // SAFETY: W is N×K, x is M×K, bias has N and out M×N elements of this
-                    // type (checked above), all on this device and used on its one stream; out
-                    // holds a copy of the residual when `accumulate` is set.
+                    let r = residual.as_ref().map(|r| r.device_ptr(&stream));
+                    // SAFETY: W is N×K, x is M×K, bias has N, out and the residual M×N
+                    // elements of this type (checked above), all on this device and used on
+                    // its one stream.
                     unsafe {
-                        super::cublaslt::matmul_bias(dev, shape, a_ptr, b_ptr, bias_ptr, out_ptr)
+                        super::cublaslt::matmul_bias(
+                            dev,
+                            shape,
+                            a_ptr,
+                            b_ptr,
+                            bias_ptr,
+                            r.as_ref().map(|(p, _)| *p),
+                            out_ptr,
+                        )
                     }?;
                 }
                 CudaStorage::wrap_cuda_slice(out, dev.clone())

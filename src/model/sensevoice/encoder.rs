@@ -138,6 +138,8 @@ impl FrameContext {
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// `[weight | bias]` for the fused add + LayerNorm kernel (CUDA devices only).
+    gamma_beta: Option<Tensor>,
 }
 
 impl LayerNorm {
@@ -145,7 +147,36 @@ impl LayerNorm {
     pub fn load(dim: usize, vb: &VarBuilder<'_>) -> Result<Self> {
         let weight = vb.get_with_hints_dtype(dim, "weight", Default::default(), DType::F32)?;
         let bias = vb.get_with_hints_dtype(dim, "bias", Default::default(), DType::F32)?;
-        Ok(Self { weight, bias })
+        let gamma_beta = if fused::enabled_on(weight.device()) {
+            Some(Tensor::cat(&[&weight, &bias], 0)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            gamma_beta,
+        })
+    }
+
+    /// `(x + update, LayerNorm(x + update))`, the sum in f32 (`x` f32) and the normalised rows
+    /// in `update`'s dtype: one fused kernel on CUDA where it fits, an add and a LayerNorm
+    /// elsewhere (the same values). Without `keep_sum` the sum may be `None`.
+    pub fn add_forward(
+        &self,
+        x: &Tensor,
+        update: &Tensor,
+        keep_sum: bool,
+    ) -> Result<(Option<Tensor>, Tensor)> {
+        if let Some(gamma_beta) = &self.gamma_beta
+            && let Some(out) =
+                fused::add_layer_norm(x, update, gamma_beta, LAYER_NORM_EPS, keep_sum)
+        {
+            return out;
+        }
+        let sum = fused::add_to_f32(x, update)?;
+        let normed = self.forward_to(&sum, update.dtype())?;
+        Ok((Some(sum), normed))
     }
 
     /// Normalises the last dimension in f32.
@@ -402,15 +433,35 @@ impl EncoderLayerSANM {
             let h = self.norm2.forward_in(&xs, ctx)?;
             return self.feed_forward.forward_cpu(&h, &xs);
         }
-        let h = self.norm1.forward_to(xs, self.dtype)?;
-        let att = self.self_attn.forward(&h, ctx)?;
-        let xs = if self.residual {
-            fused::add_to_f32(xs, &att)?
-        } else {
-            att.to_dtype(DType::F32)?
+        let (base, update) = self.forward_deferred(xs, None, ctx)?;
+        fused::add_to_f32(&base, &update)
+    }
+
+    /// The layer applied to `xs + pending` (`pending`: the previous layer's last update, not
+    /// yet added), returning `(base, update)` whose f32 sum is the layer's output: the residual
+    /// adds join the LayerNorm that follows them (one kernel each on CUDA).
+    fn forward_deferred(
+        &self,
+        xs: &Tensor,
+        pending: Option<&Tensor>,
+        ctx: &FrameContext,
+    ) -> Result<(Tensor, Tensor)> {
+        let (xs, h) = match pending {
+            Some(update) => self.norm1.add_forward(xs, update, true)?,
+            None => (Some(xs.clone()), self.norm1.forward_to(xs, self.dtype)?),
         };
-        let h = self.norm2.forward_to(&xs, self.dtype)?;
-        fused::add_to_f32(&xs, &self.feed_forward.forward(&h)?)
+        let xs = xs.ok_or_else(|| candle_core::Error::Msg("norm1 kept no sum".into()))?;
+        let att = self.self_attn.forward(&h, ctx)?;
+        let (xs, h) = if self.residual {
+            let (sum, h) = self.norm2.add_forward(&xs, &att, true)?;
+            let sum = sum.ok_or_else(|| candle_core::Error::Msg("norm2 kept no sum".into()))?;
+            (sum, h)
+        } else {
+            let xs = att.to_dtype(DType::F32)?;
+            let h = self.norm2.forward_to(&xs, self.dtype)?;
+            (xs, h)
+        };
+        Ok((xs, self.feed_forward.forward(&h)?))
     }
 }
 
@@ -510,6 +561,9 @@ impl SenseVoiceEncoderSmall {
         mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
         let (_, t, depth) = xs.dims3()?;
+        // Without a capture (which wants every layer's output) and off the fused CPU loops,
+        // each layer's last residual add runs inside the next layer's first LayerNorm.
+        let deferred = capture.is_none() && !cpu_fused;
         let ctx = FrameContext::with_cpu_fused(
             lengths,
             t,
@@ -529,23 +583,53 @@ impl SenseVoiceEncoderSmall {
             }
         };
         emit("encoder_input", &xs)?;
-        for (i, layer) in self.encoders0.iter().enumerate() {
-            xs = layer.forward(&xs, &ctx)?;
-            emit(&format!("encoders0.{i}"), &xs)?;
-        }
-        for (i, layer) in self.encoders.iter().enumerate() {
-            xs = layer.forward(&xs, &ctx)?;
-            emit(&format!("encoders.{i}"), &xs)?;
+        if !deferred {
+            for (i, layer) in self.encoders0.iter().enumerate() {
+                xs = layer.forward(&xs, &ctx)?;
+                emit(&format!("encoders0.{i}"), &xs)?;
+            }
+            for (i, layer) in self.encoders.iter().enumerate() {
+                xs = layer.forward(&xs, &ctx)?;
+                emit(&format!("encoders.{i}"), &xs)?;
+            }
+        } else {
+            let layers = self.encoders0.iter().chain(&self.encoders);
+            xs = Self::forward_stack_deferred(layers, xs, &ctx)?;
         }
         xs = self.after_norm.forward_in(&xs, &ctx)?;
         emit("after_norm", &xs)?;
-        for (i, layer) in self.tp_encoders.iter().enumerate() {
-            xs = layer.forward(&xs, &ctx)?;
-            emit(&format!("tp_encoders.{i}"), &xs)?;
+        if !deferred {
+            for (i, layer) in self.tp_encoders.iter().enumerate() {
+                xs = layer.forward(&xs, &ctx)?;
+                emit(&format!("tp_encoders.{i}"), &xs)?;
+            }
+        } else {
+            xs = Self::forward_stack_deferred(&self.tp_encoders, xs, &ctx)?;
         }
         xs = self.tp_norm.forward_in(&xs, &ctx)?;
         emit("tp_norm", &xs)?;
         Ok(xs)
+    }
+}
+
+impl SenseVoiceEncoderSmall {
+    /// `layers` in order on `xs`, each layer's last residual add deferred into the next one's
+    /// first LayerNorm (see [`EncoderLayerSANM::forward_deferred`]); the last add runs here.
+    fn forward_stack_deferred<'a>(
+        layers: impl IntoIterator<Item = &'a EncoderLayerSANM>,
+        mut xs: Tensor,
+        ctx: &FrameContext,
+    ) -> Result<Tensor> {
+        let mut pending: Option<Tensor> = None;
+        for layer in layers {
+            let (base, update) = layer.forward_deferred(&xs, pending.as_ref(), ctx)?;
+            xs = base;
+            pending = Some(update);
+        }
+        match pending {
+            Some(update) => fused::add_to_f32(&xs, &update),
+            None => Ok(xs),
+        }
     }
 }
 

@@ -63,13 +63,8 @@ pub fn linear(layer: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
         let y = layer.forward(x)?;
         return if relu { y.relu() } else { Ok(y) };
     };
-    #[cfg(feature = "cuda")]
-    if enabled_for(x) && matches!(x.dtype(), DType::F16 | DType::BF16) {
-        let op = super::cuda_ops::LinearLt {
-            relu,
-            residual: None,
-        };
-        return x.contiguous()?.apply_op3_no_bwd(layer.weight(), bias, &op);
+    if let Some(y) = linear_lt(layer, x, relu, None) {
+        return y;
     }
     let y = matmul_no_bias(layer, x)?;
     if cpu_enabled_for(&y) && y.is_contiguous() {
@@ -86,19 +81,39 @@ pub fn linear(layer: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
 /// `x · Wᵀ + b + residual` (`residual` of the output's shape and dtype): on a CUDA device in
 /// half precision one cuBLASLt call adds the residual in the product's epilogue.
 pub fn linear_add(layer: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    if residual.dtype() == x.dtype()
+        && let Some(y) = linear_lt(layer, x, false, Some(residual))
+    {
+        return y;
+    }
+    linear(layer, x, false)? + residual
+}
+
+/// `relu?(x · Wᵀ + b) (+ residual)` in one cuBLASLt call, where it applies: a CUDA device with
+/// the fused kernels on, f16/bf16, a layer with a bias. `None` elsewhere (the caller computes it
+/// with the other paths).
+fn linear_lt(
+    layer: &Linear,
+    x: &Tensor,
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> Option<Result<Tensor>> {
     #[cfg(feature = "cuda")]
     if enabled_for(x)
         && matches!(x.dtype(), DType::F16 | DType::BF16)
-        && residual.dtype() == x.dtype()
         && let Some(bias) = layer.bias()
     {
-        let op = super::cuda_ops::LinearLt {
-            relu: false,
-            residual: Some(residual.contiguous()?),
+        let run = || {
+            let op = super::cuda_ops::LinearLt {
+                relu,
+                residual: residual.map(Tensor::contiguous).transpose()?,
+            };
+            x.contiguous()?.apply_op3_no_bwd(layer.weight(), bias, &op)
         };
-        return x.contiguous()?.apply_op3_no_bwd(layer.weight(), bias, &op);
+        return Some(run());
     }
-    linear(layer, x, false)? + residual
+    let _ = (layer, x, relu, residual);
+    None
 }
 
 /// LayerNorm of `x` (any float dtype, computed in f32) with f32 `weight`/`bias`, returned in
@@ -118,6 +133,38 @@ pub fn layer_norm(
     }
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     candle_nn::ops::layer_norm(&centred, weight, bias, eps)?.to_dtype(out_dtype)
+}
+
+/// `(x + update, LayerNorm(x + update))` in one CUDA kernel (`x` f32 `[.., D]`, `update` of
+/// the same shape in the output dtype, `gamma_beta` f32 `[2·D]`); the sum is returned only with
+/// `keep_sum`. `None` where it does not apply (fused kernels off, not CUDA, a width the kernel
+/// does not hold): the caller adds and normalises separately, with the same result.
+pub fn add_layer_norm(
+    x: &Tensor,
+    update: &Tensor,
+    gamma_beta: &Tensor,
+    eps: f32,
+    keep_sum: bool,
+) -> Option<Result<(Option<Tensor>, Tensor)>> {
+    #[cfg(feature = "cuda")]
+    if enabled_for(x)
+        && x.dtype() == DType::F32
+        && super::cuda_ops::add_layer_norm_fits(x.dim(D::Minus1).ok()?)
+    {
+        let run = || {
+            let op = super::cuda_ops::AddLayerNorm::new(eps, keep_sum);
+            let normed = x.contiguous()?.apply_op3_no_bwd(
+                &update.contiguous()?,
+                gamma_beta,
+                &op,
+            )?;
+            let sum = if keep_sum { Some(op.take_sum()?) } else { None };
+            Ok((sum, normed))
+        };
+        return Some(run());
+    }
+    let _ = (x, update, gamma_beta, eps, keep_sum);
+    None
 }
 
 /// `residual + update` in f32 (`residual` f32, `update` any float dtype).

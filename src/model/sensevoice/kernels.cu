@@ -309,10 +309,15 @@ INSTANTIATE_ARGMAX(bf16, __nv_bfloat16)
 // LayerNorm with one warp per row for rows of 128 · n (n ≤ 8) f32 values, held in registers and
 // read as float4: one read of x, one write of out. Same function as `layer_norm` (mean first,
 // then the variance of the centred row), which serves other widths.
+//
+// With `upd` the row normalised is `x + upd` (the residual add before the next LayerNorm, in
+// f32 as `add_to_f32` computes it), written to `sum` when that is not null: one pass instead of
+// an add kernel writing the sum and a LayerNorm kernel reading it back.
 #define LN_MAX_VEC 8
 template <typename T>
-__device__ void layer_norm_warp(const float *x, const float *gamma, const float *beta, T *out,
-                                uint32_t dim, float eps, uint64_t rows) {
+__device__ void layer_norm_warp(const float *x, const T *upd, const float *gamma,
+                                const float *beta, float *sum, T *out, uint32_t dim, float eps,
+                                uint64_t rows) {
     const uint64_t row = (uint64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const uint32_t lane = threadIdx.x % 32;
     if (row >= rows) return;
@@ -324,6 +329,14 @@ __device__ void layer_norm_warp(const float *x, const float *gamma, const float 
     for (int i = 0; i < LN_MAX_VEC; i++) {
         if (i < nvec) {
             v[i] = xr[lane + 32 * i];
+            if (upd != nullptr) {
+                const T *u = upd + row * dim + 4 * (lane + 32 * i);
+                v[i].x += to_f32(u[0]);
+                v[i].y += to_f32(u[1]);
+                v[i].z += to_f32(u[2]);
+                v[i].w += to_f32(u[3]);
+                if (sum != nullptr) reinterpret_cast<float4 *>(sum + row * dim)[lane + 32 * i] = v[i];
+            }
             s += v[i].x + v[i].y + v[i].z + v[i].w;
         }
     }
@@ -356,7 +369,12 @@ __device__ void layer_norm_warp(const float *x, const float *gamma, const float 
     extern "C" __global__ void layer_norm_warp_##SUFFIX(const float *x, const float *gamma,      \
                                                         const float *beta, T *out, uint32_t dim, \
                                                         float eps, uint64_t rows) {              \
-        layer_norm_warp<T>(x, gamma, beta, out, dim, eps, rows);                                  \
+        layer_norm_warp<T>(x, nullptr, gamma, beta, nullptr, out, dim, eps, rows);                \
+    }                                                                                             \
+    extern "C" __global__ void add_layer_norm_warp_##SUFFIX(                                      \
+        const float *x, const T *upd, const float *gamma_beta, float *sum, T *out, uint32_t dim,  \
+        float eps, uint64_t rows) {                                                               \
+        layer_norm_warp<T>(x, upd, gamma_beta, gamma_beta + dim, sum, out, dim, eps, rows);       \
     }
 
 INSTANTIATE_LN(f32, float)
