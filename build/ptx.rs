@@ -28,6 +28,8 @@ pub fn compile(out_dir: &Path) -> Result<(), String> {
     if !status.success() {
         return Err(format!("{} failed on {SOURCE} ({status})", nvcc.display()));
     }
+    // The kernels that need tensor-core instructions exist only from compute capability 8.0.
+    println!("cargo:rustc-env=GPUSCRIBE_PTX_CAP={cap}");
     Ok(())
 }
 

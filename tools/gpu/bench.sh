@@ -10,8 +10,9 @@
 #   best     forward + argmax, ours (bf16, f16, f32) against FunASR at its best (fp32, autocast f16 and
 #            bf16) at batch 16/32/64 in one run, plus FunASR's own autocast agreement and generate();
 #            the table comes from tools/gpu/compare.py
-#   cudatest tests/sensevoice_cuda.rs (BIN/sensevoice_cuda: `cargo test --release --features cuda
-#            --test sensevoice_cuda --no-run`'s binary) with its ignored GPU tests
+#   cudatest tests/sensevoice_cuda.rs and tests/sensevoice_cuda_kernels.rs (BIN/sensevoice_cuda and
+#            BIN/sensevoice_cuda_kernels: `cargo test --release --features cuda --test … --no-run`'s
+#            binaries) with their ignored GPU tests
 #   pool     our forward (bf16, batch 16 and 32) with the memory pool keeping freed memory (the
 #            default) and giving it back at every sync (GPUSCRIBE_CUDA_POOL=release), alternating
 #   live     tools/bench/live_latency.py: `gpuscribe listen --from-wav` at real-time pace on cuda:0
@@ -45,6 +46,8 @@ MODEL=$WORK/full/model
 if has cudatest; then
     say "GPU tests: FunASR parity in f32, fused kernels against candle ops, batch against single items"
     "$BIN/sensevoice_cuda" --ignored --test-threads 1 --nocapture 2>&1 | grep -vE "^$"
+    # The kernels only release-size shapes reach (BIN/sensevoice_cuda_kernels, built the same way).
+    [ -x "$BIN/sensevoice_cuda_kernels" ] && "$BIN/sensevoice_cuda_kernels" --ignored --test-threads 1 --nocapture 2>&1 | grep -vE "^$"
 fi
 
 if has parity; then

@@ -653,6 +653,102 @@ impl candle_core::CustomOp1 for Heads {
     }
 }
 
+/// Head width and longest key row of [`SanmAttention`] (`ATT_DK`, `ATT_KEYS` in kernels.cu).
+const ATT_DK: usize = 128;
+const ATT_KEYS: usize = 512;
+/// Query rows per block, threads per block and shared memory of `sanm_attention_*`
+/// (`ATT_ROWS`, `ATT_WARPS`, `ATT_SMEM_BYTES`).
+const ATT_ROWS: usize = 64;
+const ATT_THREADS: u32 = 128;
+const ATT_SMEM_BYTES: u32 = ((64 * (512 + 8) + 64 * (128 + 8) + 64 * (128 + 8)) * 2 + 4 * 256 * 4) as u32;
+/// The compute capability the kernels were compiled for (build/ptx.rs).
+const PTX_CAP: &str = env!("GPUSCRIBE_PTX_CAP");
+
+/// Whether [`SanmAttention`] serves `frames` keys per item with heads of `dk` (and the PTX has
+/// the tensor-core kernels).
+pub fn attention_fits(frames: usize, dk: usize) -> bool {
+    dk == ATT_DK && (1..=ATT_KEYS).contains(&frames) && PTX_CAP.parse::<u32>().is_ok_and(|c| c >= 80)
+}
+
+/// SAN-M attention in one kernel: the fused q/k/v projection `[B, T, 3·H·dk]` (f16/bf16,
+/// contiguous) with valid lengths (u32 `[B]`) → the merged heads `[B, T, H·dk]`, ready for
+/// `linear_out`. Same steps and roundings as split, q·kᵀ, masked softmax, attention·v, merge.
+pub struct SanmAttention {
+    /// Attention heads H.
+    pub heads: usize,
+}
+
+impl candle_core::CustomOp2 for SanmAttention {
+    fn name(&self) -> &'static str {
+        "sensevoice-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        qkv: &CudaStorage,
+        q_l: &Layout,
+        lens: &CudaStorage,
+        lens_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, t, w) = q_l.shape().dims3()?;
+        let heads = self.heads;
+        let fits = heads > 0
+            && w % (3 * heads) == 0
+            && attention_fits(t, w / (3 * heads))
+            && matches!(qkv.dtype(), DType::F16 | DType::BF16)
+            && lens.dtype() == DType::U32
+            && lens_l.shape().elem_count() == b
+            && q_l.start_offset() % 8 == 0;
+        if !fits {
+            candle_core::bail!("attention: qkv {q_l:?} ({:?}), {heads} heads, lengths {lens_l:?}", qkv.dtype());
+        }
+        let d = w / 3;
+        let dev = qkv.device();
+        let lens = contiguous::<u32>(lens, lens_l, "attention lengths")?;
+        let storage = with_float_type!(qkv.dtype(), self.name(), |T| {
+            let src = contiguous::<T>(qkv, q_l, "q/k/v projection")?;
+            let out = output::<T>(dev, b * t * d)?;
+            let func =
+                dev.get_or_load_custom_func(&kernel_name::<T>("sanm_attention"), MODULE, PTX)?;
+            func.set_attribute(
+                candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                ATT_SMEM_BYTES as i32,
+            )
+            .w()?;
+            let mut launch = func.builder();
+            let (heads_u32, frames) = (to_u32(heads, "heads")?, to_u32(t, "frames")?);
+            launch.arg(&src).arg(&lens).arg(&out).arg(&heads_u32).arg(&frames);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    to_u32(t.div_ceil(ATT_ROWS), "row blocks")?,
+                    to_u32(b * heads, "items × heads")?,
+                    1,
+                ),
+                block_dim: (ATT_THREADS, 1, 1),
+                shared_mem_bytes: ATT_SMEM_BYTES,
+            };
+            // SAFETY: matches `sanm_attention_*`: `src` holds B·T rows of 3·H·dk (dk = ATT_DK,
+            // checked) starting 16-byte aligned (candle's buffers are 256-byte aligned, the
+            // offset is a multiple of 8 elements), T ≤ ATT_KEYS; the kernel writes every row
+            // < T of `out` (B·T·H·dk elements) and stages ATT_SMEM_BYTES of shared memory,
+            // allowed by the attribute set above.
+            unsafe { launch.launch(cfg) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, Shape::from((b, t, d))))
+    }
+}
+
 /// `relu?(x · Wᵀ + b)` in one cuBLASLt call (bias and ReLU in the matrix product's epilogue),
 /// for f16 and bf16: `x` `[.., K]` contiguous, `W` `[N, K]`, `b` `[N]`, all of one dtype.
 /// (f32 keeps candle's cuBLAS call: cuBLASLt's f32 path computes in TF32.)

@@ -238,6 +238,23 @@ pub fn merge_heads(x: &Tensor) -> Option<Result<Tensor>> {
     None
 }
 
+/// SAN-M attention from the fused q/k/v projection `[B, T, 3·D]` to the merged heads
+/// `[B, T, D]` (keys at or past `lengths[b]` masked) in one CUDA kernel, for f16/bf16 with heads
+/// of 128 and at most 512 frames; `None` elsewhere (the caller runs the separate steps).
+pub fn attention(qkv: &Tensor, heads: usize, lengths: &Tensor) -> Option<Result<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled_for(qkv)
+        && matches!(qkv.dtype(), DType::F16 | DType::BF16)
+        && heads > 0
+        && super::cuda_ops::attention_fits(qkv.dim(1).ok()?, qkv.dim(2).ok()? / (3 * heads))
+    {
+        let op = super::cuda_ops::SanmAttention { heads };
+        return Some(qkv.contiguous().and_then(|q| q.apply_op2_no_bwd(lengths, &op)));
+    }
+    let _ = (qkv, heads, lengths);
+    None
+}
+
 /// Whether rows of `dk` elements of `t`'s dtype are whole 16-byte vectors.
 #[cfg(feature = "cuda")]
 fn heads_fit(t: &Tensor, dk: usize) -> bool {

@@ -380,3 +380,154 @@ __device__ void layer_norm_warp(const float *x, const T *upd, const float *gamma
 INSTANTIATE_LN(f32, float)
 INSTANTIATE_LN(f16, __half)
 INSTANTIATE_LN(bf16, __nv_bfloat16)
+
+// SAN-M attention in one kernel, read straight from the fused q/k/v projection `qkv`
+// [B, T, 3, H, dk] (q already scaled by dk^-0.5 in the weights) and written straight into the
+// merged layout `out` [B, T, H·dk]: the head split, q·kᵀ, the masked softmax, attention·v and
+// the head merge, which were five launches with the scores' round trip through memory.
+//
+// One block: 64 query rows of one (item, head), four warps of 16 rows. Per 64-key tile the
+// block stages k (then v) in shared memory; each warp computes its 16 × 64 scores on the tensor
+// cores (wmma, f32 accumulation), rounded to T into a shared row of all keys — the rounding the
+// separate product's output had —, then the softmax of each row in f32 over the item's valid
+// keys (as `masked_softmax_warp`), the probabilities rounded to T in place, and attention·v
+// with f32 accumulation. Rows of up to ATT_KEYS keys, dk = ATT_DK; tensor cores need sm_80.
+#if __CUDA_ARCH__ >= 800
+#include <mma.h>
+#endif
+#define ATT_DK 128
+#define ATT_KEYS 512
+#define ATT_WARPS 4
+#define ATT_ROWS (16 * ATT_WARPS)
+#define ATT_KTILE 64
+#define ATT_LDH (ATT_DK + 8)    // elements per staged q/k/v row (16-byte rows, fewer bank conflicts)
+#define ATT_LDS (ATT_KEYS + 8)  // elements per score row
+#define ATT_LDO (ATT_DK + 4)    // floats per row of the output staging
+// Shared memory: scores [ATT_ROWS][ATT_LDS] T, q [ATT_ROWS][ATT_LDH] T, one k/v tile
+// [ATT_KTILE][ATT_LDH] T, a 16 × 16 f32 tile per warp. Every part starts 32-byte aligned.
+#define ATT_SMEM_BYTES \
+    ((ATT_ROWS * ATT_LDS + ATT_ROWS * ATT_LDH + ATT_KTILE * ATT_LDH) * 2 + ATT_WARPS * 256 * 4)
+
+template <typename T>
+__device__ void sanm_attention(const T *qkv, const uint32_t *lens, T *out, uint32_t heads,
+                               uint32_t frames) {
+#if __CUDA_ARCH__ >= 800
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char att_smem[];
+    T *S = reinterpret_cast<T *>(att_smem);
+    T *Q = S + ATT_ROWS * ATT_LDS;
+    T *KV = Q + ATT_ROWS * ATT_LDH;
+    float *stage = reinterpret_cast<float *>(KV + ATT_KTILE * ATT_LDH);
+    const uint32_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+    const uint32_t row0 = blockIdx.x * ATT_ROWS;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint64_t row_stride = 3ull * heads * ATT_DK;  // elements between frames of qkv
+    const T *base = qkv + (uint64_t)b * frames * row_stride + (uint64_t)h * ATT_DK;
+    const uint32_t len = min(lens[b], frames);
+    const uint32_t tiles = (frames + ATT_KTILE - 1) / ATT_KTILE;
+    constexpr uint32_t VECS = ATT_DK / 8;  // 16-byte vectors per row of dk
+
+    // Stages `rows` rows of q, k or v (`part` 0, 1, 2) from frame `first` on, zeros past the end.
+    auto stage_rows = [&](T *dst, uint32_t rows, uint32_t first, uint32_t part) {
+        for (uint32_t i = threadIdx.x; i < rows * VECS; i += blockDim.x) {
+            const uint32_t r = i / VECS, c = i % VECS, frame = first + r;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (frame < frames)
+                v = reinterpret_cast<const uint4 *>(base + frame * row_stride +
+                                                    (uint64_t)part * heads * ATT_DK)[c];
+            *reinterpret_cast<uint4 *>(dst + r * ATT_LDH + c * 8) = v;
+        }
+    };
+
+    stage_rows(Q, ATT_ROWS, row0, 0);
+    float *my_stage = stage + warp * 256;
+    T *my_s = S + warp * 16 * ATT_LDS;
+    // Scores.
+    for (uint32_t t = 0; t < tiles; t++) {
+        __syncthreads();  // the previous tile is no longer read (and q is staged)
+        stage_rows(KV, ATT_KTILE, t * ATT_KTILE, 1);
+        __syncthreads();
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[ATT_KTILE / 16];
+#pragma unroll
+        for (int n = 0; n < ATT_KTILE / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+#pragma unroll
+        for (int kk = 0; kk < ATT_DK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+            wmma::load_matrix_sync(a, Q + warp * 16 * ATT_LDH + kk, ATT_LDH);
+#pragma unroll
+            for (int n = 0; n < ATT_KTILE / 16; n++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kt;
+                wmma::load_matrix_sync(kt, KV + n * 16 * ATT_LDH + kk, ATT_LDH);
+                wmma::mma_sync(acc[n], a, kt, acc[n]);
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < ATT_KTILE / 16; n++) {
+            wmma::store_matrix_sync(my_stage, acc[n], 16, wmma::mem_row_major);
+            __syncwarp();
+            for (uint32_t i = lane; i < 256; i += 32)
+                my_s[(i / 16) * ATT_LDS + t * ATT_KTILE + n * 16 + i % 16] = from_f32<T>(my_stage[i]);
+            __syncwarp();
+        }
+    }
+    // Softmax of each of the warp's rows over the valid keys, in place; keys past `len` get 0.
+    const uint32_t keys = tiles * ATT_KTILE;
+    for (uint32_t r = 0; r < 16; r++) {
+        T *row = my_s + r * ATT_LDS;
+        float m = -INFINITY;
+        for (uint32_t k = lane; k < len; k += 32) m = fmaxf(m, to_f32(row[k]));
+        for (int o2 = 16; o2 > 0; o2 >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o2));
+        float s = 0.0f;
+        for (uint32_t k = lane; k < len; k += 32) s += expf(to_f32(row[k]) - m);
+        for (int o2 = 16; o2 > 0; o2 >>= 1) s += __shfl_xor_sync(0xffffffff, s, o2);
+        const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+        for (uint32_t k = lane; k < keys; k += 32)
+            row[k] = from_f32<T>(k < len ? expf(to_f32(row[k]) - m) * inv : 0.0f);
+    }
+    __syncwarp();
+    // Attention · v.
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[ATT_DK / 16];
+#pragma unroll
+    for (int n = 0; n < ATT_DK / 16; n++) wmma::fill_fragment(o[n], 0.0f);
+    for (uint32_t t = 0; t < tiles; t++) {
+        __syncthreads();
+        stage_rows(KV, ATT_KTILE, t * ATT_KTILE, 2);
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < ATT_KTILE; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> p;
+            wmma::load_matrix_sync(p, my_s + t * ATT_KTILE + kk, ATT_LDS);
+#pragma unroll
+            for (int n = 0; n < ATT_DK / 16; n++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> v;
+                wmma::load_matrix_sync(v, KV + kk * ATT_LDH + n * 16, ATT_LDH);
+                wmma::mma_sync(o[n], p, v, o[n]);
+            }
+        }
+    }
+    // The warp's 16 output rows through its own score rows (no longer read) as f32 staging.
+    __syncwarp();
+    float *ostage = reinterpret_cast<float *>(my_s);
+#pragma unroll
+    for (int n = 0; n < ATT_DK / 16; n++)
+        wmma::store_matrix_sync(ostage + n * 16, o[n], ATT_LDO, wmma::mem_row_major);
+    __syncwarp();
+    for (uint32_t i = lane; i < 16 * ATT_DK; i += 32) {
+        const uint32_t r = i / ATT_DK, c = i % ATT_DK, frame = row0 + warp * 16 + r;
+        if (frame < frames)
+            out[((uint64_t)b * frames + frame) * heads * ATT_DK + (uint64_t)h * ATT_DK + c] =
+                from_f32<T>(ostage[r * ATT_LDO + c]);
+    }
+#else
+    __trap();
+#endif
+}
+
+#define INSTANTIATE_ATT(SUFFIX, T)                                                                \
+    extern "C" __global__ void sanm_attention_##SUFFIX(                                         \
+        const T *qkv, const uint32_t *lens, T *out, uint32_t heads, uint32_t frames) {            \
+        sanm_attention<T>(qkv, lens, out, heads, frames);                                         \
+    }
+
+INSTANTIATE_ATT(f16, __half)
+INSTANTIATE_ATT(bf16, __nv_bfloat16)
