@@ -172,7 +172,8 @@ fi
 
 if has rss10h; then
     say "peak RSS of gpuscribe transcribe and its worker, 10 h WAV, cuda:0"
-    BIN="$BIN/gpuscribe" WORKER="$BIN/gpuscribe-worker" MODEL="$MODEL" DEVICE=cuda:0 HOURS="1 10" \
+    bin_dir=$BIN
+    BIN="$bin_dir/gpuscribe" WORKER="$bin_dir/gpuscribe-worker" MODEL="$MODEL" DEVICE=cuda:0 HOURS="1 10" \
         MP3_HOURS="" OUT="$WORK/rss" bash tools/bench/rss.sh
 fi
 
