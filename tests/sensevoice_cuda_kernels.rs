@@ -85,7 +85,9 @@ fn fused_attention_equals_separate_ops() {
         let qkv = fill(&[b, t, 3 * heads * 128], seed, 0.85, &dev);
         let lens = Tensor::new(lengths.iter().map(|&l| l as u32).collect::<Vec<_>>(), &dev).unwrap();
         let want = attention_reference(&qkv, heads, &lengths);
-        for (dtype, bound) in [(DType::BF16, 2e-2), (DType::F16, 4e-3)] {
+        // The scores and the probabilities are rounded to the storage type once each, as the
+        // separate products and softmax store them: bf16's 8 bits give a few 1e-2.
+        for (dtype, bound) in [(DType::BF16, 3e-2), (DType::F16, 4e-3)] {
             let got = fused::attention(&qkv.to_dtype(dtype).unwrap(), heads, &lens)
                 .expect("the fused attention serves heads of 128 and ≤ 512 frames in half precision")
                 .unwrap();

@@ -27,12 +27,11 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
         unsafe {
             cuda.disable_event_tracking()
         };
-        pool::keep_freed_memory(cuda)?;
     }
     Ok(device)
 }
 
-/// Waits for `device`'s work and gives the memory its pool keeps for reuse back to the driver,
+/// Waits for `device`'s work and gives whatever its memory pool still holds back to the driver,
 /// so that what was freed (an offloaded model, a failed pass) no longer counts as used VRAM.
 /// A no-op on the CPU; failures are logged (memory stays reserved, nothing breaks).
 pub fn release_device_memory(device: &candle_core::Device) {
@@ -49,12 +48,10 @@ pub fn release_device_memory(device: &candle_core::Device) {
 }
 
 /// The stream-ordered memory pool candle's allocations come from (cudarc allocates with
-/// `cuMemAllocAsync` from the device's current pool).
-///
-/// By default a pool gives every freed byte back to the driver at each synchronisation, so
-/// each forward pass (one sync when its ids are copied out) maps its ~1 GiB of activations
-/// afresh. Keeping freed memory in the pool, as PyTorch's caching allocator does, makes that
-/// reuse free; [`release_device_memory`] gives it back when the model is offloaded.
+/// `cuMemAllocAsync` from the device's current pool). The pool keeps its default release
+/// threshold (freed memory goes back to the driver at each synchronisation): keeping it for
+/// reuse, as PyTorch's caching allocator does, made no measurable difference to a forward pass
+/// on an H200 (BENCHMARKS.md) and would hide free VRAM from the other processes on a shared GPU.
 #[cfg(feature = "cuda")]
 mod pool {
     #![allow(unsafe_code)] // two driver calls on the device's own pool; see each SAFETY note.
@@ -81,24 +78,6 @@ mod pool {
             sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device())
         })?;
         Ok(pool)
-    }
-
-    /// Sets the pool's release threshold to "never" (`GPUSCRIBE_CUDA_POOL=release` keeps the
-    /// driver's default of giving memory back at every synchronisation, for comparison).
-    pub fn keep_freed_memory(cuda: &CudaDevice) -> candle_core::Result<()> {
-        if std::env::var("GPUSCRIBE_CUDA_POOL").is_ok_and(|v| v == "release") {
-            return Ok(());
-        }
-        let pool = current_pool(cuda)?;
-        let mut threshold = u64::MAX;
-        // SAFETY: the pool handle is live (the device's own); the attribute takes a cuuint64_t.
-        check("cuMemPoolSetAttribute", unsafe {
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut threshold as *mut u64).cast(),
-            )
-        })
     }
 
     /// Gives every unused byte of the pool back to the driver (after a synchronize).

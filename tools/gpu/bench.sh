@@ -6,15 +6,13 @@
 # BIN holds the `--features cuda` release builds of gpuscribe, gpuscribe-worker and the examples
 # sensevoice_bench and residency_bench. Python needs torch 2.11 and funasr 1.4.16 (see
 # tools/reference/requirements.txt). Steps (default: all): elf full parity speed funasr best cpuside
-# residency squeeze hour cpu cudatest pool live rss10h whisper.
+# residency squeeze hour cpu cudatest live rss10h whisper.
 #   best     forward + argmax, ours (bf16, f16, f32) against FunASR at its best (fp32, autocast f16 and
 #            bf16) at batch 16/32/64 in one run, plus FunASR's own autocast agreement and generate();
 #            the table comes from tools/gpu/compare.py
 #   cudatest tests/sensevoice_cuda.rs and tests/sensevoice_cuda_kernels.rs (BIN/sensevoice_cuda and
 #            BIN/sensevoice_cuda_kernels: `cargo test --release --features cuda --test … --no-run`'s
 #            binaries) with their ignored GPU tests
-#   pool     our forward (bf16, batch 16 and 32) with the memory pool keeping freed memory (the
-#            default) and giving it back at every sync (GPUSCRIBE_CUDA_POOL=release), alternating
 #   live     tools/bench/live_latency.py: `gpuscribe listen --from-wav` at real-time pace on cuda:0
 #   rss10h   tools/bench/rss.sh: peak RSS of both processes for a 10 h WAV on cuda:0
 #   whisper  random whisper tiny and base (tools/reference/whisper_generate.py), transformers'
@@ -27,7 +25,7 @@ OUT=${OUT:-/tmp/out}
 WORK=${WORK:-/tmp/gs-bench}
 mkdir -p "$OUT" "$WORK"
 export GPUSCRIBE_WORKER="$BIN/gpuscribe-worker"
-steps=${*:-elf full parity speed funasr best cpuside residency squeeze hour cpu cudatest pool live rss10h whisper}
+steps=${*:-elf full parity speed funasr best cpuside residency squeeze hour cpu cudatest live rss10h whisper}
 has() { [[ " $steps " == *" $1 "* ]]; }
 say() { echo; echo "::: $*"; }
 
@@ -153,16 +151,6 @@ if has cpu; then
     $nocuda "$BIN/gpuscribe" gpus | head -3
     $nocuda "$BIN/gpuscribe" transcribe --device auto --model-dir tests/data/sensevoice/tiny --format json tests/data/sensevoice/audio/zh_mid.wav | head -12
     echo "exit $?"
-fi
-
-if has pool; then
-    say "the memory pool: keeping freed memory (default) against giving it back at every sync"
-    for round in 1 2; do
-        for pool in keep release; do
-            GPUSCRIBE_CUDA_POOL=$pool "$BIN/sensevoice_bench" forward "$MODEL" cuda:0 bf16 \
-                "$WORK/speech_30s.wav" 16,32 10 | sed "s/^{/{\"pool\": \"$pool\", \"round\": $round, /"
-        done
-    done
 fi
 
 if has live; then

@@ -372,7 +372,9 @@ impl MultiHeadedAttentionSANM {
         let dk = d / h;
         let qkv = fused::linear(&self.linear_q_k_v, xs, false)?;
         let fsmn = self.forward_fsmn(&qkv.narrow(2, 2 * d, d)?, ctx)?;
-        if let Some(out) = fused::attention(&qkv, h, &ctx.lengths) {
+        if fused::attention_pays(b, t)
+            && let Some(out) = fused::attention(&qkv, h, &ctx.lengths)
+        {
             return fused::linear_add(&self.linear_out, &out?, &fsmn);
         }
         // One copy splits q, k, v into heads: [B, T, 3, H, dk] → [3, B, H, T, dk].

@@ -238,6 +238,18 @@ pub fn merge_heads(x: &Tensor) -> Option<Result<Tensor>> {
     None
 }
 
+/// Query rows (batch × frames) up to which [`attention`]'s one kernel beats the separate steps.
+///
+/// Measured on an H200 (BENCHMARKS.md): a 10 s clip (1 × 171 rows) end to end 16.3 → 9.0 ms
+/// with it, where launches dominate; at 8 × 504 and 16 × 504 rows the separate cuBLAS products
+/// and softmax are faster (13.6k against 18.7k × realtime at 16), so batches use them.
+pub const FUSED_ATTENTION_MAX_ROWS: usize = 1024;
+
+/// Whether a batch of `batch` items of `frames` frames should take [`attention`]'s one kernel.
+pub fn attention_pays(batch: usize, frames: usize) -> bool {
+    batch.saturating_mul(frames) <= FUSED_ATTENTION_MAX_ROWS
+}
+
 /// SAN-M attention from the fused q/k/v projection `[B, T, 3·D]` to the merged heads
 /// `[B, T, D]` (keys at or past `lengths[b]` masked) in one CUDA kernel, for f16/bf16 with heads
 /// of 128 and at most 512 frames; `None` elsewhere (the caller runs the separate steps).
