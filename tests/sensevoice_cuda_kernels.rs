@@ -33,7 +33,14 @@ fn fill(shape: &[usize], seed: u64, scale: f32, device: &Device) -> Tensor {
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
-    let diff = (a - &b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let diff = (a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let top = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     diff.to_scalar::<f32>().unwrap() / top.to_scalar::<f32>().unwrap().max(1e-12)
 }
@@ -83,13 +90,16 @@ fn fused_attention_equals_separate_ops() {
         // Uniform in ±0.85: scores of standard deviation ≈ 2.7 over 128 channels, a softmax far
         // from uniform (in the model q carries the folded dk^-0.5).
         let qkv = fill(&[b, t, 3 * heads * 128], seed, 0.85, &dev);
-        let lens = Tensor::new(lengths.iter().map(|&l| l as u32).collect::<Vec<_>>(), &dev).unwrap();
+        let lens =
+            Tensor::new(lengths.iter().map(|&l| l as u32).collect::<Vec<_>>(), &dev).unwrap();
         let want = attention_reference(&qkv, heads, &lengths);
         // The scores and the probabilities are rounded to the storage type once each, as the
         // separate products and softmax store them: bf16's 8 bits give a few 1e-2.
         for (dtype, bound) in [(DType::BF16, 3e-2), (DType::F16, 4e-3)] {
             let got = fused::attention(&qkv.to_dtype(dtype).unwrap(), heads, &lens)
-                .expect("the fused attention serves heads of 128 and ≤ 512 frames in half precision")
+                .expect(
+                    "the fused attention serves heads of 128 and ≤ 512 frames in half precision",
+                )
                 .unwrap();
             assert_eq!(got.dims(), want.dims());
             assert_eq!(got.dtype(), dtype);
@@ -112,7 +122,9 @@ fn fused_attention_equals_separate_ops() {
         // f32 and over-long rows are not served: the caller runs the separate steps.
         assert!(fused::attention(&qkv, heads, &lens).is_none());
     }
-    let long = fill(&[1, 513, 3 * heads * 128], 9, 0.1, &dev).to_dtype(DType::BF16).unwrap();
+    let long = fill(&[1, 513, 3 * heads * 128], 9, 0.1, &dev)
+        .to_dtype(DType::BF16)
+        .unwrap();
     let lens = Tensor::new(&[513u32], &dev).unwrap();
     assert!(fused::attention(&long, heads, &lens).is_none());
 }
@@ -133,7 +145,11 @@ fn fused_add_layer_norm_equals_separate_ops() {
             .unwrap();
         let want_sum = (&x + update.to_dtype(DType::F32).unwrap()).unwrap();
         let sum = sum.expect("keep_sum returns the sum");
-        assert_eq!(rel(&sum, &want_sum), 0.0, "{dtype:?}: the sum is the f32 add");
+        assert_eq!(
+            rel(&sum, &want_sum),
+            0.0,
+            "{dtype:?}: the sum is the f32 add"
+        );
         let centred = want_sum
             .broadcast_sub(&want_sum.mean_keepdim(D::Minus1).unwrap())
             .unwrap();
@@ -146,6 +162,10 @@ fn fused_add_layer_norm_equals_separate_ops() {
             .unwrap()
             .unwrap();
         assert!(no_sum.is_none());
-        assert_eq!(rel(&normed2, &normed), 0.0, "{dtype:?}: keep_sum changes nothing else");
+        assert_eq!(
+            rel(&normed2, &normed),
+            0.0,
+            "{dtype:?}: keep_sum changes nothing else"
+        );
     }
 }

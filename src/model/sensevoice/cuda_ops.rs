@@ -68,7 +68,9 @@ fn warp_rows_config(rows: usize) -> Result<LaunchConfig> {
 /// `ROW_THREADS`-thread blocks for a grid-stride loop over `n` items, at most `max_blocks`.
 fn grid_stride_config(n: usize, max_blocks: usize) -> LaunchConfig {
     // Clamped below `u32::MAX`, so the cast keeps the value.
-    let blocks = n.div_ceil(ROW_THREADS as usize).clamp(1, max_blocks.min(1 << 30)) as u32;
+    let blocks = n
+        .div_ceil(ROW_THREADS as usize)
+        .clamp(1, max_blocks.min(1 << 30)) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (ROW_THREADS, 1, 1),
@@ -454,7 +456,8 @@ impl candle_core::CustomOp3 for AddLayerNorm {
             *self
                 .sum
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((sum, x_l.shape().clone()));
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((sum, x_l.shape().clone()));
         }
         Ok((storage, x_l.shape().clone()))
     }
@@ -660,14 +663,17 @@ const ATT_KEYS: usize = 512;
 /// (`ATT_ROWS`, `ATT_WARPS`, `ATT_SMEM_BYTES`).
 const ATT_ROWS: usize = 64;
 const ATT_THREADS: u32 = 128;
-const ATT_SMEM_BYTES: u32 = ((64 * (512 + 8) + 64 * (128 + 8) + 64 * (128 + 8)) * 2 + 4 * 256 * 4) as u32;
+const ATT_SMEM_BYTES: u32 =
+    ((64 * (512 + 8) + 64 * (128 + 8) + 64 * (128 + 8)) * 2 + 4 * 256 * 4) as u32;
 /// The compute capability the kernels were compiled for (build/ptx.rs).
 const PTX_CAP: &str = env!("GPUSCRIBE_PTX_CAP");
 
 /// Whether [`SanmAttention`] serves `frames` keys per item with heads of `dk` (and the PTX has
 /// the tensor-core kernels).
 pub fn attention_fits(frames: usize, dk: usize) -> bool {
-    dk == ATT_DK && (1..=ATT_KEYS).contains(&frames) && PTX_CAP.parse::<u32>().is_ok_and(|c| c >= 80)
+    dk == ATT_DK
+        && (1..=ATT_KEYS).contains(&frames)
+        && PTX_CAP.parse::<u32>().is_ok_and(|c| c >= 80)
 }
 
 /// SAN-M attention in one kernel: the fused q/k/v projection `[B, T, 3·H·dk]` (f16/bf16,
@@ -710,7 +716,10 @@ impl candle_core::CustomOp2 for SanmAttention {
             && lens_l.shape().elem_count() == b
             && q_l.start_offset() % 8 == 0;
         if !fits {
-            candle_core::bail!("attention: qkv {q_l:?} ({:?}), {heads} heads, lengths {lens_l:?}", qkv.dtype());
+            candle_core::bail!(
+                "attention: qkv {q_l:?} ({:?}), {heads} heads, lengths {lens_l:?}",
+                qkv.dtype()
+            );
         }
         let d = w / 3;
         let dev = qkv.device();
@@ -727,7 +736,12 @@ impl candle_core::CustomOp2 for SanmAttention {
             .w()?;
             let mut launch = func.builder();
             let (heads_u32, frames) = (to_u32(heads, "heads")?, to_u32(t, "frames")?);
-            launch.arg(&src).arg(&lens).arg(&out).arg(&heads_u32).arg(&frames);
+            launch
+                .arg(&src)
+                .arg(&lens)
+                .arg(&out)
+                .arg(&heads_u32)
+                .arg(&frames);
             let cfg = LaunchConfig {
                 grid_dim: (
                     to_u32(t.div_ceil(ATT_ROWS), "row blocks")?,

@@ -153,11 +153,9 @@ pub fn add_layer_norm(
     {
         let run = || {
             let op = super::cuda_ops::AddLayerNorm::new(eps, keep_sum);
-            let normed = x.contiguous()?.apply_op3_no_bwd(
-                &update.contiguous()?,
-                gamma_beta,
-                &op,
-            )?;
+            let normed =
+                x.contiguous()?
+                    .apply_op3_no_bwd(&update.contiguous()?, gamma_beta, &op)?;
             let sum = if keep_sum { Some(op.take_sum()?) } else { None };
             Ok((sum, normed))
         };
@@ -261,7 +259,10 @@ pub fn attention(qkv: &Tensor, heads: usize, lengths: &Tensor) -> Option<Result<
         && super::cuda_ops::attention_fits(qkv.dim(1).ok()?, qkv.dim(2).ok()? / (3 * heads))
     {
         let op = super::cuda_ops::SanmAttention { heads };
-        return Some(qkv.contiguous().and_then(|q| q.apply_op2_no_bwd(lengths, &op)));
+        return Some(
+            qkv.contiguous()
+                .and_then(|q| q.apply_op2_no_bwd(lengths, &op)),
+        );
     }
     let _ = (qkv, heads, lengths);
     None
