@@ -11,7 +11,8 @@
 # MODEL_DIR overrides the model folder (a `generate.py --full` output: DIR/model, DIR/reference.*).
 # THREADS (default: every core) is the thread count of both sides; with CPUS (e.g. 0,1) both run
 # pinned to those cores through taskset. REPEAT (default 5) timed runs after warm-up. MATMULS (default
-# "bf16x3 f32 bf16") lists our CPU matrix products to run (GPUSCRIBE_CPU_MATMUL, the first is the default).
+# "bf16x3 f32 bf16") lists our CPU matrix products to run (GPUSCRIBE_CPU_MATMUL, the first is the default);
+# GENERATE=0 skips FunASR's generate() (minutes on 2 cores).
 # Everything else running on the machine shares the cores: note it beside the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,7 +55,7 @@ done
 echo "::: FunASR: the same forward (fp32, and bf16 autocast: its best CPU configuration) and generate() on the same segment"
 (cd tools/reference && PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$threads "${pin[@]}" "$PYTHON" bench_forward.py \
     --model "$MODEL" --device cpu --threads "$threads" --batches 1 --precisions fp32,bf16 \
-    --repeat "$REPEAT" --generate-batch 1 --dump-ids "$WORK/ids_funasr.json" "$seg" 2>/dev/null | grep '^{') | tee -a "$out"
+    --repeat "$REPEAT" --generate-batch "${GENERATE:-1}" --dump-ids "$WORK/ids_funasr.json" "$seg" 2>/dev/null | grep '^{') | tee -a "$out"
 
 if [ -e "$MODEL_DIR/reference.json" ]; then
     for mm in $MATMULS; do

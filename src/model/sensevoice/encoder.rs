@@ -186,12 +186,7 @@ pub struct PositionwiseFeedForward {
 impl PositionwiseFeedForward {
     /// Loads `w_1` (`dim → hidden`) and `w_2` (`hidden → dim`); `matmul` picks the CPU
     /// products of the fused path.
-    pub fn load(
-        dim: usize,
-        hidden: usize,
-        vb: &VarBuilder<'_>,
-        matmul: CpuMatmul,
-    ) -> Result<Self> {
+    pub fn load(dim: usize, hidden: usize, vb: &VarBuilder<'_>, matmul: CpuMatmul) -> Result<Self> {
         let w_1 = candle_nn::linear(dim, hidden, vb.pp("w_1"))?;
         let w_2 = candle_nn::linear(hidden, dim, vb.pp("w_2"))?;
         Ok(Self {
@@ -487,18 +482,16 @@ impl SenseVoiceEncoderSmall {
         };
         tracing::debug!("SenseVoice encoder: CPU matrix products {}", matmul.name());
         let d = cfg.output_size;
-        let stack = |name: &str,
-                     n: usize,
-                     first_in: Option<usize>|
-         -> Result<Vec<EncoderLayerSANM>> {
-            let vb = vb.pp(name);
-            (0..n)
-                .map(|i| {
-                    let in_feat = first_in.filter(|_| i == 0).unwrap_or(d);
-                    EncoderLayerSANM::load(in_feat, cfg, &vb.pp(i), matmul)
-                })
-                .collect()
-        };
+        let stack =
+            |name: &str, n: usize, first_in: Option<usize>| -> Result<Vec<EncoderLayerSANM>> {
+                let vb = vb.pp(name);
+                (0..n)
+                    .map(|i| {
+                        let in_feat = first_in.filter(|_| i == 0).unwrap_or(d);
+                        EncoderLayerSANM::load(in_feat, cfg, &vb.pp(i), matmul)
+                    })
+                    .collect()
+            };
         Ok(Self {
             encoders0: stack("encoders0", 1, Some(input_size))?,
             encoders: stack("encoders", cfg.num_blocks - 1, None)?,
@@ -768,8 +761,12 @@ mod tests {
             let want = reference
                 .forward_candle_ops(&xs, &lengths, None)
                 .expect("candle ops");
-            let got = x3.forward_impl(&xs, &lengths, false, true, None).expect("x3");
-            let low = b16.forward_impl(&xs, &lengths, false, true, None).expect("bf16");
+            let got = x3
+                .forward_impl(&xs, &lengths, false, true, None)
+                .expect("x3");
+            let low = b16
+                .forward_impl(&xs, &lengths, false, true, None)
+                .expect("bf16");
             for (i, &len) in lengths.iter().enumerate() {
                 let valid = |t: &Tensor| t.get(i).and_then(|t| t.narrow(0, 0, len)).expect("item");
                 let r3 = rel(&valid(&got), &valid(&want));

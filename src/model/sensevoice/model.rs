@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::SenseVoiceConfig;
-use super::encoder::{Capture, SenseVoiceEncoderSmall};
 use super::cpu_matmul::{CpuMatmul, Projection};
+use super::encoder::{Capture, SenseVoiceEncoderSmall};
 use super::{cpu_ops, fused};
 
 /// Rows of `embed.weight` used as the four prompt frames.
@@ -284,7 +284,9 @@ impl SenseVoiceSmall {
     /// otherwise.
     fn ctc_logits(&self, x: &Tensor) -> Result<Tensor> {
         match self.ctc_lo.bias() {
-            Some(bias) if self.ctc_p.is_packed() && fused::cpu_enabled_on(x.device(), x.dtype()) => {
+            Some(bias)
+                if self.ctc_p.is_packed() && fused::cpu_enabled_on(x.device(), x.dtype()) =>
+            {
                 cpu_ops::bias_act(&self.ctc_p.forward(&x.contiguous()?)?, bias, false)
             }
             _ => fused::linear(&self.ctc_lo, x, false),
