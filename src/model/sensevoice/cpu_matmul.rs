@@ -217,7 +217,7 @@ fn split_values(src: &[f32; TILE], hi: &mut [u16; TILE], lo: &mut [u16; TILE], s
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 fn pack_weight_panel_v4(w: &[f32], n: usize, k: usize, np: usize, split: bool, panel: &mut [u16]) {
-    pack_weight_panel(w, n, k, np, split, panel)
+    pack_weight_panel(w, n, k, np, split, panel);
 }
 
 /// Packs column pair `np` of `w` `[n, k]` into `panel` (all K steps): each 32 × 16 tile is
@@ -305,7 +305,7 @@ impl PackedWeight {
                         return unsafe { pack_weight_panel_v4(w, n, k, np, split, panel) };
                     }
                 }
-                pack_weight_panel(w, n, k, np, split, panel)
+                pack_weight_panel(w, n, k, np, split, panel);
             });
         Ok(Self {
             n,
@@ -501,7 +501,7 @@ fn pack_rows(a: &[f32], k: usize, m: usize, k_blocks: usize, split: bool, out: &
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 fn pack_row_block_v4(a: &[f32], k: usize, m: usize, mb: usize, split: bool, block: &mut [u16]) {
-    pack_row_block(a, k, m, mb, split, block)
+    pack_row_block(a, k, m, mb, split, block);
 }
 
 #[inline(always)]
