@@ -10,7 +10,9 @@
 # model (made once with tools/reference/generate.py --full, about 2 GB) and the 10 s / 30 s WAVs;
 # MODEL_DIR overrides the model folder (a `generate.py --full` output: DIR/model, DIR/reference.*).
 # THREADS (default: every core) is the thread count of both sides; with CPUS (e.g. 0,1) both run
-# pinned to those cores through taskset. REPEAT (default 5) timed runs after warm-up.
+# pinned to those cores through taskset. REPEAT (default 5) timed runs after warm-up. MATMULS (default
+# "bf16x3 f32 bf16") lists our CPU matrix products to run (GPUSCRIBE_CPU_MATMUL, the first is the default);
+# GENERATE=0 skips FunASR's generate() (minutes on 2 cores).
 # Everything else running on the machine shares the cores: note it beside the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,20 +42,29 @@ echo "::: machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -
 echo "::: threads $threads${CPUS:+, pinned to cores $CPUS}; other busy processes:"
 ps -eo pcpu,comm --sort=-pcpu | awk 'NR > 1 && $1 > 5 {print "    " $0}' | head -5
 
-echo "::: ours: forward + argmax of one 30 s segment (f32), load, one file end to end"
-RAYON_NUM_THREADS=$threads "${pin[@]}" "$BENCH" forward "$MODEL" cpu f32 "$seg" 1 "$REPEAT" | tee -a "$out"
-RAYON_NUM_THREADS=$threads "${pin[@]}" "$BENCH" e2e "$MODEL" cpu f32 "$seg" "$REPEAT" | tee -a "$out"
-RAYON_NUM_THREADS=$threads "${pin[@]}" "$BENCH" ids "$MODEL" cpu f32 "$seg" "$WORK/ids_ours.json"
+# Our CPU matrix products (GPUSCRIBE_CPU_MATMUL): the default first, then the others.
+MATMULS=${MATMULS:-bf16x3 f32 bf16}
+for mm in $MATMULS; do
+    tag() { sed "s/^{/{\"cpu_matmul\": \"$mm\", /"; }
+    echo "::: ours ($mm matrix products): forward + argmax of one 30 s segment (f32 model), load, one file end to end"
+    GPUSCRIBE_CPU_MATMUL=$mm RAYON_NUM_THREADS=$threads "${pin[@]}" "$BENCH" forward "$MODEL" cpu f32 "$seg" 1 "$REPEAT" | tag | tee -a "$out"
+    GPUSCRIBE_CPU_MATMUL=$mm RAYON_NUM_THREADS=$threads "${pin[@]}" "$BENCH" e2e "$MODEL" cpu f32 "$seg" "$REPEAT" | tag | tee -a "$out"
+    GPUSCRIBE_CPU_MATMUL=$mm RAYON_NUM_THREADS=$threads "${pin[@]}" "$BENCH" ids "$MODEL" cpu f32 "$seg" "$WORK/ids_ours_$mm.json"
+done
 
-echo "::: FunASR: the same forward (fp32) and generate() on the same segment"
+echo "::: FunASR: the same forward (fp32, and bf16 autocast: its best CPU configuration) and generate() on the same segment"
 (cd tools/reference && PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$threads "${pin[@]}" "$PYTHON" bench_forward.py \
-    --model "$MODEL" --device cpu --threads "$threads" --batches 1 --precisions fp32 \
-    --repeat "$REPEAT" --generate-batch 1 --dump-ids "$WORK/ids_funasr.json" "$seg" 2>/dev/null | grep '^{') | tee -a "$out"
+    --model "$MODEL" --device cpu --threads "$threads" --batches 1 --precisions fp32,bf16 \
+    --repeat "$REPEAT" --generate-batch "${GENERATE:-1}" --dump-ids "$WORK/ids_funasr.json" "$seg" 2>/dev/null | grep '^{') | tee -a "$out"
 
 if [ -e "$MODEL_DIR/reference.json" ]; then
-    echo "::: parity with FunASR's reference dump of this model (f32, CPU)"
-    BENCH_AUDIO_DIR=tests/data/sensevoice/audio RAYON_NUM_THREADS=$threads "${pin[@]}" \
-        "$BENCH" parity "$MODEL_DIR" cpu f32 | tee -a "$out"
+    for mm in $MATMULS; do
+        echo "::: parity with FunASR's reference dump of this model (f32 model, $mm matrix products, CPU)"
+        # Plain bf16 is a lower precision: its bar is issue 12's 99 % frame agreement.
+        min=(); [ "$mm" = bf16 ] && min=(0.99)
+        BENCH_AUDIO_DIR=tests/data/sensevoice/audio GPUSCRIBE_CPU_MATMUL=$mm RAYON_NUM_THREADS=$threads "${pin[@]}" \
+            "$BENCH" parity "$MODEL_DIR" cpu f32 "${min[@]}" | sed "s/^{/{\"cpu_matmul\": \"$mm\", /" | tee -a "$out" || true
+    done
 fi
 echo "::: load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$PYTHON" tools/bench/cpu_side.py "$out" "$WORK/ids_ours.json" "$WORK/ids_funasr.json"
+"$PYTHON" tools/bench/cpu_side.py "$out" "$WORK/ids_funasr.json" $(for mm in $MATMULS; do echo "$WORK/ids_ours_$mm.json"; done)

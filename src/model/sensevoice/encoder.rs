@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::EncoderConfig;
+use super::cpu_matmul::{CpuMatmul, Projection};
 use super::{cpu_ops, fused};
 
 const LAYER_NORM_EPS: f32 = 1e-5;
@@ -208,14 +209,22 @@ impl LayerNorm {
 pub struct PositionwiseFeedForward {
     w_1: Linear,
     w_2: Linear,
+    /// `w_1`'s and `w_2`'s products on the fused CPU path.
+    w_1p: Projection,
+    w_2p: Projection,
 }
 
 impl PositionwiseFeedForward {
-    /// Loads `w_1` (`dim → hidden`) and `w_2` (`hidden → dim`).
-    pub fn load(dim: usize, hidden: usize, vb: &VarBuilder<'_>) -> Result<Self> {
+    /// Loads `w_1` (`dim → hidden`) and `w_2` (`hidden → dim`); `matmul` picks the CPU
+    /// products of the fused path.
+    pub fn load(dim: usize, hidden: usize, vb: &VarBuilder<'_>, matmul: CpuMatmul) -> Result<Self> {
+        let w_1 = candle_nn::linear(dim, hidden, vb.pp("w_1"))?;
+        let w_2 = candle_nn::linear(hidden, dim, vb.pp("w_2"))?;
         Ok(Self {
-            w_1: candle_nn::linear(dim, hidden, vb.pp("w_1"))?,
-            w_2: candle_nn::linear(hidden, dim, vb.pp("w_2"))?,
+            w_1p: Projection::new(&w_1, matmul)?,
+            w_2p: Projection::new(&w_2, matmul)?,
+            w_1,
+            w_2,
         })
     }
 
@@ -229,8 +238,8 @@ impl PositionwiseFeedForward {
         let (Some(b1), Some(b2)) = (self.w_1.bias(), self.w_2.bias()) else {
             candle_core::bail!("feed_forward: w_1 and w_2 have biases");
         };
-        let hidden = cpu_ops::bias_act(&fused::matmul_no_bias(&self.w_1, xs)?, b1, true)?;
-        cpu_ops::residual_bias(&fused::matmul_no_bias(&self.w_2, &hidden)?, b2, residual)
+        let hidden = cpu_ops::bias_act(&self.w_1p.forward(xs)?, b1, true)?;
+        cpu_ops::residual_bias(&self.w_2p.forward(&hidden)?, b2, residual)
     }
 }
 
@@ -240,6 +249,9 @@ impl PositionwiseFeedForward {
 pub struct MultiHeadedAttentionSANM {
     linear_q_k_v: Linear,
     linear_out: Linear,
+    /// `linear_q_k_v`'s and `linear_out`'s products on the fused CPU path.
+    q_k_v_p: Projection,
+    out_p: Projection,
     /// FSMN taps as `[1, 1, D]` tensors, one per kernel position (from `fsmn_block.weight`
     /// `[D, 1, K]`), for the shift-and-add depthwise conv.
     fsmn_taps: Vec<Tensor>,
@@ -252,8 +264,14 @@ pub struct MultiHeadedAttentionSANM {
 }
 
 impl MultiHeadedAttentionSANM {
-    /// Loads the block for input width `in_feat` and model width `cfg.output_size`.
-    pub fn load(in_feat: usize, cfg: &EncoderConfig, vb: &VarBuilder<'_>) -> Result<Self> {
+    /// Loads the block for input width `in_feat` and model width `cfg.output_size`; `matmul`
+    /// picks the CPU products of the fused path.
+    pub fn load(
+        in_feat: usize,
+        cfg: &EncoderConfig,
+        vb: &VarBuilder<'_>,
+        matmul: CpuMatmul,
+    ) -> Result<Self> {
         let n_feat = cfg.output_size;
         let heads = cfg.attention_heads;
         let k = cfg.kernel_size;
@@ -284,9 +302,13 @@ impl MultiHeadedAttentionSANM {
             ],
             0,
         )?;
+        let linear_q_k_v = Linear::new(w, Some(b));
+        let linear_out = candle_nn::linear(n_feat, n_feat, vb.pp("linear_out"))?;
         Ok(Self {
-            linear_q_k_v: Linear::new(w, Some(b)),
-            linear_out: candle_nn::linear(n_feat, n_feat, vb.pp("linear_out"))?,
+            q_k_v_p: Projection::new(&linear_q_k_v, matmul)?,
+            out_p: Projection::new(&linear_out, matmul)?,
+            linear_q_k_v,
+            linear_out,
             fsmn_taps,
             fsmn_kd,
             n_feat,
@@ -346,13 +368,13 @@ impl MultiHeadedAttentionSANM {
         else {
             candle_core::bail!("self_attn: linear_q_k_v and linear_out have biases");
         };
-        let qkv = fused::matmul_no_bias(&self.linear_q_k_v, &xs.contiguous()?)?;
+        let qkv = self.q_k_v_p.forward(&xs.contiguous()?)?;
         let heads = cpu_ops::qkv_heads(&qkv, qkv_bias, self.heads)?;
         let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
         let scores = q.matmul(&k.t()?)?;
         let attn = cpu_ops::masked_softmax(&scores, &ctx.host_lengths)?;
         let merged = cpu_ops::merge_heads(&attn.matmul(&v)?)?;
-        let lo = fused::matmul_no_bias(&self.linear_out, &merged)?;
+        let lo = self.out_p.forward(&merged)?;
         cpu_ops::attention_output(
             &lo,
             out_bias,
@@ -412,14 +434,21 @@ pub struct EncoderLayerSANM {
 }
 
 impl EncoderLayerSANM {
-    /// Loads one layer with input width `in_feat`.
-    pub fn load(in_feat: usize, cfg: &EncoderConfig, vb: &VarBuilder<'_>) -> Result<Self> {
+    /// Loads one layer with input width `in_feat`; `matmul` picks the CPU products of the
+    /// fused path.
+    pub fn load(
+        in_feat: usize,
+        cfg: &EncoderConfig,
+        vb: &VarBuilder<'_>,
+        matmul: CpuMatmul,
+    ) -> Result<Self> {
         Ok(Self {
-            self_attn: MultiHeadedAttentionSANM::load(in_feat, cfg, &vb.pp("self_attn"))?,
+            self_attn: MultiHeadedAttentionSANM::load(in_feat, cfg, &vb.pp("self_attn"), matmul)?,
             feed_forward: PositionwiseFeedForward::load(
                 cfg.output_size,
                 cfg.linear_units,
                 &vb.pp("feed_forward"),
+                matmul,
             )?,
             norm1: LayerNorm::load(in_feat, &vb.pp("norm1"))?,
             norm2: LayerNorm::load(cfg.output_size, &vb.pp("norm2"))?,
@@ -488,20 +517,37 @@ pub struct SenseVoiceEncoderSmall {
 }
 
 impl SenseVoiceEncoderSmall {
-    /// Loads the encoder for features of width `input_size` (560).
+    /// Loads the encoder for features of width `input_size` (560), with the CPU matrix
+    /// products [`CpuMatmul::from_env`] selects.
     pub fn load(input_size: usize, cfg: &EncoderConfig, vb: &VarBuilder<'_>) -> Result<Self> {
-        let d = cfg.output_size;
-        let stack = |name: &str,
-                     n: usize,
-                     first_in: Option<usize>|
-         -> Result<Vec<EncoderLayerSANM>> {
-            let vb = vb.pp(name);
-            (0..n)
-                .map(|i| {
-                    EncoderLayerSANM::load(first_in.filter(|_| i == 0).unwrap_or(d), cfg, &vb.pp(i))
-                })
-                .collect()
+        Self::load_with_matmul(input_size, cfg, vb, CpuMatmul::from_env())
+    }
+
+    /// [`Self::load`] with the CPU matrix products chosen by the caller. The weights are packed
+    /// for AMX only where the fused CPU path runs (f32 on the CPU) and AMX is available.
+    pub fn load_with_matmul(
+        input_size: usize,
+        cfg: &EncoderConfig,
+        vb: &VarBuilder<'_>,
+        matmul: CpuMatmul,
+    ) -> Result<Self> {
+        let matmul = if fused::cpu_enabled_on(vb.device(), vb.dtype()) {
+            matmul.resolve()
+        } else {
+            CpuMatmul::F32
         };
+        tracing::debug!("SenseVoice encoder: CPU matrix products {}", matmul.name());
+        let d = cfg.output_size;
+        let stack =
+            |name: &str, n: usize, first_in: Option<usize>| -> Result<Vec<EncoderLayerSANM>> {
+                let vb = vb.pp(name);
+                (0..n)
+                    .map(|i| {
+                        let in_feat = first_in.filter(|_| i == 0).unwrap_or(d);
+                        EncoderLayerSANM::load(in_feat, cfg, &vb.pp(i), matmul)
+                    })
+                    .collect()
+            };
         Ok(Self {
             encoders0: stack("encoders0", 1, Some(input_size))?,
             encoders: stack("encoders", cfg.num_blocks - 1, None)?,
@@ -676,6 +722,13 @@ mod tests {
 
     /// A small random encoder (width 32, 4 heads, K 11) with input width 40.
     fn random_encoder(sanm_shfit: usize) -> (SenseVoiceEncoderSmall, usize) {
+        random_encoder_with(sanm_shfit, CpuMatmul::F32)
+    }
+
+    fn random_encoder_with(
+        sanm_shfit: usize,
+        matmul: CpuMatmul,
+    ) -> (SenseVoiceEncoderSmall, usize) {
         let cfg = EncoderConfig {
             output_size: 32,
             attention_heads: 4,
@@ -723,7 +776,8 @@ mod tests {
             put(format!("{norm}.bias"), vec![d], 0.5);
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let encoder = SenseVoiceEncoderSmall::load(input, &cfg, &vb).expect("encoder");
+        let encoder =
+            SenseVoiceEncoderSmall::load_with_matmul(input, &cfg, &vb, matmul).expect("encoder");
         (encoder, input)
     }
 
@@ -775,6 +829,43 @@ mod tests {
                             "shift {sanm_shfit} {lengths:?} {name} item {i}: {r}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The fused CPU path with AMX products (bf16x3) stays within 1e-4 of the candle ops at
+    /// every layer, on unpadded and padded batches; plain bf16 is measurably less exact.
+    #[test]
+    fn amx_cpu_path_stays_close_to_candle_ops() {
+        let amx = crate::model::sensevoice::cpu_matmul::amx_available();
+        if std::env::var("GPUSCRIBE_REQUIRE_AMX").is_ok_and(|v| v == "1") {
+            assert!(amx, "GPUSCRIBE_REQUIRE_AMX=1 but AMX is not available");
+        }
+        let (reference, input) = random_encoder(2);
+        let (x3, _) = random_encoder_with(2, CpuMatmul::Bf16x3);
+        let (b16, _) = random_encoder_with(2, CpuMatmul::Bf16);
+        let xs = fill(&[3, 37, input], 7, 1.0);
+        for lengths in [[37, 37, 37], [37, 21, 6]] {
+            let want = reference
+                .forward_candle_ops(&xs, &lengths, None)
+                .expect("candle ops");
+            let got = x3
+                .forward_impl(&xs, &lengths, false, true, None)
+                .expect("x3");
+            let low = b16
+                .forward_impl(&xs, &lengths, false, true, None)
+                .expect("bf16");
+            for (i, &len) in lengths.iter().enumerate() {
+                let valid = |t: &Tensor| t.get(i).and_then(|t| t.narrow(0, 0, len)).expect("item");
+                let r3 = rel(&valid(&got), &valid(&want));
+                let r16 = rel(&valid(&low), &valid(&want));
+                eprintln!("{lengths:?} item {i}: bf16x3 {r3:e}, bf16 {r16:e}");
+                assert!(r3 < 1e-4, "bf16x3 {lengths:?} item {i}: {r3}");
+                if amx {
+                    assert!(r16 > 1e-4 && r16 < 5e-2, "bf16 {lengths:?} item {i}: {r16}");
+                } else {
+                    assert!(r16 < 1e-5, "f32 fallback {lengths:?} item {i}: {r16}");
                 }
             }
         }

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 pub mod config;
+pub mod cpu_matmul;
 pub mod cpu_ops;
 #[cfg(feature = "cuda")]
 mod cublaslt;

@@ -6,8 +6,9 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::SenseVoiceConfig;
+use super::cpu_matmul::{CpuMatmul, Projection};
 use super::encoder::{Capture, SenseVoiceEncoderSmall};
-use super::fused;
+use super::{cpu_ops, fused};
 
 /// Rows of `embed.weight` used as the four prompt frames.
 ///
@@ -135,6 +136,8 @@ pub struct SenseVoiceSmall {
     embed: Tensor,
     encoder: SenseVoiceEncoderSmall,
     ctc_lo: Linear,
+    /// The CTC head's product on the CPU in f32 (AMX when [`CpuMatmul::from_env`] picks it).
+    ctc_p: Projection,
     input_size: usize,
     vocab_size: usize,
     dtype: DType,
@@ -146,6 +149,16 @@ impl SenseVoiceSmall {
     pub fn load(cfg: &SenseVoiceConfig, vocab_size: usize, vb: &VarBuilder<'_>) -> Result<Self> {
         let input_size = cfg.input_size();
         let d = cfg.encoder_conf.output_size;
+        let ctc_lo = pad_vocab(
+            candle_nn::linear(d, vocab_size, vb.pp("ctc").pp("ctc_lo"))?,
+            vb.device(),
+        )?;
+        let matmul = if fused::cpu_enabled_on(vb.device(), vb.dtype()) {
+            CpuMatmul::from_env()
+        } else {
+            CpuMatmul::F32
+        };
+        let ctc_p = Projection::new(&ctc_lo, matmul)?;
         Ok(Self {
             // Prompt rows join the f32 feature stream, so keep them in f32.
             embed: vb.get_with_hints_dtype(
@@ -159,10 +172,8 @@ impl SenseVoiceSmall {
                 &cfg.encoder_conf,
                 &vb.pp("encoder"),
             )?,
-            ctc_lo: pad_vocab(
-                candle_nn::linear(d, vocab_size, vb.pp("ctc").pp("ctc_lo"))?,
-                vb.device(),
-            )?,
+            ctc_lo,
+            ctc_p,
             input_size,
             vocab_size,
             dtype: vb.dtype(),
@@ -228,11 +239,7 @@ impl SenseVoiceSmall {
         let mut ids = Vec::with_capacity(b.div_ceil(IDS_CHUNK));
         for start in (0..b).step_by(IDS_CHUNK) {
             let chunk = enc.narrow(0, start, IDS_CHUNK.min(b - start))?;
-            ids.push(fused::argmax_last(&fused::linear(
-                &self.ctc_lo,
-                &chunk,
-                false,
-            )?)?);
+            ids.push(fused::argmax_last(&self.ctc_logits(&chunk)?)?);
         }
         Tensor::cat(&ids, 0)
     }
@@ -250,7 +257,7 @@ impl SenseVoiceSmall {
     ) -> Result<Tensor> {
         let frames = len.saturating_sub(PROMPT_FRAMES);
         let h = enc.get(b)?.narrow(0, PROMPT_FRAMES, frames)?;
-        let logits = self.vocab_only(fused::linear(&self.ctc_lo, &h, false)?)?;
+        let logits = self.vocab_only(self.ctc_logits(&h)?)?;
         let logits = logits.to_dtype(DType::F32)?;
         let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
         let cols = Tensor::from_vec(columns.to_vec(), columns.len(), lp.device())?;
@@ -269,12 +276,21 @@ impl SenseVoiceSmall {
         let (enc, lengths) = self.encode(feats, feat_lengths, prompts, capture)?;
         // Kept in the compute dtype: in f32 the logits of a batch of 16 x 30 s segments alone
         // take 815 MB; greedy decoding needs only their argmax.
-        let logits = self.vocab_only(fused::linear(
-            &self.ctc_lo,
-            &enc.to_dtype(self.dtype)?,
-            false,
-        )?)?;
+        let logits = self.vocab_only(self.ctc_logits(&enc.to_dtype(self.dtype)?)?)?;
         Ok(ModelOutput { logits, lengths })
+    }
+
+    /// The CTC head `x · Wᵀ + b`: AMX products on the CPU when packed, [`fused::linear`]
+    /// otherwise.
+    fn ctc_logits(&self, x: &Tensor) -> Result<Tensor> {
+        match self.ctc_lo.bias() {
+            Some(bias)
+                if self.ctc_p.is_packed() && fused::cpu_enabled_on(x.device(), x.dtype()) =>
+            {
+                cpu_ops::bias_act(&self.ctc_p.forward(&x.contiguous()?)?, bias, false)
+            }
+            _ => fused::linear(&self.ctc_lo, x, false),
+        }
     }
 
     /// `logits` `[.., padded vocab]` of the CTC head narrowed to the real vocabulary (a view).
