@@ -12,13 +12,20 @@
 //! ```
 //! Prints one JSON object per precision: our runs, transformers' runs at the same dtype, and how
 //! many clips' ids are identical to transformers' f32 ids and to its ids at the same dtype (with
-//! the shortest common prefix).
+//! the shortest common prefix). Per clip: the first step where the ids differ (if any) and, at
+//! that step (the first step when none differ), both sides' two best scores after the decoding
+//! rules, ours from one teacher-forced pass over our ids; and our smallest top-2 margin along the
+//! way. A difference at a step whose margin is below the two sides' logit error is a near tie, not
+//! a decoding difference. `transformers_f32_exact` is false when the reference's f32 ran with
+//! TF32 (torch's default for cuDNN convolutions, which `whisper_bench.py` turns off) or does not
+//! say: its f32 ids are then no f32 reference.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use candle_core::{DType, Device};
+use gpuscribe::model::whisper::decode::apply_rules;
 use gpuscribe::model::whisper::{Whisper, WhisperOptions};
 
 fn device(spec: &str) -> anyhow::Result<Device> {
@@ -65,6 +72,100 @@ fn prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// One step's two best (id, score) pairs; the first index wins ties, as `argmax`.
+type Top2 = [(u32, f32); 2];
+
+fn top2(row: &[f32]) -> Top2 {
+    let mut best = [(0u32, f32::NEG_INFINITY); 2];
+    for (i, &v) in row.iter().enumerate() {
+        if v > best[0].1 {
+            best[1] = best[0];
+            best[0] = (i as u32, v);
+        } else if v > best[1].1 {
+            best[1] = (i as u32, v);
+        }
+    }
+    best
+}
+
+/// Our two best scores after the decoding rules at every generated step, from one
+/// teacher-forced pass over the prompt and our ids.
+fn our_top2(
+    whisper: &mut Whisper,
+    samples: &[f32],
+    prompt: &[u32],
+    ids: &[u32],
+) -> anyhow::Result<Vec<Top2>> {
+    let features = whisper.features(samples);
+    let audio = whisper.encode(&features)?;
+    let tokens: Vec<u32> = prompt.iter().chain(ids).copied().collect();
+    let rows: Vec<Vec<f32>> = whisper.logits(&audio, &tokens)?.to_vec2()?;
+    let vocab = whisper.vocabulary().clone();
+    Ok((0..ids.len())
+        .map(|k| {
+            let mut row = rows[prompt.len() - 1 + k].clone();
+            apply_rules(&mut row, &ids[..k], &vocab, false);
+            top2(&row)
+        })
+        .collect())
+}
+
+/// transformers' two best scores per step, as whisper_bench.py writes them.
+fn their_top2(reference: &serde_json::Value, dtype: &str, clip: &str) -> Option<Vec<Top2>> {
+    let steps = reference["runs"][dtype]["top2"][clip].as_array()?;
+    let pair = |v: &serde_json::Value| -> Option<(u32, f32)> {
+        let id = u32::try_from(v[0].as_u64()?).ok()?;
+        Some((id, v[1].as_f64().map_or(f32::NEG_INFINITY, |x| x as f32)))
+    };
+    steps
+        .iter()
+        .map(|s| Some([pair(&s[0])?, pair(&s[1])?]))
+        .collect()
+}
+
+fn top2_json(t: Option<&Top2>) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| {
+        serde_json::json!({
+            "ids": [t[0].0, t[1].0],
+            "scores": [t[0].1, t[1].1],
+            "margin": t[0].1 - t[1].1,
+        })
+    })
+}
+
+/// Where our ids and theirs part (null: nowhere), with both sides' two best there.
+fn difference_json(
+    ours: &[u32],
+    ours_top2: &[Top2],
+    theirs: Option<(&[u32], Option<Vec<Top2>>)>,
+) -> serde_json::Value {
+    let Some((theirs, theirs_top2)) = theirs else {
+        return serde_json::Value::Null;
+    };
+    let common = prefix(ours, theirs);
+    let differs = common < ours.len().max(theirs.len());
+    let step = if differs { common } else { 0 };
+    serde_json::json!({
+        "first_difference": differs.then_some(common),
+        "ours_first_ids": &ours[..ours.len().min(step + 3)],
+        "theirs_first_ids": &theirs[..theirs.len().min(step + 3)],
+        "ours_top2": top2_json(ours_top2.get(step)),
+        "theirs_top2": top2_json(theirs_top2.as_ref().and_then(|t| t.get(step))),
+    })
+}
+
+/// Whether the reference's float32 run is exact f32 (no TF32 anywhere).
+fn reference_f32_exact(reference: &serde_json::Value) -> bool {
+    let precision = &reference["fp32_precision"];
+    if precision.is_null() {
+        // Written before the flags were recorded: exact only on the CPU.
+        return reference["device"].as_str() == Some("cpu");
+    }
+    precision["matmul"].as_str() == Some("ieee")
+        && precision["cudnn_conv"].as_str() == Some("ieee")
+        && precision["tf32_convs"].as_bool() != Some(true)
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [model_dir, reference, device_spec, precisions, rest @ ..] = args.as_slice() else {
@@ -106,6 +207,13 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let max_new_tokens = reference["max_new_tokens"].as_u64().unwrap_or(64) as usize;
     let dev = device(device_spec)?;
+    let f32_exact = reference_f32_exact(&reference);
+    if !f32_exact {
+        eprintln!(
+            "warning: the reference's float32 run used TF32 or does not say (no fp32_precision); \
+             its ids are no f32 reference: write it again with tools/reference/whisper_bench.py"
+        );
+    }
     let options = WhisperOptions {
         language: Some("en".into()),
         translate: false,
@@ -134,7 +242,26 @@ fn main() -> anyhow::Result<()> {
         }
         let (mut same_f32, mut same_dtype) = (0, 0);
         let (mut prefix_f32, mut prefix_dtype) = (usize::MAX, usize::MAX);
-        for (name, ours) in names.iter().zip(&ids) {
+        let prompt = whisper.prompt(whisper.vocabulary().language_id("en"), false, false);
+        let mut per_clip = Vec::new();
+        for ((name, ours), samples) in names.iter().zip(&ids).zip(&clips) {
+            let ours_top2 = our_top2(&mut whisper, samples, &prompt, ours)?;
+            let smallest = ours_top2
+                .iter()
+                .enumerate()
+                .map(|(k, t)| (k, t[0].1 - t[1].1))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            let theirs_f32 = ids_of(&reference, "float32", name);
+            let theirs_dtype = ids_of(&reference, torch_name, name);
+            per_clip.push(serde_json::json!({
+                "clip": name,
+                "teacher_forced_agrees": ours_top2.iter().zip(ours).all(|(t, &id)| t[0].0 == id),
+                "our_smallest_margin": smallest.map(|(k, m)| serde_json::json!({"step": k, "margin": m})),
+                "vs_transformers_f32": difference_json(ours, &ours_top2, theirs_f32.as_deref()
+                    .map(|t| (t, their_top2(&reference, "float32", name)))),
+                "vs_transformers_same_dtype": difference_json(ours, &ours_top2, theirs_dtype.as_deref()
+                    .map(|t| (t, their_top2(&reference, torch_name, name)))),
+            }));
             let ours = strip_eot(ours.clone(), eot);
             if let Some(theirs) = ids_of(&reference, "float32", name) {
                 let theirs = strip_eot(theirs, eot);
@@ -160,10 +287,12 @@ fn main() -> anyhow::Result<()> {
             "tokens": ids.iter().map(Vec::len).sum::<usize>(),
             "transformers_best_ms": theirs["best_ms"],
             "transformers_device": reference["device"],
+            "transformers_f32_exact": f32_exact,
             "ids_identical_to_transformers_f32": format!("{same_f32}/{}", names.len()),
             "shortest_common_prefix_f32": prefix_f32,
             "ids_identical_to_transformers_same_dtype": format!("{same_dtype}/{}", names.len()),
             "shortest_common_prefix_same_dtype": prefix_dtype,
+            "per_clip": per_clip,
         });
         println!("{line}");
     }

@@ -229,6 +229,45 @@ fn the_whole_path_from_samples_gives_the_same_ids() {
     }
 }
 
+/// What `examples/whisper_bench.rs` runs (samples in, `Whisper::transcribe` with language `en`,
+/// no timestamps, a token limit) gives the ids of transformers' `generate()` with the logits
+/// processors `WhisperForConditionalGeneration` builds for it (begin-suppress, suppress): the
+/// fixture's `en_transcribe_nots` case, written on the CPU in exact f32 by the same call
+/// `tools/reference/whisper_bench.py` makes.
+#[test]
+fn the_bench_decode_gives_the_ids_of_transformers_generate() {
+    let fx = fixture();
+    let mut whisper = model();
+    let bench = WhisperOptions {
+        language: Some("en".into()),
+        translate: false,
+        timestamps: false,
+        max_new_tokens: Some(fx.meta.max_new_tokens),
+    };
+    let en = whisper.vocabulary().language_id("en");
+    let mut compared = 0;
+    for (name, clip) in &fx.meta.clips {
+        let case = &clip.cases["en_transcribe_nots"];
+        assert_eq!(
+            bench,
+            options(case, fx.meta.max_new_tokens),
+            "{name}: the fixture case is the bench's options"
+        );
+        let result = whisper
+            .transcribe(&audio(name), &bench)
+            .expect("transcribe");
+        assert_eq!(result.prompt, case.prompt, "{name}: prompt");
+        assert_eq!(
+            result.prompt,
+            whisper.prompt(en, false, false),
+            "{name}: prompt"
+        );
+        assert_eq!(result.tokens, case.ids, "{name}: ids");
+        compared += 1;
+    }
+    assert_eq!(compared, 3);
+}
+
 #[test]
 fn bad_folders_and_options_give_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
