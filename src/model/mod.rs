@@ -35,16 +35,21 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
 /// so that what was freed (an offloaded model, a failed pass) no longer counts as used VRAM.
 /// A no-op on the CPU; failures are logged (memory stays reserved, nothing breaks).
 pub fn release_device_memory(device: &candle_core::Device) {
-    if let Err(err) = device.synchronize() {
-        tracing::warn!("device synchronize failed: {err}");
-        return;
+    match device.synchronize() {
+        Err(err) => tracing::warn!("device synchronize failed: {err}"),
+        Ok(()) => trim_pool(device),
     }
+}
+
+/// Gives what `device`'s memory pool holds unused back to the driver (CUDA devices only).
+fn trim_pool(device: &candle_core::Device) {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(cuda) = device
         && let Err(err) = pool::trim(cuda)
     {
         tracing::warn!("could not give the device's pooled memory back: {err}");
     }
+    let _ = device;
 }
 
 /// The stream-ordered memory pool candle's allocations come from (cudarc allocates with
