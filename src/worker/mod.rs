@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
 
+use crate::audio::decode::SteadyFraction;
 use crate::engine::protocol::{
     DecodeSettings, JobErrorKind, JobId, LoadErrorKind, Precision, WorkerDevice, WorkerEvent,
     WorkerRequest, from_line, to_line,
@@ -420,6 +421,9 @@ impl Job<'_> {
         // The halves of a batch that ran out of memory, the next one to run last.
         let mut pending: Vec<Vec<StreamSegment>> = Vec::new();
         let mut done_s = 0.0;
+        // Progress never goes back, nor reaches the end early, when the estimate of the
+        // file's length changes (a header that states the wrong length).
+        let mut steady = SteadyFraction::up_to(1.0);
         loop {
             if self.is_cancelled() {
                 return cancelled();
@@ -454,7 +458,13 @@ impl Job<'_> {
                         results.push((segment.range(), text));
                     }
                     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
-                    let total_s = source.estimated_total_s().unwrap_or(done_s).max(done_s);
+                    let estimate = source.estimated_total_s().unwrap_or(done_s).max(done_s);
+                    let fraction = steady.update(done_s, estimate);
+                    let total_s = if fraction > 0.0 && done_s / estimate < fraction {
+                        done_s / fraction
+                    } else {
+                        estimate
+                    };
                     out.send(&WorkerEvent::Progress {
                         job_id,
                         done_s,
