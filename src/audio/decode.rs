@@ -18,6 +18,7 @@ use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, FormatReader, Track, TrackType};
 use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
+use symphonia::core::units::Duration;
 
 use super::MODEL_SAMPLE_RATE_HZ;
 use super::resample::{
@@ -59,6 +60,72 @@ pub type SampleSink<'a> = dyn FnMut(&[f32]) -> ControlFlow<()> + 'a;
 
 /// How far decoding must advance between two progress reports.
 const PROGRESS_STEP_S: f64 = 0.5;
+
+/// Audio past the end a header states is held back up to this long. Encoder padding (less
+/// than two MP3 frames, 52 ms at 44.1 kHz) is dropped when the stream ends there; more audio
+/// than this past the stated end means the header's length is wrong (an MP3 made of
+/// concatenated files that each keep their LAME/Xing header), and all of it is kept.
+const MAX_HELD_S: f64 = 1.0;
+
+/// A fraction done stays below this until decoding (or the job) has ended.
+pub const MAX_FRACTION_BEFORE_END: f64 = 0.999;
+
+/// Turns a running count of seconds done and a changing estimate of the total into a fraction
+/// that never goes back and never exceeds a cap ([`MAX_FRACTION_BEFORE_END`] by default): when
+/// the estimate grows (a header that stated too short a length, a rate that changed), the
+/// fraction holds where it was and the rest of the way is spread over what the new estimate
+/// leaves. While the estimate stands, it is exactly `done / total`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SteadyFraction {
+    from_done: f64,
+    from_fraction: f64,
+    last_done: f64,
+    last: f64,
+    cap: f64,
+}
+
+impl Default for SteadyFraction {
+    fn default() -> Self {
+        Self::up_to(MAX_FRACTION_BEFORE_END)
+    }
+}
+
+impl SteadyFraction {
+    /// A fraction that goes up to `cap` (at most 1).
+    pub fn up_to(cap: f64) -> Self {
+        Self {
+            from_done: 0.0,
+            from_fraction: 0.0,
+            last_done: 0.0,
+            last: 0.0,
+            cap: cap.clamp(0.0, 1.0),
+        }
+    }
+
+    /// The fraction done at `done` seconds of an estimated `total`.
+    pub fn update(&mut self, done: f64, total: f64) -> f64 {
+        let mut fraction = self.along(done, total);
+        if fraction < self.last {
+            self.from_done = self.last_done;
+            self.from_fraction = self.last;
+            fraction = self.along(done, total).max(self.last);
+        }
+        self.last = fraction;
+        self.last_done = self.last_done.max(done);
+        fraction
+    }
+
+    fn along(&self, done: f64, total: f64) -> f64 {
+        let ahead = total - self.from_done;
+        let fraction = if ahead > 0.0 && ahead.is_finite() {
+            let step = ((done - self.from_done) / ahead).clamp(0.0, 1.0);
+            self.from_fraction + (1.0 - self.from_fraction) * step
+        } else {
+            1.0
+        };
+        fraction.clamp(0.0, self.cap)
+    }
+}
 
 /// Why decoding a file failed. Every message names what is wrong, then the file.
 #[derive(Debug, thiserror::Error)]
@@ -181,14 +248,17 @@ pub struct DecodeProgress {
     pub audio_from_byte: u64,
     /// The file's size in bytes.
     pub total_bytes: u64,
+    /// See [`DecodeProgress::fraction`].
+    steady_fraction: Option<f32>,
 }
 
 impl DecodeProgress {
-    /// Fraction done in `0.0..=1.0` of [`DecodeProgress::estimated_total_s`]; `None` before
-    /// anything was decoded of a file whose header states no length.
+    /// Fraction done of [`DecodeProgress::estimated_total_s`], as a [`SteadyFraction`] over
+    /// one decode's reports: it never goes back, and it stays below
+    /// [`MAX_FRACTION_BEFORE_END`] until the last report, which is 1. `None` before anything
+    /// was decoded of a file whose header states no length.
     pub fn fraction(&self) -> Option<f32> {
-        let total = self.estimated_total_s().filter(|t| *t > 0.0)?;
-        Some((self.decoded_s / total).clamp(0.0, 1.0) as f32)
+        self.steady_fraction
     }
 
     /// The file's length in seconds as far as it can be told now: the header's length when it
@@ -196,12 +266,17 @@ impl DecodeProgress {
     /// was decoded.
     ///
     /// A header's length is not believed when the file's size cannot hold it
-    /// ([`max_audio_s`]), or when, after a tenth of the audio bytes, the bytes read say it is
-    /// off by more than three times (a lying header).
+    /// ([`max_audio_s`]), when more than it was decoded already, when the bytes say the file
+    /// is more than [`SHORT_HEADER_FACTOR`] times longer (a header that states one part of
+    /// concatenated files), or when, after a tenth of the audio bytes, the bytes read say it
+    /// is off by more than three times (a lying header).
     pub fn estimated_total_s(&self) -> Option<f64> {
         let bytes = self.bytes_estimate_s();
         let header = self.total_s.filter(|t| *t > 0.0).filter(|&header| {
-            if header > max_audio_s(self.total_bytes) {
+            if header > max_audio_s(self.total_bytes) || self.decoded_s > header {
+                return false;
+            }
+            if bytes.is_some_and(|bytes| bytes > SHORT_HEADER_FACTOR * header) {
                 return false;
             }
             let audio_bytes = self.total_bytes.saturating_sub(self.audio_from_byte);
@@ -227,6 +302,18 @@ impl DecodeProgress {
         let per_byte = self.decoded_s / audio_read as f64;
         Some(self.decoded_s + (self.total_bytes - read) as f64 * per_byte)
     }
+}
+
+/// A header's length is not believed, from the first report on, when the bytes say the file
+/// is this many times longer. Early on, the bytes can only make a file look shorter (the
+/// reader reads ahead of the decoder), and a VBR file's quietest start (32 kbit/s) against
+/// its loudest average (320 kbit/s) makes it look at most 10 times longer.
+pub const SHORT_HEADER_FACTOR: f64 = 16.0;
+
+/// How far a header's length may be off before it is not believed: headers of VBR files
+/// without an index only estimate it.
+fn length_tolerance_s(header_s: f64) -> f64 {
+    (0.02 * header_s).max(0.5)
 }
 
 /// A media source that keeps its read position in a shared counter, so progress can be told
@@ -494,6 +581,13 @@ struct Decoding<'p, 's> {
     ended_early: Option<EndedEarly>,
     first_decode_error: Option<String>,
     last_progress_s: f64,
+    /// Mono source frames past the end the header states, held back until it is known whether
+    /// they are encoder padding (the stream ends) or audio (more than [`MAX_HELD_S`] follows).
+    held: Vec<f32>,
+    /// Set once more audio than [`MAX_HELD_S`] came past the stated end: nothing is trimmed
+    /// from the end any more.
+    past_stated_end: bool,
+    steady: SteadyFraction,
 }
 
 impl<'p, 's> Decoding<'p, 's> {
@@ -585,17 +679,31 @@ impl<'p, 's> Decoding<'p, 's> {
             ended_early: None,
             first_decode_error: None,
             last_progress_s: 0.0,
+            held: Vec::new(),
+            past_stated_end: false,
+            steady: SteadyFraction::default(),
         })
     }
 
-    fn progress_now(&self) -> DecodeProgress {
-        DecodeProgress {
+    /// A report of where decoding is; `ended` for the last one (its fraction is 1).
+    fn progress_now(&mut self, ended: bool) -> DecodeProgress {
+        let mut report = DecodeProgress {
             decoded_s: self.position_s(),
             total_s: self.total_s,
             bytes_read: self.position.load(Ordering::Relaxed).min(self.len_bytes),
             audio_from_byte: self.audio_from_byte.unwrap_or(0),
             total_bytes: self.len_bytes,
-        }
+            steady_fraction: None,
+        };
+        report.steady_fraction = if ended {
+            Some(1.0)
+        } else {
+            report
+                .estimated_total_s()
+                .filter(|_| report.decoded_s > 0.0)
+                .map(|total| self.steady.update(report.decoded_s, total) as f32)
+        };
+        report
     }
 
     fn position_s(&self) -> f64 {
@@ -610,7 +718,7 @@ impl<'p, 's> Decoding<'p, 's> {
         progress: &mut dyn FnMut(DecodeProgress),
     ) -> Result<DecodedAudio, DecodeError> {
         loop {
-            let packet = match self.format.next_packet() {
+            let mut packet = match self.format.next_packet() {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
                 Err(SymphoniaError::IoError(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
@@ -652,6 +760,9 @@ impl<'p, 's> Decoding<'p, 's> {
             self.packet_bytes = self.packet_bytes.saturating_add(packet.data.len() as u64);
             let dur_s = self.packet_duration_s(packet.dur.get());
             let start_s = self.position_s();
+            // The reader trims what lies past the end the header states; decode it all and
+            // hold that part back until it is known to be padding or audio.
+            let trim_end = std::mem::replace(&mut packet.trim_end, Duration::ZERO).get();
             match self.decoder.decode(&packet) {
                 Ok(buffer) => {
                     let rate = buffer.spec().rate();
@@ -663,8 +774,11 @@ impl<'p, 's> Decoding<'p, 's> {
                         self.record_skip(start_s, dur_s, "decoded buffer has no channels".into());
                         continue;
                     }
+                    let hold = usize::try_from(trim_end)
+                        .unwrap_or(usize::MAX)
+                        .min(buffer.frames());
                     buffer.copy_to_vec_interleaved::<f32>(&mut self.interleaved);
-                    self.accept_buffer(rate, channels, start_s, dur_s)?;
+                    self.accept_buffer(rate, channels, start_s, dur_s, hold)?;
                 }
                 Err(SymphoniaError::ResetRequired) => {
                     self.stop_early(
@@ -698,19 +812,21 @@ impl<'p, 's> Decoding<'p, 's> {
             }
             if self.position_s() - self.last_progress_s >= PROGRESS_STEP_S {
                 self.last_progress_s = self.position_s();
-                progress(self.progress_now());
+                progress(self.progress_now(false));
             }
         }
         self.finish(progress)
     }
 
-    /// Downmixes and resamples the buffer just copied into `self.interleaved`.
+    /// Downmixes and resamples the buffer just copied into `self.interleaved`, holding back its
+    /// last `hold` frames (those past the header's stated end).
     fn accept_buffer(
         &mut self,
         rate: u32,
         channels: usize,
         start_s: f64,
         dur_s: f64,
+        hold: usize,
     ) -> Result<(), DecodeError> {
         if self.resampler.is_none() {
             if !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&rate) {
@@ -734,12 +850,53 @@ impl<'p, 's> Decoding<'p, 's> {
             return self.fill_gap(dur_s);
         }
         downmix_into(&self.interleaved, channels, &mut self.mono);
-        let frames = self.mono.len() as u64;
+        self.push_mono(hold)
+    }
+
+    /// Resamples the frames in `self.mono` but the last `hold`, which are held back with any
+    /// held before. Frames held before go out first when frames that are not held follow, and
+    /// all of them once more than [`MAX_HELD_S`] is held: then the header's stated end was not
+    /// the end, and nothing is held any more.
+    fn push_mono(&mut self, hold: usize) -> Result<(), DecodeError> {
+        let hold = if self.past_stated_end {
+            0
+        } else {
+            hold.min(self.mono.len())
+        };
+        let keep = self.mono.len() - hold;
+        if keep > 0 {
+            self.release_held()?;
+            if let Some(resampler) = self.resampler.as_mut()
+                && let Err(source) = resampler.push(&self.mono[..keep], &mut self.out)
+            {
+                return Err(self.resample_error(source));
+            }
+            self.decoded_frames += keep as u64;
+            self.position_frames += keep as u64;
+        }
+        if hold > 0 {
+            self.held.extend_from_slice(&self.mono[keep..]);
+            let most = MAX_HELD_S * f64::from(self.source_sample_rate_hz);
+            if self.held.len() as f64 > most {
+                self.past_stated_end = true;
+                self.release_held()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resamples the frames held back past the stated end: they turned out to be audio.
+    fn release_held(&mut self) -> Result<(), DecodeError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
         if let Some(resampler) = self.resampler.as_mut()
-            && let Err(source) = resampler.push(&self.mono, &mut self.out)
+            && let Err(source) = resampler.push(&self.held, &mut self.out)
         {
             return Err(self.resample_error(source));
         }
+        let frames = self.held.len() as u64;
+        self.held.clear();
         self.decoded_frames += frames;
         self.position_frames += frames;
         Ok(())
@@ -775,10 +932,11 @@ impl<'p, 's> Decoding<'p, 's> {
 
     /// Inserts silence for an undecodable packet so later audio keeps its place in time. The
     /// silence per packet is capped, and so is the total, relative to the bytes read.
+    /// Past the header's stated end, while audio is held back, the silence is held with it.
     fn fill_gap(&mut self, dur_s: f64) -> Result<(), DecodeError> {
-        let Some(resampler) = self.resampler.as_mut() else {
+        if self.resampler.is_none() {
             return Ok(());
-        };
+        }
         let budget_s = GAP_FILL_BASE_S + self.packet_bytes as f64 * GAP_FILL_S_PER_BYTE;
         let gap_s = dur_s
             .min(MAX_GAP_FILL_S)
@@ -788,11 +946,17 @@ impl<'p, 's> Decoding<'p, 's> {
         let frames = (gap_s * f64::from(self.source_sample_rate_hz)) as usize;
         self.mono.clear();
         self.mono.resize(frames, 0.0);
-        if let Err(source) = resampler.push(&self.mono, &mut self.out) {
-            return Err(self.resample_error(source));
+        if self.held.is_empty() {
+            if let Some(resampler) = self.resampler.as_mut()
+                && let Err(source) = resampler.push(&self.mono, &mut self.out)
+            {
+                return Err(self.resample_error(source));
+            }
+            self.position_frames += frames as u64;
+            Ok(())
+        } else {
+            self.push_mono(frames)
         }
-        self.position_frames += frames as u64;
-        Ok(())
     }
 
     fn resample_error(&self, source: ResampleError) -> DecodeError {
@@ -845,8 +1009,7 @@ impl<'p, 's> Decoding<'p, 's> {
             return;
         };
         let decoded_s = self.position_s();
-        // Headers of VBR files without an index only estimate their length: allow for that.
-        if total_s - decoded_s > (0.02 * total_s).max(0.5) {
+        if total_s - decoded_s > length_tolerance_s(total_s) {
             self.stop_early(format!(
                 "decoded {decoded_s:.1} s of the {total_s:.1} s the header announces; the file is truncated or damaged"
             ));
@@ -857,6 +1020,10 @@ impl<'p, 's> Decoding<'p, 's> {
         mut self,
         progress: &mut dyn FnMut(DecodeProgress),
     ) -> Result<DecodedAudio, DecodeError> {
+        if self.decoded_frames == 0 {
+            // A header that states no audio at all is wrong: what came past it is the audio.
+            self.release_held()?;
+        }
         if self.decoded_frames == 0 {
             let path = self.path.to_owned();
             return Err(if self.failed_packets > 0 {
@@ -883,7 +1050,7 @@ impl<'p, 's> Decoding<'p, 's> {
         }
         let _ = self.flush_to_sink(true);
         self.out.shrink_to_fit();
-        progress(self.progress_now());
+        progress(self.progress_now(true));
         let samples = self.sunk + self.out.len() as u64;
         let duration_s = samples as f64 / f64::from(MODEL_SAMPLE_RATE_HZ);
         Ok(DecodedAudio {

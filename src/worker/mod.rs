@@ -30,13 +30,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
 
+use crate::audio::decode::SteadyFraction;
 use crate::engine::protocol::{
     DecodeSettings, JobErrorKind, JobId, LoadErrorKind, Precision, WorkerDevice, WorkerEvent,
-    WorkerRequest, from_line, to_line,
+    WorkerRequest, from_line,
 };
 use crate::engine::segment::{SAMPLE_RATE_HZ, StreamSegment};
 use crate::engine::transcript::{FileTranscript, Segment, TokenTime, WordTime};
 use source::{Opener, SegmentSource, WholeSource};
+
+/// Bytes an event is written in (a transcript goes out in pieces of this size).
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// Longest time between heartbeats while the worker is busy.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
@@ -142,16 +146,21 @@ struct Outbox<W: Write> {
 }
 
 impl<W: Write> Outbox<W> {
+    /// Writes the event as one line, encoded straight into the pipe: a long file's transcript
+    /// is not copied into a string first.
     fn send(&mut self, event: &WorkerEvent) {
-        match to_line(event) {
-            Ok(line) => {
-                // If the engine is gone there is nobody to tell; the read side ends the loop.
-                self.output.write_all(line.as_bytes()).ok();
-                self.output.flush().ok();
-                self.last_sent = Instant::now();
-            }
-            Err(err) => tracing::error!("cannot encode an event: {err}"),
+        let mut line = std::io::BufWriter::with_capacity(SEND_BUFFER, &mut self.output);
+        let written = serde_json::to_writer(&mut line, event)
+            .map_err(std::io::Error::from)
+            .and_then(|()| line.write_all(b"\n"))
+            .and_then(|()| line.flush());
+        // If the engine is gone there is nobody to tell; the read side ends the loop.
+        if let Err(err) = written {
+            tracing::error!("cannot send an event: {err}");
         }
+        drop(line);
+        self.output.flush().ok();
+        self.last_sent = Instant::now();
     }
 
     fn beat(&mut self, job_id: Option<JobId>) {
@@ -420,6 +429,9 @@ impl Job<'_> {
         // The halves of a batch that ran out of memory, the next one to run last.
         let mut pending: Vec<Vec<StreamSegment>> = Vec::new();
         let mut done_s = 0.0;
+        // Progress never goes back, nor reaches the end early, when the estimate of the
+        // file's length changes (a header that states the wrong length).
+        let mut steady = SteadyFraction::up_to(1.0);
         loop {
             if self.is_cancelled() {
                 return cancelled();
@@ -454,7 +466,18 @@ impl Job<'_> {
                         results.push((segment.range(), text));
                     }
                     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
-                    let total_s = source.estimated_total_s().unwrap_or(done_s).max(done_s);
+                    let total_s = match source.estimated_total_s() {
+                        Some(estimate) => {
+                            let estimate = estimate.max(done_s);
+                            let fraction = steady.update(done_s, estimate);
+                            if fraction > 0.0 && done_s / estimate < fraction {
+                                done_s / fraction
+                            } else {
+                                estimate
+                            }
+                        }
+                        None => done_s,
+                    };
                     out.send(&WorkerEvent::Progress {
                         job_id,
                         done_s,
@@ -506,6 +529,7 @@ impl Job<'_> {
         });
         results.sort_by_key(|(range, _)| range.start);
         let mut transcript = merge(self.path, summary.duration_s, &results);
+        drop(results);
         // Only a label on the wire (a non-UTF-8 name cannot be a JSON string); the engine
         // puts back the job's own path.
         transcript.path = PathBuf::from(self.path.to_string_lossy().into_owned());
@@ -607,6 +631,7 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
+    use crate::engine::protocol::to_line;
 
     /// Answers each clip with its length; fails with OOM above `max_batch` clips.
     struct FakeModel {

@@ -255,3 +255,46 @@ fn progress_goes_by_the_header_length_or_by_the_bytes_read() {
         b.2.replace("unstated.wav", "X")
     );
 }
+
+#[test]
+fn an_mp3_of_copies_that_keep_their_headers_is_transcribed_whole_with_steady_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 copies of the fixture, each with its ID3 tag and LAME header: the first header
+    // states 2.4 s of a 4-minute file.
+    let one = std::fs::read(data().join("audio/speech.mp3")).unwrap();
+    let path = dir.path().join("copies.mp3");
+    std::fs::write(&path, one.repeat(100)).unwrap();
+    let decoded = crate::audio::decode_file(&path, &mut |_| {}).unwrap();
+    let alone = crate::audio::decode_file(&data().join("audio/speech.mp3"), &mut |_| {}).unwrap();
+    assert!(
+        decoded.duration_s >= 100.0 * alone.duration_s,
+        "{}",
+        decoded.duration_s
+    );
+
+    let events = run_files(&StreamSource::open, &[path], 30.0);
+    let (segments, summary, end) = outcome(&events, 1);
+    assert_eq!(summary, Some((decoded.duration_s, None)), "{end}");
+    assert!(segments.len() >= 8, "{segments:?}");
+    let progress: Vec<(f64, f64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::Progress {
+                done_s, total_s, ..
+            } => Some((*done_s, *total_s)),
+            _ => None,
+        })
+        .collect();
+    assert!(progress.len() >= 8, "{progress:?}");
+    let mut last = 0.0;
+    for &(done_s, total_s) in &progress {
+        let fraction = done_s / total_s;
+        assert!(fraction >= last && fraction <= 1.0, "{progress:?}");
+        last = fraction;
+        // The bytes tell the length from the first report on, not the header's 2.4 s.
+        assert!(
+            (total_s - decoded.duration_s).abs() < 0.1 * decoded.duration_s,
+            "{progress:?}"
+        );
+    }
+}

@@ -14,8 +14,8 @@
 #
 # Audio: the three speech clips of tests/data/sensevoice/audio with 0.6 s pauses (7 s in all,
 # 16 kHz mono s16) repeated with sox; the MP3 is the committed fixture tests/data/audio/speech.mp3
-# (2.4 s, 44.1 kHz stereo, 64 kbit/s): its audio frames, without its tags and LAME header,
-# repeated (an MP3 that states no length, so progress goes by the bytes read).
+# (2.4 s, 44.1 kHz stereo, 64 kbit/s) repeated whole, each copy with its ID3 tag and LAME header
+# (the first header states 2.4 s, so progress goes by the bytes read).
 #
 # Method: the CLI runs under a sampler that reads VmHWM (the kernel's peak resident set size)
 # from /proc/PID/status of the CLI and of every child process every 100 ms. VmHWM only grows,
@@ -95,6 +95,10 @@ print(json.dumps({
     "peak_rss_worker_mib": round(int(worker) / 1024, 1),
     "gnu_time_max_rss_mib": round(int(time_kib) / 1024, 1),
     "wall_s": round(wall, 1), "wall_s_per_audio_h": round(wall / (t["duration_s"] / 3600), 1),
+    "transcript_json_bytes": os.path.getsize(out),
+    "transcript_json_bytes_per_audio_h": round(os.path.getsize(out) / (t["duration_s"] / 3600)),
+    "tokens": len(t.get("tokens") or []), "words": len(t.get("words") or []),
+    "text_bytes": len(t.get("text", "").encode()),
 }))
 PY
 }
@@ -111,36 +115,17 @@ for h in "${hours[@]}"; do
 done
 mp3=tests/data/audio/speech.mp3
 for h in "${mp3_hours[@]}"; do
-  # 64 kbit/s: 8 kB per second.
-  one_s=$(python3 -c "import os; print(os.path.getsize('$mp3') / 8000)")
+  # Whole copies of the fixture, each with its ID3 tag and LAME header (the first header states
+  # 2.4 s: the decoder goes on past it, and progress goes by the bytes read).
+  one_s=$(python3 -c "import os; print(os.path.getsize('$mp3') / 8000)")  # 64 kbit/s: 8 kB/s
   reps=$(python3 -c "import math; print(math.ceil($h * 3600 / $one_s))")
   python3 - "$mp3" "$tmp/long.mp3" "$reps" <<'PY'
 import sys
 src, dst, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = open(src, "rb").read()
-# Keep only the audio frames: drop an ID3v2 tag, the LAME/Xing header frame (it states the copy's
-# length, and a decoder stops there) and an ID3v1 tag. MPEG-1 Layer III frames only.
-at = 0
-if data[:3] == b"ID3":
-    size = 0
-    for b in data[6:10]:
-        size = (size << 7) | (b & 0x7F)
-    at = 10 + size
-end = len(data) - 128 if data[-128:-125] == b"TAG" else len(data)
-def frame_len(h):
-    rates = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320]
-    srs = [44100, 48000, 32000]
-    assert h[0] == 0xFF and (h[1] & 0xFE) == 0xFA, "MPEG-1 Layer III expected"
-    bitrate = rates[h[2] >> 4] * 1000
-    sr = srs[(h[2] >> 2) & 3]
-    return 144 * bitrate // sr + ((h[2] >> 1) & 1)
-first = frame_len(data[at:at + 4])
-if b"Info" in data[at:at + first] or b"Xing" in data[at:at + first]:
-    at += first
-body = data[at:end]
 with open(dst, "wb") as f:
     for _ in range(reps):
-        f.write(body)
+        f.write(data)
 PY
   run_one mp3 "$h" "$tmp/long.mp3"
   rm -f "$tmp/long.mp3"
