@@ -198,7 +198,9 @@ fn print_timings(driver: &LiveDriver) {
             JobKind::Partial => "partial",
             JobKind::Final => "final",
         };
-        let worker = t.worker_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}"));
+        let worker = t
+            .worker_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}"));
         eprintln!(
             "{kind:<7} {:>6.2}  {:>11.2}  {:>6.2}  {:>7.0}  {worker:>9}",
             t.clip_s,

@@ -109,7 +109,13 @@ impl LiveDriver {
         let mut measured = Vec::new();
         for clip_s in CALIBRATION_CLIPS_S {
             let samples = vec![0.0; (clip_s * 16_000.0) as usize];
-            let took = run_clip(engine, &self.settings, &samples, "live calibration", on_event)?;
+            let took = run_clip(
+                engine,
+                &self.settings,
+                &samples,
+                "live calibration",
+                on_event,
+            )?;
             self.session
                 .observe_decode(samples.len(), took.as_secs_f64());
             measured.push((clip_s, took.as_secs_f64()));
@@ -166,12 +172,12 @@ impl LiveDriver {
             } if *job_id == out.job_id => Ok({
                 worker_ms = Some(*ms);
                 LiveText {
-                text: transcript.text.clone(),
-                raw_text: transcript.raw_text.clone(),
-                language: transcript.language.clone(),
-                emotion: transcript.emotion.clone(),
-                event: transcript.event.clone(),
-            }
+                    text: transcript.text.clone(),
+                    raw_text: transcript.raw_text.clone(),
+                    language: transcript.language.clone(),
+                    emotion: transcript.emotion.clone(),
+                    event: transcript.event.clone(),
+                }
             }),
             Event::JobFailed {
                 job_id, message, ..

@@ -51,11 +51,7 @@ pub fn run_live(
         }
         driver.pump(engine);
         let hold = driver.session().pending_finals() >= max_pending || lockstep && driver.is_busy();
-        let wait = if ended || hold {
-            POLL
-        } else {
-            Duration::ZERO
-        };
+        let wait = if ended || hold { POLL } else { Duration::ZERO };
         let first = if wait.is_zero() {
             None
         } else {

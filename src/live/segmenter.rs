@@ -343,7 +343,10 @@ mod tests {
         segmenter.push(&samples, &mut out);
         assert_eq!(segmenter.quietest_cut(0), 71 * FRAME_SAMPLES as u64);
         // The window never reaches before the utterance's second frame.
-        assert_eq!(segmenter.quietest_cut(99 * FRAME_SAMPLES as u64), segmenter.position);
+        assert_eq!(
+            segmenter.quietest_cut(99 * FRAME_SAMPLES as u64),
+            segmenter.position
+        );
     }
 
     #[test]
@@ -378,7 +381,10 @@ mod tests {
             assert!(range.end - range.start <= 157 * frame, "{range:?}");
             if *forced {
                 // Past the soft limit in a pause, or in the last second before the hard one.
-                assert!(range.end - range.start >= 94 * frame - 10 * frame, "{range:?}");
+                assert!(
+                    range.end - range.start >= 94 * frame - 10 * frame,
+                    "{range:?}"
+                );
             }
         }
         // Starts and ends alternate, in order, without overlap.

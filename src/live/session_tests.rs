@@ -283,7 +283,10 @@ fn a_final_goes_out_while_a_stale_partial_runs_and_its_answer_is_dropped() {
         "{line:?}"
     );
     // An answer for a job that is not out is ignored.
-    assert_eq!(session.on_result(final_job.id, Ok(LiveText::default())), None);
+    assert_eq!(
+        session.on_result(final_job.id, Ok(LiveText::default())),
+        None
+    );
 }
 
 #[test]
@@ -307,12 +310,16 @@ fn partials_are_timed_by_the_decode_time_and_keep_within_a_second_of_each_other(
             last = *at;
         }
         assert!(spoken_until - last <= 1.0, "{last} before {spoken_until}");
-        // The final: its own decode after the utterance's end, never behind a partial's.
+        // The final: its own decode after the utterance's end, at most behind the rest of a
+        // partial that was running (started while speech went on, so a hangover before the end).
         let own = 0.25 + 0.05 * (line.end - line.start);
+        let config = session.config();
+        let wait = config.partial_budget_s - secs(config.segmenter.hangover_samples());
         assert!(
-            done_at - line.end <= own + 0.011,
+            done_at - line.end <= own + wait + 0.011,
             "{line:?} at {done_at} (its own decode {own})"
         );
+        assert!(done_at - line.end <= config.final_target_s);
     }
     let stats = session.stats();
     assert!(stats.partials_sent >= 4, "{stats:?}");
@@ -322,9 +329,9 @@ fn partials_are_timed_by_the_decode_time_and_keep_within_a_second_of_each_other(
 #[test]
 fn a_slow_model_gets_partials_of_the_newest_audio_or_none_that_would_delay_a_final() {
     let (samples, _) = spoken();
-    // 0.4 s + 0.25 s per second: a 2 s clip is the most that fits the 0.9 s partial budget.
+    // 0.1 s + 0.4 s per second: a 2 s clip is the most that fits the 0.9 s partial budget.
     let mut session = LiveSession::new(LiveConfig::default());
-    let updates = play_with_model(&mut session, &samples, 0.4, 0.25);
+    let updates = play_with_model(&mut session, &samples, 0.1, 0.4);
     let lines = lines_of(&updates);
     assert_eq!(lines.iter().filter(|(_, l)| !l.partial).count(), 3);
     let longest = session.cost().longest_within(0.9);
@@ -332,8 +339,6 @@ fn a_slow_model_gets_partials_of_the_newest_audio_or_none_that_would_delay_a_fin
     for (_, line) in lines.iter().filter(|(_, l)| l.partial) {
         assert!(line.end - line.start <= 2.0 + 1e-6, "{line:?}");
     }
-    let stats = session.stats();
-    assert!(stats.partials_windowed >= 1, "{stats:?}");
 
     // Decodes of 1.4 s: with a final of the same cost after it, no partial fits the 1.5 s
     // target, so none is sent and every final comes one decode after its utterance's end.
@@ -391,5 +396,12 @@ fn in_lockstep_partials_come_on_the_audio_clock() {
             last = end;
         }
     }
-    assert!(all.iter().all(|l| !l.partial || l.start == all.iter().find(|f| !f.partial && f.utterance == l.utterance).map_or(-1.0, |f| f.start)));
+    assert!(all.iter().all(|l| {
+        !l.partial
+            || l.start
+                == all
+                    .iter()
+                    .find(|f| !f.partial && f.utterance == l.utterance)
+                    .map_or(-1.0, |f| f.start)
+    }));
 }
