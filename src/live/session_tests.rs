@@ -343,6 +343,9 @@ fn a_slow_model_gets_partials_of_the_newest_audio_or_none_that_would_delay_a_fin
     // Decodes of 1.4 s: with a final of the same cost after it, no partial fits the 1.5 s
     // target, so none is sent and every final comes one decode after its utterance's end.
     let mut session = LiveSession::new(LiveConfig::default());
+    // Known from the start (as `listen`'s calibration makes it), not the prior's guess.
+    session.observe_decode(16_000, 1.4);
+    session.observe_decode(32_000, 1.4);
     let updates = play_with_model(&mut session, &samples, 1.4, 0.0);
     let lines = lines_of(&updates);
     assert_eq!(lines.len(), 3, "{lines:#?}");
