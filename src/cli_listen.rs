@@ -52,9 +52,14 @@ pub struct ListenArgs {
     /// Play this audio file through the capture path at real-time pace instead of a microphone.
     #[arg(long)]
     pub from_wav: Option<PathBuf>,
-    /// With --from-wav: as fast as transcription keeps up, not at real-time pace.
+    /// With --from-wav: as fast as transcription keeps up, not at real-time pace (the file
+    /// waits for every answer, so the lines are those of a model that keeps up).
     #[arg(long, requires = "from_wav")]
     pub fast: bool,
+    /// Print every transcription job's timing to stderr at the end (kind, clip, wall time, the
+    /// worker's own time) and the decode-time estimate.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// What a listen run did, for the summary.
@@ -108,8 +113,26 @@ pub fn run(
     let loaded = warm_up(&engine, &settings, &mut on_event).map_err(|m| anyhow::anyhow!(m))?;
     eprintln!("model ready in {:.1} s", loaded.as_secs_f64());
 
+    let config = LiveConfig {
+        lockstep: args.fast,
+        ..LiveConfig::default()
+    };
+    let mut driver = LiveDriver::new(config, settings);
+    let calibration = driver
+        .calibrate(&engine, &mut on_event)
+        .map_err(|m| anyhow::anyhow!(m))?;
+    let (fixed, per_s) = driver.session().cost().line();
+    eprintln!(
+        "decode time: {:.0} ms + {:.0} ms per second of audio ({})",
+        fixed * 1000.0,
+        per_s * 1000.0,
+        calibration
+            .iter()
+            .map(|(clip, took)| format!("{clip:.0} s in {:.0} ms", took * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let (tap, source) = start_source(args, recordings_dir)?;
-    let mut driver = LiveDriver::new(LiveConfig::default(), settings);
     let mut printer = Printer::new(args.json);
     let mut summary = ListenSummary::default();
     run_live(
@@ -134,6 +157,9 @@ pub fn run(
             summary.recording = Some(path);
         }
     }
+    if args.timings {
+        print_timings(&driver);
+    }
     let stats = driver.stats();
     let finals: Vec<f64> = driver
         .timings()
@@ -143,11 +169,14 @@ pub fn run(
         .collect();
     let worst = finals.iter().copied().fold(0.0, f64::max);
     eprintln!(
-        "{} utterance(s), {} partial(s) ({} skipped while the model was busy), {} dropped; \
-         transcription of a finished utterance took at most {:.0} ms; {} live sample(s) dropped",
+        "{} utterance(s), {} partial(s) ({} skipped while the model was busy, {} held back for a \
+         final, {} of the newest audio only), {} dropped; transcription of a finished utterance \
+         took at most {:.0} ms; {} live sample(s) dropped",
         stats.utterances,
         stats.partials_sent,
         stats.partials_skipped,
+        stats.partials_held,
+        stats.partials_windowed,
         stats.finals_skipped,
         worst * 1000.0,
         tap.dropped()
@@ -156,6 +185,36 @@ pub fn run(
         eprintln!("recording saved: {}", path.display());
     }
     Ok(summary)
+}
+
+/// `--timings`: one line per job, in the order answered.
+fn print_timings(driver: &LiveDriver) {
+    let Some(first) = driver.timings().first().map(|t| t.sent) else {
+        return;
+    };
+    eprintln!("job     clip_s  audio_end_s  sent_s  took_ms  worker_ms");
+    for t in driver.timings() {
+        let kind = match t.kind {
+            JobKind::Partial => "partial",
+            JobKind::Final => "final",
+        };
+        let worker = t
+            .worker_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}"));
+        eprintln!(
+            "{kind:<7} {:>6.2}  {:>11.2}  {:>6.2}  {:>7.0}  {worker:>9}",
+            t.clip_s,
+            t.audio_end_s,
+            t.sent.duration_since(first).as_secs_f64(),
+            t.took.as_secs_f64() * 1000.0,
+        );
+    }
+    let (fixed, per_s) = driver.session().cost().line();
+    eprintln!(
+        "decode time at the end: {:.0} ms + {:.0} ms per second of audio",
+        fixed * 1000.0,
+        per_s * 1000.0
+    );
 }
 
 enum Source {

@@ -14,7 +14,10 @@ use gpuscribe::engine::{
     DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, Event, IdlePolicy, Pcm16, Request,
     Residency, ResidencyConfig,
 };
-use gpuscribe::live::{LiveConfig, LiveDriver, LiveLine, LiveUpdate, Pace, WavFeed, run_live};
+use gpuscribe::live::{
+    Handled, JobKind, LiveConfig, LiveDriver, LiveLine, LiveUpdate, Pace, SegmenterConfig, WavFeed,
+    run_live,
+};
 
 fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice")
@@ -283,4 +286,118 @@ fn the_model_stays_loaded_while_recording_also_when_it_loads_after_the_recording
         matches!(after, Some(Residency::Offloaded | Residency::Released)),
         "after the recording: {after:?}"
     );
+}
+
+/// Runs the engine's events until `until` says stop (or 60 s pass), routing them to `driver`.
+fn events_until(
+    engine: &EngineHandle,
+    driver: &mut LiveDriver,
+    lines: &mut Vec<LiveLine>,
+    until: &dyn Fn(&LiveDriver, &[LiveLine]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !until(driver, lines) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("the engine answered in time");
+        if let Some(event) = engine.recv_timeout(left.min(Duration::from_millis(50)))
+            && let Handled::Live(Some(LiveUpdate::Line(line))) = driver.on_event(&event)
+        {
+            lines.push(line);
+        }
+        driver.pump(engine);
+    }
+}
+
+#[test]
+fn a_final_goes_to_the_engine_while_a_partial_is_out_and_the_partial_is_dropped() {
+    let engine = EngineHandle::spawn(config(), Arc::new(|| {})).unwrap();
+    let settings = DecodeSettings::default();
+    gpuscribe::live::warm_up(&engine, &settings, &mut |_| {}).unwrap();
+    let clip = hound::WavReader::open(data().join("audio/ja_long.wav"))
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32_768.0)
+        .collect::<Vec<f32>>();
+    let mut driver = LiveDriver::new(LiveConfig::default(), settings);
+    let mut updates = Vec::new();
+    let mut samples = clip.chunks(160);
+    // Audio until a partial is out (the engine's answers are not read meanwhile).
+    for chunk in samples.by_ref() {
+        driver.push(chunk, &mut updates);
+        driver.pump(&engine);
+        if driver.is_busy() {
+            break;
+        }
+    }
+    assert_eq!(driver.jobs_out().len(), 1, "no partial went out");
+    // The rest of the utterance and its end, still without reading any answer: the final goes
+    // out at once, next to the partial.
+    for chunk in samples {
+        driver.push(chunk, &mut updates);
+    }
+    driver.finish(&mut updates);
+    driver.pump(&engine);
+    assert_eq!(driver.jobs_out().len(), 2);
+    assert_eq!(driver.stats().finals_past_stale_partial, 1);
+    let mut lines = Vec::new();
+    events_until(&engine, &mut driver, &mut lines, &|d, _| d.is_idle());
+    // The partial's answer showed nothing; the final's is the one line.
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(!lines[0].partial);
+    assert_eq!(driver.stats().partials_stale, 1);
+    let kinds: Vec<JobKind> = driver.timings().iter().map(|t| t.kind).collect();
+    assert_eq!(kinds, [JobKind::Partial, JobKind::Final]);
+    assert!(updates.is_empty(), "{updates:?}");
+}
+
+#[test]
+fn a_long_utterance_is_cut_for_length_and_its_finals_equal_offline_text_of_their_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    // The three fixtures back to back, no silence between them: speech for 6.4 s.
+    let mut samples = Vec::new();
+    for name in ["en_short", "zh_mid", "ja_long"] {
+        samples.extend(read_wav(&data().join("audio").join(format!("{name}.wav"))));
+    }
+    let wav = dir.path().join("long.wav");
+    write_wav(&wav, &samples);
+    let engine = EngineHandle::spawn(config(), Arc::new(|| {})).unwrap();
+    let settings = DecodeSettings::default();
+    gpuscribe::live::warm_up(&engine, &settings, &mut |_| {}).unwrap();
+    let live_config = LiveConfig {
+        segmenter: SegmenterConfig {
+            soft_max_frames: 94,       // 1.5 s
+            max_utterance_frames: 157, // 2.5 s
+            ..SegmenterConfig::default()
+        },
+        lockstep: true,
+        ..LiveConfig::default()
+    };
+    let copy = dir.path().join("copy.wav");
+    let feed = WavFeed::start(&wav, Pace::Fast, &copy).unwrap();
+    let mut driver = LiveDriver::new(live_config, settings);
+    let mut finals = Vec::new();
+    run_live(
+        &feed.tap,
+        &engine,
+        &mut driver,
+        &mut |update| match update {
+            LiveUpdate::Line(line) if !line.partial => finals.push(line.clone()),
+            LiveUpdate::Line(_) => {}
+            other => panic!("{other:?}"),
+        },
+        &mut |_| {},
+    );
+    feed.join().unwrap();
+    assert!(finals.len() >= 3, "{finals:#?}");
+    for line in &finals {
+        assert!(line.end - line.start <= 2.5 + 1e-9, "{line:?}");
+    }
+    for pair in finals.windows(2) {
+        assert!(pair[0].end <= pair[1].start, "{pair:?}");
+    }
+    let lines: Vec<&LiveLine> = finals.iter().collect();
+    let offline = offline_texts(dir.path(), &samples, &lines);
+    let live: Vec<String> = finals.iter().map(|l| l.raw_text.clone()).collect();
+    assert_eq!(live, offline);
 }

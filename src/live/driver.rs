@@ -22,6 +22,8 @@ pub struct JobTiming {
     pub sent: Instant,
     /// Sent to answered.
     pub took: Duration,
+    /// The job's own time in the worker (its `JobDone`), ms; `None` for a failed job.
+    pub worker_ms: Option<f64>,
 }
 
 /// Whether an engine event was the live job's.
@@ -35,17 +37,22 @@ pub enum Handled {
 
 struct Out {
     job_id: JobId,
+    /// The session's number for the job.
+    id: u64,
     kind: JobKind,
     audio_end_s: f64,
     clip_s: f64,
     sent: Instant,
+    /// Another job of ours was out when this one was sent: it waited in the engine's queue.
+    behind: bool,
 }
 
 /// A [`LiveSession`] driven through an [`EngineHandle`].
 pub struct LiveDriver {
     session: LiveSession,
     settings: DecodeSettings,
-    out: Option<Out>,
+    /// Jobs out: at most a final and a partial whose utterance ended.
+    out: Vec<Out>,
     timings: Vec<JobTiming>,
 }
 
@@ -55,7 +62,7 @@ impl LiveDriver {
         Self {
             session: LiveSession::new(config),
             settings,
-            out: None,
+            out: Vec::new(),
             timings: Vec::new(),
         }
     }
@@ -90,40 +97,87 @@ impl LiveDriver {
         self.session.is_idle()
     }
 
-    /// Sends the next job if the engine has none of ours.
-    pub fn pump(&mut self, engine: &EngineHandle) {
-        if self.out.is_some() {
-            return;
+    /// Times the model on a few clips of silence (a forward costs the same whatever the audio
+    /// says), so the first partials are timed by this machine's speed rather than a guess; it
+    /// also leaves the worker's buffers sized for utterances. Run after [`warm_up`], before
+    /// audio flows. Returns each clip's `(seconds of audio, seconds taken)`.
+    pub fn calibrate(
+        &mut self,
+        engine: &EngineHandle,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<Vec<(f64, f64)>, String> {
+        let mut measured = Vec::new();
+        for clip_s in CALIBRATION_CLIPS_S {
+            let samples = vec![0.0; (clip_s * 16_000.0) as usize];
+            let took = run_clip(
+                engine,
+                &self.settings,
+                &samples,
+                "live calibration",
+                on_event,
+            )?;
+            self.session
+                .observe_decode(samples.len(), took.as_secs_f64());
+            measured.push((clip_s, took.as_secs_f64()));
         }
-        let Some(job) = self.session.next_job() else {
-            return;
-        };
-        let label = job.label();
-        let pcm = Pcm16::from_f32(&job.samples);
-        let job_id = engine.transcribe_samples(label, pcm, self.settings.clone());
-        self.out = Some(Out {
-            job_id,
-            kind: job.kind,
-            audio_end_s: super::segmenter::secs(job.range.end),
-            clip_s: job.samples.len() as f64 / 16_000.0,
-            sent: Instant::now(),
-        });
+        Ok(measured)
+    }
+
+    /// True while a job of ours is out.
+    pub fn is_busy(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Sends what the session has to send now: a due partial when nothing is out, a final also
+    /// while a stale partial is still running (the engine puts it first in line).
+    pub fn pump(&mut self, engine: &EngineHandle) {
+        while let Some(job) = self.session.next_job() {
+            let label = job.label();
+            let pcm = Pcm16::from_f32(&job.samples);
+            let job_id = engine.transcribe_samples(label, pcm, self.settings.clone());
+            let behind = !self.out.is_empty();
+            self.out.push(Out {
+                job_id,
+                id: job.id,
+                kind: job.kind,
+                audio_end_s: super::segmenter::secs(job.range.end),
+                clip_s: job.samples.len() as f64 / 16_000.0,
+                sent: Instant::now(),
+                behind,
+            });
+        }
     }
 
     /// Routes an engine event: the live job's answer becomes a line.
     pub fn on_event(&mut self, event: &Event) -> Handled {
-        let Some(out) = &self.out else {
+        let ours = |id: &JobId| self.out.iter().position(|o| o.job_id == *id);
+        let at = match event {
+            Event::JobDone { job_id, .. }
+            | Event::JobFailed { job_id, .. }
+            | Event::JobStarted { job_id, .. }
+            | Event::JobDecoded { job_id, .. }
+            | Event::JobProgress { job_id, .. } => ours(job_id),
+            _ => None,
+        };
+        let Some(at) = at else {
             return Handled::NotLive;
         };
+        let out = &self.out[at];
+        let mut worker_ms = None;
         let result = match event {
             Event::JobDone {
-                job_id, transcript, ..
-            } if *job_id == out.job_id => Ok(LiveText {
-                text: transcript.text.clone(),
-                raw_text: transcript.raw_text.clone(),
-                language: transcript.language.clone(),
-                emotion: transcript.emotion.clone(),
-                event: transcript.event.clone(),
+                job_id,
+                transcript,
+                ms,
+            } if *job_id == out.job_id => Ok({
+                worker_ms = Some(*ms);
+                LiveText {
+                    text: transcript.text.clone(),
+                    raw_text: transcript.raw_text.clone(),
+                    language: transcript.language.clone(),
+                    emotion: transcript.emotion.clone(),
+                    event: transcript.event.clone(),
+                }
             }),
             Event::JobFailed {
                 job_id, message, ..
@@ -137,20 +191,32 @@ impl LiveDriver {
             }
             _ => return Handled::NotLive,
         };
+        let out = self.out.remove(at);
+        let took = out.sent.elapsed();
         self.timings.push(JobTiming {
             kind: out.kind,
             audio_end_s: out.audio_end_s,
             clip_s: out.clip_s,
             sent: out.sent,
-            took: out.sent.elapsed(),
+            took,
+            worker_ms,
         });
-        self.out = None;
-        Handled::Live(self.session.on_result(result))
+        // A job that waited for another (a final behind a stale partial) says nothing of the
+        // model's speed by its round trip; the worker's own time does.
+        let took_s = match worker_ms {
+            Some(ms) if out.behind => ms / 1000.0,
+            _ => took.as_secs_f64(),
+        };
+        if result.is_ok() {
+            self.session
+                .observe_decode((out.clip_s * 16_000.0).round() as usize, took_s);
+        }
+        Handled::Live(self.session.on_result(out.id, result))
     }
 
-    /// The job id of the clip out now, if any (the window ignores its events elsewhere).
-    pub fn job_out(&self) -> Option<JobId> {
-        self.out.as_ref().map(|o| o.job_id)
+    /// The job ids of the clips out now (the window ignores their events elsewhere).
+    pub fn jobs_out(&self) -> Vec<JobId> {
+        self.out.iter().map(|o| o.job_id).collect()
     }
 }
 
@@ -162,13 +228,24 @@ pub fn warm_up(
     settings: &DecodeSettings,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Duration, String> {
-    let started = Instant::now();
-    let job_id = engine.transcribe_samples(
-        "live warm-up".to_owned(),
-        Pcm16::from_f32(&[0.0; 8_000]),
-        settings.clone(),
-    );
     engine.send(Request::Recording(true));
+    run_clip(engine, settings, &[0.0; 8_000], "live warm-up", on_event)
+}
+
+/// Clip lengths [`LiveDriver::calibrate`] times, seconds: a short and a longer utterance.
+const CALIBRATION_CLIPS_S: [f64; 3] = [1.0, 4.0, 1.0];
+
+/// Transcribes one clip and waits for it (600 s at most); its wall time, or the engine's message.
+fn run_clip(
+    engine: &EngineHandle,
+    settings: &DecodeSettings,
+    samples: &[f32],
+    label: &str,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let job_id =
+        engine.transcribe_samples(label.to_owned(), Pcm16::from_f32(samples), settings.clone());
     loop {
         let Some(event) = engine.recv_timeout(Duration::from_secs(600)) else {
             return Err("the engine did not answer within 600 s".to_owned());

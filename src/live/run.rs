@@ -29,11 +29,16 @@ pub fn run_live(
     loop {
         // Past a few finished utterances waiting, leave the audio in the tap: a file fed fast
         // then waits for the model; a microphone's tap drops (the recording keeps everything).
-        if !ended && driver.session().pending_finals() < max_pending {
+        // In lockstep (a file fed fast) no audio is taken while a job is out.
+        let lockstep = driver.session().config().lockstep;
+        let hold = driver.session().pending_finals() >= max_pending || lockstep && driver.is_busy();
+        if !ended && !hold {
             match tap.chunks.recv_timeout(POLL) {
                 Ok(chunk) => {
                     driver.push(&chunk, &mut updates);
-                    for chunk in tap.chunks.try_iter().take(64) {
+                    // In lockstep, one chunk at a time, so a due partial goes out where it is due.
+                    let more = if lockstep { 0 } else { 64 };
+                    for chunk in tap.chunks.try_iter().take(more) {
                         driver.push(&chunk, &mut updates);
                     }
                 }
@@ -45,11 +50,8 @@ pub fn run_live(
             }
         }
         driver.pump(engine);
-        let wait = if ended || driver.session().pending_finals() >= max_pending {
-            POLL
-        } else {
-            Duration::ZERO
-        };
+        let hold = driver.session().pending_finals() >= max_pending || lockstep && driver.is_busy();
+        let wait = if ended || hold { POLL } else { Duration::ZERO };
         let first = if wait.is_zero() {
             None
         } else {

@@ -15,7 +15,11 @@ For every line `listen --json` prints, the script notes when it arrived (monoton
 audio's time 0 is when `listen` says "playing"). Reported per final line: arrival minus the
 utterance's end in the audio (`end`, which the voice detector knows 320 ms after the last voiced
 frame), and minus the last voiced frame (`end` - 0.32 s); per utterance, the gaps between the
-lines shown while it was spoken (from its start, through its partials, to its final). Then each
+lines shown while it was spoken: from its start (in the audio) through the partials that came
+before its last voiced frame, the last gap ending at that frame (or at the final, if that came
+first); after the last voiced frame nobody is speaking and the final's latency is what counts.
+`listen --timings` adds each transcription job's clip, wall and worker time to stderr, printed
+after each file's lines. Then each
 final's stretch of audio is cut out and run through `gpuscribe transcribe` (the offline path):
 live finals must equal those texts exactly; the whole file's transcript is printed beside the
 joined finals (it is cut differently, so it may differ). The last line is a JSON summary.
@@ -68,7 +72,7 @@ def device_args(device: str) -> list[str]:
 
 
 def listen(bin_path: str, model: str, device: str, wav: Path) -> dict:
-    cmd = [bin_path, *device_args(device), "listen", "--json", "--model-dir", model,
+    cmd = [bin_path, *device_args(device), "listen", "--json", "--timings", "--model-dir", model,
            "--from-wav", str(wav)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             encoding="utf-8", bufsize=1)
@@ -132,7 +136,9 @@ def main() -> None:
         for wav in wavs:
             run = listen(bin_path, model, device, wav)
             t0 = run["t0"]
-            print(f"{wav.name}: {run['stderr'][-1] if run['stderr'] else ''}")
+            print(f"{wav.name}:")
+            for line in run["stderr"]:
+                print(f"  | {line}")
             final_lines = [(at, l) for at, l in run["lines"] if not l["partial"]]
             partials += sum(1 for _, l in run["lines"] if l["partial"])
             finals += len(final_lines)
@@ -141,10 +147,15 @@ def main() -> None:
                 after_end.append(late)
                 after_voice.append(late + HANGOVER_S)
                 shown = [a for a, l in run["lines"] if l["utterance"] == line["utterance"]]
+                spoken_until = t0 + line["end"] - HANGOVER_S
                 last = t0 + line["start"]
                 for a in shown:
+                    if a >= spoken_until:
+                        break
                     gaps.append(a - last)
                     last = a
+                if last < spoken_until:
+                    gaps.append(min(at, spoken_until) - last)
                 print(f"  {line['start']:6.2f}–{line['end']:6.2f} s  final {late * 1000:5.0f} ms "
                       f"after the utterance's end ({(late + HANGOVER_S) * 1000:5.0f} ms after its "
                       f"last voiced frame), {len(shown) - 1} partial(s) before it")
