@@ -9,42 +9,16 @@
 // Test code: a panic is how a failure is reported, also from helper functions.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gpuscribe::audio::{DeviceList, Recorder};
 
-const CHILD_ENV: &str = "GPUSCRIBE_ALSA_CHILD_DIR";
+use common::alsa::{child_test, microphone_home};
 
-fn asoundrc(raw: &Path) -> String {
-    format!(
-        r#"pcm.filecap {{
-    type file
-    slave.pcm "null"
-    file "/dev/null"
-    infile "{}"
-    format "raw"
-}}
-pcm.capfmt {{
-    type plug
-    slave {{
-        pcm "filecap"
-        format S16_LE
-        rate 16000
-        channels 1
-    }}
-    hint {{ show on description "File-backed test microphone" }}
-}}
-pcm.!default {{
-    type asym
-    playback.pcm "null"
-    capture.pcm "capfmt"
-}}
-"#,
-        raw.display()
-    )
-}
+const CHILD_ENV: &str = "GPUSCRIBE_ALSA_CHILD_DIR";
 
 #[test]
 fn alsa_file_plugin_capture_records_the_tone() {
@@ -59,34 +33,11 @@ fn alsa_file_plugin_capture_records_the_tone() {
 }
 
 fn run_parent() {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("in.raw");
-    let status = Command::new("sox")
-        .args([
-            "-n",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-        ])
-        .arg(&raw)
-        .args(["synth", "30", "sine", "440", "vol", "0.5"])
-        .status()
-        .expect("sox is needed for this test");
-    assert!(status.success());
-    std::fs::write(dir.path().join(".asoundrc"), asoundrc(&raw)).unwrap();
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "alsa_file_plugin_capture_records_the_tone",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HOME", dir.path())
+    let dir = microphone_home(
+        &["-n".into()],
+        &["synth", "30", "sine", "440", "vol", "0.5"],
+    );
+    let output = child_test("alsa_file_plugin_capture_records_the_tone", dir.path())
         .env(CHILD_ENV, dir.path())
         .output()
         .unwrap();

@@ -5,36 +5,24 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpuscribe::engine::batch::transcribe_files;
 use gpuscribe::engine::{
-    DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, Event, IdlePolicy, Pcm16, Request,
-    Residency, ResidencyConfig,
+    DecodeSettings, EngineConfig, EngineHandle, Event, IdlePolicy, Pcm16, Request, Residency,
+    ResidencyConfig,
 };
 use gpuscribe::live::{
     Handled, JobKind, LiveConfig, LiveDriver, LiveLine, LiveUpdate, Pace, SegmenterConfig, WavFeed,
     run_live,
 };
 
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice")
-}
-
-fn config() -> EngineConfig {
-    EngineConfig {
-        model_dir: Some(data().join("tiny")),
-        target: DeviceTarget::Cpu,
-        residency: ResidencyConfig {
-            offload: IdlePolicy::Never,
-            release_after_secs: None,
-        },
-        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_gpuscribe-worker"))),
-        ..EngineConfig::default()
-    }
-}
+use common::alsa::tiny_cpu_engine;
+use common::sensevoice::data;
 
 fn read_wav(path: &Path) -> Vec<i16> {
     let mut reader = hound::WavReader::open(path).unwrap();
@@ -82,7 +70,7 @@ fn offline_texts(dir: &Path, samples: &[i16], lines: &[&LiveLine]) -> Vec<String
         .collect();
     transcribe_files(
         &paths,
-        config(),
+        tiny_cpu_engine(),
         Vec::new(),
         &DecodeSettings::default(),
         &mut |_| {},
@@ -97,7 +85,7 @@ fn offline_texts(dir: &Path, samples: &[i16], lines: &[&LiveLine]) -> Vec<String
 fn live_lines_come_while_the_audio_plays_and_finals_equal_offline_text_of_their_cuts() {
     let dir = tempfile::tempdir().unwrap();
     let (wav, samples) = spoken_wav(dir.path());
-    let engine = EngineHandle::spawn(config(), Arc::new(|| {})).unwrap();
+    let engine = EngineHandle::spawn(tiny_cpu_engine(), Arc::new(|| {})).unwrap();
     let settings = DecodeSettings::default();
     gpuscribe::live::warm_up(&engine, &settings, &mut |_| {}).unwrap();
 
@@ -251,7 +239,7 @@ fn the_model_stays_loaded_while_recording_also_when_it_loads_after_the_recording
             offload: IdlePolicy::AfterSecs(1),
             release_after_secs: None,
         },
-        ..config()
+        ..tiny_cpu_engine()
     };
     let engine = EngineHandle::spawn(config, Arc::new(|| {})).unwrap();
     // As the window does: Record first; the first live clip then loads the model.

@@ -1,6 +1,6 @@
 //! Recording through the real window (egui_kittest, no display) with the ALSA `file` plugin as
 //! the microphone, in child processes: alsa-lib reads `~/.asoundrc` once, so each child gets a
-//! `HOME` of its own (see `tests/audio_record_alsa.rs`). Needs alsa-lib and sox.
+//! `HOME` of its own (see `tests/common/alsa.rs`). Needs alsa-lib and sox.
 //!
 //! * A recording past a lowered part size (`GPUSCRIBE_RECORDING_PART_BYTES`) is written in
 //!   three or more files and transcribed by the real worker (the tiny FunASR-made model) as one
@@ -11,6 +11,8 @@
 
 // Test code: a panic is how a failure is reported, also from helper functions.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -25,103 +27,38 @@ use gpuscribe::audio::wav_sink::PART_LIMIT_ENV;
 use gpuscribe::audio::{recording_parts, wav_duration_s};
 use gpuscribe::engine::batch::transcribe_files;
 use gpuscribe::engine::transcript::{ExportFormat, render};
-use gpuscribe::engine::{
-    DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, FileTranscript, IdlePolicy,
-    ResidencyConfig,
-};
+use gpuscribe::engine::{DecodeSettings, EngineHandle, FileTranscript};
 use gpuscribe::gpu::GpuFeed;
 use gpuscribe::library::{DATA_DIR_ENV, JobState, LIBRARY_FILE, Library, StoredJob};
 
+use common::alsa::{child_test, microphone_home, tiny_cpu_engine};
+use common::sensevoice::data;
+
 const CHILD_ENV: &str = "GPUSCRIBE_RECORDING_CHILD";
-
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice")
-}
-
-fn engine_config() -> EngineConfig {
-    EngineConfig {
-        model_dir: Some(data().join("tiny")),
-        target: DeviceTarget::Cpu,
-        residency: ResidencyConfig {
-            offload: IdlePolicy::Never,
-            release_after_secs: None,
-        },
-        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_gpuscribe-worker"))),
-        ..EngineConfig::default()
-    }
-}
-
-/// A folder with the microphone's input (the model's test clips over and over, 16 kHz raw) and
-/// an `.asoundrc` whose default capture device reads it.
-fn microphone() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("in.raw");
-    let audio = data().join("audio");
-    let status = Process::new("sox")
-        .args(["en_short.wav", "zh_mid.wav", "ja_long.wav"].map(|n| audio.join(n)))
-        .args([
-            "-t",
-            "raw",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-        ])
-        .arg(&raw)
-        .args(["repeat", "30"])
-        .status()
-        .expect("sox is needed for this test");
-    assert!(status.success());
-    let asoundrc = format!(
-        r#"pcm.filecap {{
-    type file
-    slave.pcm "null"
-    file "/dev/null"
-    infile "{}"
-    format "raw"
-}}
-pcm.capfmt {{
-    type plug
-    slave {{
-        pcm "filecap"
-        format S16_LE
-        rate 16000
-        channels 1
-    }}
-}}
-pcm.!default {{
-    type asym
-    playback.pcm "null"
-    capture.pcm "capfmt"
-}}
-"#,
-        raw.display()
-    );
-    std::fs::write(dir.path().join(".asoundrc"), asoundrc).unwrap();
-    dir
-}
 
 /// This test binary again, running only `test` as the child `mode`, with the microphone's
 /// folder as `HOME` and the data folder in it.
 fn child(test: &str, mode: &str, home: &Path, part_bytes: u64) -> Process {
-    let mut cmd = Process::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("HOME", home)
-        .env(CHILD_ENV, mode)
+    let mut cmd = child_test(test, home);
+    cmd.env(CHILD_ENV, mode)
         .env(DATA_DIR_ENV, home.join("data"))
         .env(PART_LIMIT_ENV, part_bytes.to_string())
         .env_remove("CUDA_VISIBLE_DEVICES");
     cmd
 }
 
+/// The microphone: the model's test clips over and over.
+fn microphone() -> tempfile::TempDir {
+    let audio = data().join("audio");
+    let clips =
+        ["en_short.wav", "zh_mid.wav", "ja_long.wav"].map(|n| audio.join(n).into_os_string());
+    microphone_home(&clips, &["repeat", "30"])
+}
+
 /// The window with the real engine (the tiny model on the CPU) and the library in `home`.
 fn window(home: &Path) -> Harness<'static, GpuScribeApp> {
     let factory: EngineFactory = Box::new(|mut config| {
-        let ours = engine_config();
+        let ours = tiny_cpu_engine();
         config.model_dir = ours.model_dir;
         config.target = ours.target;
         config.residency = ours.residency;
@@ -207,7 +144,7 @@ fn only_job(home: &Path) -> StoredJob {
 /// recording's one transcript must be.
 fn parts_joined(parts: &[PathBuf], settings: &DecodeSettings) -> FileTranscript {
     let results =
-        transcribe_files(parts, engine_config(), Vec::new(), settings, &mut |_| {}).unwrap();
+        transcribe_files(parts, tiny_cpu_engine(), Vec::new(), settings, &mut |_| {}).unwrap();
     let mut whole = FileTranscript {
         path: parts[0].clone(),
         ..FileTranscript::default()

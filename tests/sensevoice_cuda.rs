@@ -7,8 +7,8 @@
 // Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Mutex;
 
 use candle_core::{D, DType, Device, IndexOp, Tensor};
@@ -18,26 +18,10 @@ use gpuscribe::model::sensevoice::model::Prompt;
 use gpuscribe::model::sensevoice::{DecodeOptions, SenseVoice};
 use serde_json::Value;
 
+use common::sensevoice::{clips, data, reference, tensors, wav};
+
 /// The fused-kernel switch is process-wide: tests that run the model hold this lock.
 static SWITCH: Mutex<()> = Mutex::new(());
-
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice")
-}
-
-fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(data().join("reference.json")).unwrap()).unwrap()
-}
-
-fn tensors() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(data().join("reference.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn clips(r: &Value) -> Vec<String> {
-    let mut c: Vec<String> = r["clips"].as_object().unwrap().keys().cloned().collect();
-    c.sort();
-    c
-}
 
 fn gpu() -> Device {
     gpuscribe::model::cuda_device(0).expect("CUDA device 0 (a `--features cuda` build on a GPU)")
@@ -46,13 +30,6 @@ fn gpu() -> Device {
 fn load(dtype: DType) -> SenseVoice {
     let files = ModelFiles::from_dir(&data().join("tiny")).unwrap();
     SenseVoice::load(&files, &gpu(), dtype).unwrap()
-}
-
-fn wav(clip: &str) -> Vec<f32> {
-    let mut r = hound::WavReader::open(data().join(format!("audio/{clip}.wav"))).unwrap();
-    r.samples::<i16>()
-        .map(|s| f32::from(s.unwrap()) / 32768.0)
-        .collect()
 }
 
 /// f32 logits `[T, V]` on the host of one clip's reference features.

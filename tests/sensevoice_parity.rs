@@ -4,8 +4,9 @@
 // Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use gpuscribe::model::files::ModelFiles;
@@ -16,17 +17,7 @@ use gpuscribe::model::sensevoice::weights::{HostWeights, WeightsError};
 use gpuscribe::model::sensevoice::{DecodeOptions, SenseVoice, TextStyle};
 use serde_json::Value;
 
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sensevoice")
-}
-
-fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(data().join("reference.json")).unwrap()).unwrap()
-}
-
-fn tensors() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(data().join("reference.safetensors"), &Device::Cpu).unwrap()
-}
+use common::sensevoice::{clips, data, reference, tensors, wav};
 
 fn tiny_files(weights: &str) -> ModelFiles {
     let dir = data().join("tiny");
@@ -37,21 +28,6 @@ fn tiny_files(weights: &str) -> ModelFiles {
 
 fn load(weights: &str) -> SenseVoice {
     SenseVoice::load(&tiny_files(weights), &Device::Cpu, DType::F32).unwrap()
-}
-
-fn wav(clip: &str) -> Vec<f32> {
-    let mut r = hound::WavReader::open(data().join(format!("audio/{clip}.wav"))).unwrap();
-    assert_eq!(r.spec().sample_rate, 16_000);
-    assert_eq!(r.spec().channels, 1);
-    r.samples::<i16>()
-        .map(|s| f32::from(s.unwrap()) / 32768.0)
-        .collect()
-}
-
-fn clips(r: &Value) -> Vec<String> {
-    let mut c: Vec<String> = r["clips"].as_object().unwrap().keys().cloned().collect();
-    c.sort();
-    c
 }
 
 fn max_abs(t: &Tensor) -> f32 {

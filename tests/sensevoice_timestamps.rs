@@ -1,6 +1,7 @@
 //! Token and word times against FunASR 1.4.16's `generate(output_timestamp=True)` on the committed
 //! fixtures (tools/reference/generate.py and long_audio.py), through the model and through the
-//! whole engine (the real worker process) on a file longer than one segment; and the subtitles
+//! whole engine (the real worker process) on a file longer than one segment; the text encoding
+//! those times rest on against sentencepiece (tools/reference/spm_encode.py); and the subtitles
 //! made from those times checked against the cue rules.
 
 // Fixture reads in helpers panic on purpose: a failed read is a failed test.
@@ -15,6 +16,8 @@ use gpuscribe::engine::subtitles::{CueRules, is_wide, transcript_cues};
 use gpuscribe::engine::transcript::{ExportFormat, render};
 use gpuscribe::engine::{DecodeSettings, DeviceTarget, EngineConfig, FileTranscript};
 use gpuscribe::model::files::ModelFiles;
+use gpuscribe::model::sensevoice::spm_encode::SpmEncoder;
+use gpuscribe::model::sensevoice::timestamps::funasr_targets;
 use gpuscribe::model::sensevoice::{DecodeOptions, SenseVoice};
 use serde_json::Value;
 
@@ -58,31 +61,71 @@ fn clip_word_times_equal_funasr() {
         timestamps: true,
         ..DecodeOptions::default()
     };
-    let mut compared = 0;
+    let mut re_encoded = 0;
     for (clip, c) in r["clips"].as_object().unwrap() {
         let ts = &c["timestamp"];
-        // FunASR aligns the pieces of its re-encoded text; we align the decoded ids. The two
-        // differ only where the decoded ids are not the tokenizer's own encoding of the text,
-        // which the fixture records (zh_mid: random pieces `ing`+`se` re-encode as `ings`+`e`).
-        if !ts["aligned_equals_greedy_text_ids"].as_bool().unwrap() {
-            assert_eq!(clip, "zh_mid", "only zh_mid re-encodes differently");
-            continue;
-        }
         let samples = wav(&data().join(format!("audio/{clip}.wav")));
         let out = model
             .transcribe_batch(&[&samples], &opts)
             .unwrap()
             .remove(0);
         assert_eq!(out.raw_text, ts["text"].as_str().unwrap(), "{clip}");
+        // FunASR aligns the pieces of its re-encoded text, which need not be the greedy ids
+        // (zh_mid: random pieces `ing`+`se` re-encode as `ings`+`e`); so do we.
         let pieces: Vec<String> = out.tokens.iter().map(|t| t.piece.clone()).collect();
         assert_eq!(pieces, strings(&ts["text2tokens_after_4"]), "{clip}");
+        let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
+        let want_ids: Vec<u32> = serde_json::from_value(ts["aligned_token_ids"].clone()).unwrap();
+        assert_eq!(ids, want_ids, "{clip}");
         let got: Vec<[i64; 2]> = out.words.iter().map(|w| [w.start_ms, w.end_ms]).collect();
         assert_eq!(got, spans(&ts["timestamp"]), "{clip}");
         let words: Vec<String> = out.words.iter().map(|w| w.word.clone()).collect();
         assert_eq!(words, strings(&ts["words"]), "{clip}");
-        compared += 1;
+        if !ts["aligned_equals_greedy_text_ids"].as_bool().unwrap() {
+            assert_ne!(&out.token_ids[4..], &ids[..], "{clip}");
+            re_encoded += 1;
+        }
     }
-    assert_eq!(compared, 2);
+    assert_eq!(r["clips"].as_object().unwrap().len(), 3);
+    assert_eq!(re_encoded, 1, "zh_mid re-encodes differently");
+}
+
+/// The Rust SentencePiece encoder against sentencepiece's own `normalize`, `EncodeAsPieces`
+/// and `EncodeAsIds` (tools/reference/spm_encode.py).
+#[test]
+fn text_encoding_equals_sentencepiece() {
+    let fixture = json(&data().join("spm_encode.json"));
+    let encoder =
+        SpmEncoder::from_file(&data().join("tiny").join(fixture["model"].as_str().unwrap()))
+            .unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() > 20);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let normalized = String::from_utf8(encoder.normalize(text)).unwrap();
+        assert_eq!(normalized, c["normalized"].as_str().unwrap(), "{text:?}");
+        let pieces = encoder.encode_as_pieces(text);
+        assert_eq!(pieces, strings(&c["pieces"]), "{text:?}");
+        let ids: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        assert_eq!(encoder.encode_as_ids(text), ids, "{text:?}");
+        let piece_ids: Vec<Vec<u32>> = serde_json::from_value(c["piece_ids"].clone()).unwrap();
+        let ours: Vec<Vec<u32>> = pieces.iter().map(|p| encoder.encode_as_ids(p)).collect();
+        assert_eq!(ours, piece_ids, "{text:?}");
+    }
+    // What FunASR aligns for each clip's decoded text.
+    let r = json(&data().join("reference.json"));
+    for (clip, c) in r["clips"].as_object().unwrap() {
+        let ts = &c["timestamp"];
+        let (ids, pieces) = funasr_targets(&encoder, ts["text"].as_str().unwrap()).unwrap();
+        let want: Vec<u32> = serde_json::from_value(ts["aligned_token_ids"].clone()).unwrap();
+        assert_eq!(ids, want, "{clip}");
+        assert_eq!(pieces, strings(&ts["text2tokens_after_4"]), "{clip}");
+    }
+    // Nothing after the four tags: no times, as in FunASR.
+    assert_eq!(
+        funasr_targets(&encoder, "<|en|><|NEUTRAL|><|Speech|><|woitn|>"),
+        None
+    );
 }
 
 /// The tiny model with the long-audio CTC head from the fixture, in a temporary folder.

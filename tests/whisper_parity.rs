@@ -27,9 +27,30 @@ struct Case {
     text: String,
 }
 
+/// How far the reference's own float32 run is from the same model in float64 (the generator's
+/// `f32_vs_f64`), as max |f32 − f64| / max(max |f64|, 1).
+#[derive(Deserialize)]
+struct RoundingError {
+    encoder: f32,
+    logits: HashMap<String, f32>,
+}
+
 #[derive(Deserialize)]
 struct Clip {
     cases: HashMap<String, Case>,
+    f32_vs_f64: Option<RoundingError>,
+}
+
+/// The bound on max |ours − reference| / max(max |reference|, 1) in f32. Both sides round in
+/// f32, and the reference's own rounding error (its distance from its float64 run) grows with
+/// width and depth: about 3e-6 on the shrunk model, up to 4e-4 on the encoder and 5e-2 on the
+/// logits at whisper-base's size with these random weights, so a fixed 1e-4 only holds for the
+/// shrunk model. Ours sums in another order (and through the encoder's output into the
+/// decoder), so it may be off by a few times as much: measured up to 3.1x on whisper-base's
+/// logits, 1.7x on its encoder; the bound is 4x. Never below 1e-4, which is what the shrunk
+/// model is held to.
+fn f32_bound(reference_rounding: Option<f32>) -> f32 {
+    reference_rounding.map_or(1e-4, |r| (4.0 * r).max(1e-4))
 }
 
 #[derive(Deserialize)]
@@ -131,14 +152,19 @@ fn encoder_output_matches() {
 fn check_encoder(dir: &Path) {
     let fx = fixture_at(dir);
     let mut whisper = model_at(dir, DType::F32);
-    for name in fx.meta.clips.keys() {
+    for (name, clip) in &fx.meta.clips {
         let features = flat(&fx.tensors[&format!("{name}/features")]);
         let expected = flat(&fx.tensors[&format!("{name}/encoder")]);
         let ours = flat(&whisper.encode(&features).expect("encode"));
         let (d, m) = diff(&ours, &expected);
+        let bound = f32_bound(clip.f32_vs_f64.as_ref().map(|r| r.encoder));
+        println!(
+            "{name}: encoder {:.2e} relative (bound {bound:.2e})",
+            d / m.max(1.0)
+        );
         assert!(
-            d <= 1e-4 * m.max(1.0),
-            "{name}: encoder off by {d} (max {m})"
+            d <= bound * m.max(1.0),
+            "{name}: encoder off by {d} (max {m}, bound {bound})"
         );
         // From our own features as well: the whole path from samples.
         let own = flat(
@@ -147,9 +173,17 @@ fn check_encoder(dir: &Path) {
                 .expect("encode"),
         );
         let (d, m) = diff(&own, &expected);
+        // The features differ by up to 5e-4 (two FFTs), 20 times the shrunk model's 1e-4;
+        // the network amplifies that difference as it does rounding, so the bound grows with
+        // the f32 bound above (10 x it: the 2e-3 the shrunk model is held to).
+        let own_bound = 10.0 * bound.max(2e-4);
+        println!(
+            "{name}: encoder from our features {:.2e} relative (bound {own_bound:.2e})",
+            d / m.max(1.0)
+        );
         assert!(
-            d <= 2e-3 * m.max(1.0),
-            "{name}: encoder from our features off by {d}"
+            d <= own_bound * m.max(1.0),
+            "{name}: encoder from our features off by {d} (max {m}, bound {own_bound})"
         );
     }
 }
@@ -170,9 +204,15 @@ fn check_logits(dir: &Path) {
             let logits = whisper.logits(&audio, &tokens).expect("logits");
             let expected = flat(&fx.tensors[&format!("{name}/{case_name}/logits")]);
             let (d, m) = diff(&flat(&logits), &expected);
+            let rounding = clip.f32_vs_f64.as_ref().map(|r| r.logits[case_name]);
+            let bound = f32_bound(rounding);
+            println!(
+                "{name}/{case_name}: logits {:.2e} relative (bound {bound:.2e})",
+                d / m.max(1.0)
+            );
             assert!(
-                d <= 1e-4 * m.max(1.0),
-                "{name}/{case_name}: logits off by {d} (max {m})"
+                d <= bound * m.max(1.0),
+                "{name}/{case_name}: logits off by {d} (max {m}, bound {bound})"
             );
         }
     }
@@ -489,6 +529,11 @@ fn base_size_random_weights_match_transformers() {
     assert_eq!(config["d_model"], 512);
     assert_eq!(config["encoder_layers"], 6);
     assert_eq!(config["vocab_size"], 51865);
+    let fx = fixture_at(&dir);
+    assert!(
+        fx.meta.clips.values().all(|c| c.f32_vs_f64.is_some()),
+        "the fixture must record f32_vs_f64 (rerun whisper_generate.py)"
+    );
     check_encoder(&dir);
     check_logits(&dir);
     check_ids(&dir);

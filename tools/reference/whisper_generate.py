@@ -11,7 +11,9 @@ preprocessor_config.json) and OUT/reference.safetensors + OUT/reference.json:
   mel_filters              (201, n_mels)    the feature extractor's filters
 
 reference.json holds, per clip and case (language / task / timestamps), the prompt, the greedy
-ids generate() returned (prompt left out), the detected language and the decoded text.
+ids generate() returned (prompt left out), the detected language and the decoded text; and per
+clip `f32_vs_f64`: how far the float32 encoder output and logits are from the same model run in
+float64, as max |f32 - f64| / max(max |f64|, 1).
 
 Presets: `shrunk` (the default; whisper-tiny's architecture with every width, depth and the
 vocabulary shrunk, about 2 MB, committed as tests/data/whisper), `tiny` and `base` (the real
@@ -200,6 +202,7 @@ def main():
     if args.model_only:
         return
 
+    model64 = copy.deepcopy(model).double()
     tensors = {"mel_filters": torch.from_numpy(np.asarray(fe.mel_filters, dtype=np.float32))}
     meta = {
         "preset": args.preset,
@@ -219,6 +222,12 @@ def main():
             enc = model.model.encoder(feats).last_hidden_state
         tensors[f"{name}/encoder"] = enc[0].contiguous()
         clip = {"samples": len(audio), "cases": {}}
+        # The reference's own f32 rounding error: the same model and inputs in float64. Two f32
+        # implementations can differ by about twice this much, and it grows with width and
+        # depth, so the parity tests bound our difference by it (see tests/whisper_parity.rs).
+        with torch.no_grad():
+            enc64 = model64.model.encoder(feats.double()).last_hidden_state
+        clip["f32_vs_f64"] = {"encoder": rel_error(enc, enc64), "logits": {}}
         for case, language, task, timestamps in CASES:
             with torch.no_grad():
                 gen = model.generate(
@@ -258,6 +267,9 @@ def main():
             with torch.no_grad():
                 logits = model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([full])).logits
             tensors[f"{name}/{case}/logits"] = logits[0].contiguous()
+            with torch.no_grad():
+                logits64 = model64(encoder_outputs=(enc64,), decoder_input_ids=torch.tensor([full])).logits
+            clip["f32_vs_f64"]["logits"][case] = rel_error(logits, logits64)
             clip["cases"][case] = {
                 "language": language,
                 "task": task,
@@ -272,6 +284,12 @@ def main():
     save_file(tensors, out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps({k: {c: len(v["ids"]) for c, v in m["cases"].items()} for k, m in meta["clips"].items()}))
+
+
+def rel_error(f32, f64):
+    """max |f32 - f64| / max(max |f64|, 1): the measure the parity tests bound."""
+    d = float((f32.double() - f64).abs().max())
+    return d / max(float(f64.abs().max()), 1.0)
 
 
 def one_window(model, feats, ids, language, task, max_new_tokens):

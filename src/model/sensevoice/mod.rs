@@ -2,9 +2,9 @@
 //!
 //! Layout follows candle-transformers: `config` (config.yaml), `frontend` (fbank/LFR/CMVN over
 //! slices), `encoder` and `model` (one struct per FunASR class, `vb.pp()` = checkpoint keys),
-//! `weights` (checkpoint loading and validation), `tokenizer`, `decode`, `postprocess` and
-//! `timestamps`; `transcribe` ties them into [`SenseVoice`]. Everything runs on the calling
-//! thread (the engine worker in the application).
+//! `weights` (checkpoint loading and validation), `tokenizer` (decoding), `spm_encode`
+//! (encoding), `decode`, `postprocess` and `timestamps`; `transcribe` ties them into
+//! [`SenseVoice`]. Everything runs on the calling thread (the engine worker in the application).
 
 mod checkpoint;
 pub mod config;
@@ -20,6 +20,7 @@ pub mod frontend;
 pub mod fused;
 pub mod model;
 pub mod postprocess;
+pub mod spm_encode;
 pub mod timestamps;
 pub mod tokenizer;
 pub mod transcribe;

@@ -3,10 +3,71 @@
 //!
 //! Port of `funasr/models/sense_voice/utils/ctc_alignment.py` (Viterbi over the blank-interleaved
 //! targets, f32 scores, first index on ties), the 60 ms frame formulas of `inference`, and the
-//! word rules of `SenseVoiceSmall.post`.
+//! word rules of `SenseVoiceSmall.post`. FunASR aligns the tokenizer's re-encoding of the decoded
+//! text, not the greedy ids ([`funasr_targets`]); the two differ where the greedy pieces are not
+//! the tokenizer's own encoding of their text (`ing`+`se` re-encodes as `ings`+`e`).
+
+use super::spm_encode::SpmEncoder;
+
+/// The id FunASR aligns for a piece that re-encodes to nothing (hard-coded in its `inference`).
+pub const EMPTY_PIECE_ID: u32 = 124;
+
+/// Why a forced alignment cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlignError {
+    /// More frames are needed than there are: one per token plus a blank between equal
+    /// neighbours.
+    #[error("cannot align {tokens} tokens (needing {needed} frames) to {frames} frames")]
+    TooFewFrames {
+        /// Target tokens.
+        tokens: usize,
+        /// Frames the tokens need.
+        needed: usize,
+        /// Frames available.
+        frames: usize,
+    },
+    /// A target or the blank is not a column of the log-probabilities.
+    #[error("token id {id} is outside the {vocab} columns of the log-probabilities")]
+    OutOfRange {
+        /// The id.
+        id: u32,
+        /// Columns.
+        vocab: usize,
+    },
+    /// A target id is not among the columns handed over.
+    #[error("token id {id} is not among the columns of the log-probabilities")]
+    MissingColumn {
+        /// The id.
+        id: u32,
+    },
+}
+
+/// What FunASR aligns for a decoded text: `tokens = EncodeAsPieces(text)[4:]`, and every piece
+/// encoded again on its own with `EncodeAsIds` (an empty result counts as [`EMPTY_PIECE_ID`]).
+/// Returns (ids, pieces), one id per piece, or `None` where FunASR gives no times: no piece after
+/// the first four, or a piece that re-encodes to several ids (FunASR then pairs the alignment's
+/// runs with the wrong pieces and fails with an `IndexError`).
+pub fn funasr_targets(encoder: &SpmEncoder, text: &str) -> Option<(Vec<u32>, Vec<String>)> {
+    let pieces: Vec<String> = encoder.encode_as_pieces(text).into_iter().skip(4).collect();
+    if pieces.is_empty() {
+        return None;
+    }
+    let mut ids = Vec::with_capacity(pieces.len());
+    for piece in &pieces {
+        match encoder.encode_as_ids(piece)[..] {
+            [] => ids.push(EMPTY_PIECE_ID),
+            [id] => ids.push(id),
+            _ => return None,
+        }
+    }
+    Some((ids, pieces))
+}
 
 /// Frame hop of the LFR features, in ms.
 pub const FRAME_MS: i64 = 60;
+
+/// Aligned tokens and the words made of them.
+pub type Timings = (Vec<TokenTiming>, Vec<WordTiming>);
 
 /// One aligned token.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -45,14 +106,35 @@ pub struct Segment {
 
 /// Viterbi CTC alignment of `targets` (no blanks) to `log_probs` (`frames` rows of `vocab`).
 /// Returns one label per frame (`blank` or a target id). Returns all blanks when the targets are
-/// empty and an empty vector when there are no frames.
-pub fn ctc_forced_align(log_probs: &[f32], vocab: usize, targets: &[u32], blank: u32) -> Vec<u32> {
+/// empty and an empty vector when there are no frames. Targets that need more frames than there
+/// are (one per token plus a blank between equal neighbours), or an id outside the columns, are
+/// an error (FunASR's Viterbi would return a path through -inf scores).
+pub fn ctc_forced_align(
+    log_probs: &[f32],
+    vocab: usize,
+    targets: &[u32],
+    blank: u32,
+) -> Result<Vec<u32>, AlignError> {
     let frames = log_probs.len().checked_div(vocab).unwrap_or(0);
-    if frames == 0 {
-        return Vec::new();
+    if let Some(&id) = std::iter::once(&blank)
+        .chain(targets)
+        .find(|&&id| id as usize >= vocab)
+    {
+        return Err(AlignError::OutOfRange { id, vocab });
+    }
+    if frames == 0 && targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let needed = targets.len() + targets.windows(2).filter(|w| w[0] == w[1]).count();
+    if needed > frames {
+        return Err(AlignError::TooFewFrames {
+            tokens: targets.len(),
+            needed,
+            frames,
+        });
     }
     if targets.is_empty() {
-        return vec![blank; frames];
+        return Ok(vec![blank; frames]);
     }
     // Blank-interleaved targets: blank, y0, blank, y1, …, blank.
     let mut ext = Vec::with_capacity(2 * targets.len() + 1);
@@ -111,7 +193,7 @@ pub fn ctc_forced_align(log_probs: &[f32], vocab: usize, targets: &[u32], blank:
         state -= usize::from(back[t * s + state]);
         path[t - 1] = state;
     }
-    path.into_iter().map(|i| ext[i]).collect()
+    Ok(path.into_iter().map(|i| ext[i]).collect())
 }
 
 /// One non-blank run of the alignment, timed as FunASR's `inference` does.
@@ -186,10 +268,13 @@ pub fn align_tokens(
     ids: &[u32],
     pieces: &[String],
     blank: u32,
-) -> (Vec<TokenTiming>, Vec<WordTiming>) {
+) -> Result<Timings, AlignError> {
     let frames = log_probs.len().checked_div(vocab).unwrap_or(0);
     if ids.is_empty() || frames == 0 {
-        return (Vec::new(), Vec::new());
+        return Ok((Vec::new(), Vec::new()));
+    }
+    if blank as usize >= vocab {
+        return Err(AlignError::OutOfRange { id: blank, vocab });
     }
     // FunASR forces blank wherever blank is the frame's argmax (log p(blank) = 0).
     let mut lp = log_probs.to_vec();
@@ -199,8 +284,8 @@ pub fn align_tokens(
             row[blank as usize] = 0.0;
         }
     }
-    let alignment = ctc_forced_align(&lp, vocab, ids, blank);
-    timed(&token_spans(&alignment, blank, frames), ids, pieces)
+    let alignment = ctc_forced_align(&lp, vocab, ids, blank)?;
+    Ok(timed(&token_spans(&alignment, blank, frames), ids, pieces))
 }
 
 /// [`align_tokens`] on log-probabilities reduced to a few vocabulary columns, which is all the
@@ -214,36 +299,34 @@ pub fn align_token_columns(
     blank_frames: &[bool],
     ids: &[u32],
     pieces: &[String],
-) -> (Vec<TokenTiming>, Vec<WordTiming>) {
+) -> Result<Timings, AlignError> {
     let k = columns.len();
     let frames = log_probs.len().checked_div(k).unwrap_or(0);
     if ids.is_empty() || frames == 0 {
-        return (Vec::new(), Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
-    let Some(targets) = ids
+    let targets = ids
         .iter()
-        .map(|id| {
+        .map(|&id| {
             columns
                 .iter()
-                .position(|c| c == id)
+                .position(|&c| c == id)
                 .and_then(|i| u32::try_from(i).ok())
+                .ok_or(AlignError::MissingColumn { id })
         })
-        .collect::<Option<Vec<u32>>>()
-    else {
-        return (Vec::new(), Vec::new());
-    };
+        .collect::<Result<Vec<u32>, AlignError>>()?;
     let mut lp = log_probs.to_vec();
     for (row, &is_blank) in lp.chunks_exact_mut(k).zip(blank_frames) {
         if is_blank {
             row[0] = 0.0;
         }
     }
-    let alignment = ctc_forced_align(&lp, k, &targets, 0);
-    timed(&token_spans(&alignment, 0, frames), ids, pieces)
+    let alignment = ctc_forced_align(&lp, k, &targets, 0)?;
+    Ok(timed(&token_spans(&alignment, 0, frames), ids, pieces))
 }
 
 /// Pairs the alignment runs with the tokens, in order, then makes FunASR `post()` words.
-fn timed(spans: &[Span], ids: &[u32], pieces: &[String]) -> (Vec<TokenTiming>, Vec<WordTiming>) {
+fn timed(spans: &[Span], ids: &[u32], pieces: &[String]) -> Timings {
     let mut tokens = Vec::new();
     let mut raw = Vec::new();
     for (span, (piece, &id)) in spans.iter().zip(pieces.iter().zip(ids)) {
@@ -364,7 +447,7 @@ mod tests {
     #[test]
     fn aligns_clean_sequence() {
         let frames = [1, 1, 1, 0, 0, 2, 2, 2, 3, 3, 0, 0];
-        let a = ctc_forced_align(&emissions(&frames, 6), 6, &[1, 2, 3], 0);
+        let a = ctc_forced_align(&emissions(&frames, 6), 6, &[1, 2, 3], 0).unwrap();
         assert_eq!(a, frames);
     }
 
@@ -383,7 +466,7 @@ mod tests {
         }
         let ids = [4u32, 7, 7, 2, 4];
         let pieces: Vec<String> = ids.iter().map(|i| format!("p{i}")).collect();
-        let full = align_tokens(&lp, vocab, &ids, &pieces, 0);
+        let full = align_tokens(&lp, vocab, &ids, &pieces, 0).unwrap();
         let columns = [0u32, 4, 7, 2];
         let mut reduced = Vec::new();
         let mut blank_frames = Vec::new();
@@ -391,15 +474,78 @@ mod tests {
             reduced.extend(columns.iter().map(|&c| row[c as usize]));
             blank_frames.push(argmax(row) == 0);
         }
-        let compact = align_token_columns(&reduced, &columns, &blank_frames, &ids, &pieces);
+        let compact =
+            align_token_columns(&reduced, &columns, &blank_frames, &ids, &pieces).unwrap();
         assert_eq!(full.0.len(), ids.len());
         assert_eq!(compact, full);
     }
 
     #[test]
     fn repeated_token_needs_a_blank() {
-        let a = ctc_forced_align(&emissions(&[1, 1, 0, 1, 1], 4), 4, &[1, 1], 0);
+        let a = ctc_forced_align(&emissions(&[1, 1, 0, 1, 1], 4), 4, &[1, 1], 0).unwrap();
         assert_eq!(a, [1, 1, 0, 1, 1]);
+        // Three frames are the least two equal tokens fit in: token, blank, token.
+        let a = ctc_forced_align(&emissions(&[1, 1, 1], 4), 4, &[1, 1], 0).unwrap();
+        assert_eq!(a, [1, 0, 1]);
+        // Two different tokens need no blank between them.
+        let a = ctc_forced_align(&emissions(&[0, 0], 4), 4, &[2, 3], 0).unwrap();
+        assert_eq!(a, [2, 3]);
+    }
+
+    #[test]
+    fn ties_take_the_first_candidate_as_torch_max_does() {
+        // Expected paths as FunASR's `ctc_forced_align` returns them on the same inputs.
+        // Every score equal: the last token wins its tie with the final blank, and tracing
+        // back, "stay" wins every tie, so the path sits in the last token from the first frame
+        // that reaches it (frame 1, skipping the blank).
+        let lp = vec![-1.0f32; 6 * 3];
+        let a = ctc_forced_align(&lp, 3, &[1, 2], 0).unwrap();
+        assert_eq!(a, [1, 2, 2, 2, 2, 2]);
+        // A tie between moving one state and skipping the blank takes the single step.
+        let mut lp = vec![f32::NEG_INFINITY; 3 * 3];
+        for (t, row) in lp.chunks_exact_mut(3).enumerate() {
+            row[0] = -1.0;
+            row[1] = if t == 0 { -1.0 } else { f32::NEG_INFINITY };
+            row[2] = -1.0;
+        }
+        // From token 1 at frame 0: blank-then-2 and 2-then-2 score the same (-3 both); at frame
+        // 2 in token 2, "stay" (from 2 at frame 1) is the first candidate and wins.
+        let a = ctc_forced_align(&lp, 3, &[1, 2], 0).unwrap();
+        assert_eq!(a, [1, 2, 2]);
+    }
+
+    #[test]
+    fn too_many_tokens_for_the_frames_is_an_error() {
+        let lp = emissions(&[1, 2], 4);
+        assert_eq!(
+            ctc_forced_align(&lp, 4, &[1, 2, 3], 0),
+            Err(AlignError::TooFewFrames {
+                tokens: 3,
+                needed: 3,
+                frames: 2
+            })
+        );
+        // Equal neighbours need a blank frame between them.
+        let lp = emissions(&[1, 0], 4);
+        assert!(matches!(
+            ctc_forced_align(&lp, 4, &[1, 1], 0),
+            Err(AlignError::TooFewFrames { needed: 3, .. })
+        ));
+        assert_eq!(
+            ctc_forced_align(&lp, 4, &[1, 9], 0),
+            Err(AlignError::OutOfRange { id: 9, vocab: 4 })
+        );
+        assert!(matches!(
+            ctc_forced_align(&[], 4, &[1], 0),
+            Err(AlignError::TooFewFrames { frames: 0, .. })
+        ));
+        assert_eq!(ctc_forced_align(&[], 4, &[], 0), Ok(Vec::new()));
+        let pieces = ["a".to_owned()];
+        assert_eq!(
+            align_token_columns(&[0.0, 0.0], &[0, 5], &[false], &[7], &pieces),
+            Err(AlignError::MissingColumn { id: 7 })
+        );
+        assert!(align_tokens(&lp, 4, &[1, 2, 3], &pieces, 0).is_err());
     }
 
     #[test]

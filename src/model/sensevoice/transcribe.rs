@@ -12,8 +12,10 @@ use super::encoder::Capture;
 use super::frontend::{Cmvn, CmvnError, Frontend};
 use super::model::{Language, ModelOutput, PROMPT_FRAMES, Prompt, SenseVoiceSmall};
 use super::postprocess::{Tags, parse_leading_tags, rich_transcription_postprocess, strip_tags};
+use super::spm_encode::SpmEncoder;
 use super::timestamps::{
-    Segment, TokenTiming, WordTiming, align_token_columns, align_tokens, segments_from_words,
+    AlignError, Segment, Timings, TokenTiming, WordTiming, align_token_columns, align_tokens,
+    funasr_targets, segments_from_words,
 };
 use super::tokenizer::{Tokenizer, TokenizerError};
 use super::weights::{HostWeights, WeightsError, expected_tensors};
@@ -110,6 +112,7 @@ pub struct SenseVoice {
     model: SenseVoiceSmall,
     frontend: Arc<Frontend>,
     tokenizer: Arc<Tokenizer>,
+    encoder: Arc<SpmEncoder>,
     config: SenseVoiceConfig,
     host: Arc<HostWeights>,
     emo_unknown_id: Option<u32>,
@@ -134,6 +137,7 @@ impl SenseVoice {
             });
         }
         let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+        let encoder = SpmEncoder::from_file(&files.tokenizer)?;
         let expected = expected_tensors(&config, tokenizer.vocab_size());
         let host = HostWeights::load_checked(&files.weights, &expected)?;
         host.validate(&expected)?;
@@ -149,6 +153,7 @@ impl SenseVoice {
             config,
             Arc::new(frontend),
             Arc::new(tokenizer),
+            Arc::new(encoder),
             Arc::new(host),
             device,
             dtype,
@@ -159,6 +164,7 @@ impl SenseVoice {
         config: SenseVoiceConfig,
         frontend: Arc<Frontend>,
         tokenizer: Arc<Tokenizer>,
+        encoder: Arc<SpmEncoder>,
         host: Arc<HostWeights>,
         device: &Device,
         dtype: DType,
@@ -176,6 +182,7 @@ impl SenseVoice {
             model,
             frontend,
             tokenizer,
+            encoder,
             config,
             host,
             emo_unknown_id,
@@ -191,6 +198,7 @@ impl SenseVoice {
             self.config.clone(),
             self.frontend.clone(),
             self.tokenizer.clone(),
+            self.encoder.clone(),
             self.host.clone(),
             device,
             self.dtype,
@@ -388,9 +396,9 @@ impl SenseVoice {
         if len <= PROMPT_FRAMES || transcript.token_ids.len() <= PROMPT_FRAMES {
             return Ok(());
         }
-        let ids = &transcript.token_ids[PROMPT_FRAMES..];
+        let targets = self.alignment_targets(transcript);
         let mut columns = vec![BLANK_ID];
-        for &id in ids {
+        for &id in targets.greedy.iter().chain(targets.funasr_ids()) {
             if !columns.contains(&id) {
                 columns.push(id);
             }
@@ -405,24 +413,31 @@ impl SenseVoice {
             .iter()
             .map(|&id| id == BLANK_ID)
             .collect();
-        let pieces: Vec<String> = ids
-            .iter()
-            .map(|&id| self.tokenizer.piece(id).unwrap_or("").to_owned())
-            .collect();
-        let (tokens, words) = align_token_columns(&lp, &columns, &blank_frames, ids, &pieces);
+        let (tokens, words) = targets
+            .align(|ids, pieces| align_token_columns(&lp, &columns, &blank_frames, ids, pieces))?;
         transcript.segments = segments_from_words(&words);
         transcript.tokens = tokens;
         transcript.words = words;
         Ok(())
     }
 
-    /// Token timings from a forced alignment over the speech frames of item `b`.
-    ///
-    /// FunASR re-encodes the decoded text with `EncodeAsPieces(text)[4:]`; we take the pieces
-    /// of the decoded ids after the first four (the tags). The two agree whenever the greedy
-    /// ids are the tokenizer's own encoding of the text and the tokenizer adds no dummy-prefix
-    /// piece in front of the first tag; where they differ FunASR's pieces are misaligned with
-    /// the tags (spec §6.1 caveats) and ours are not.
+    /// What to align for `transcript`: FunASR's re-encoding of its text, and its greedy ids
+    /// after the prompt as the fallback where that gives no alignment.
+    fn alignment_targets(&self, transcript: &Transcript) -> Targets {
+        let greedy = transcript.token_ids[PROMPT_FRAMES.min(transcript.token_ids.len())..].to_vec();
+        let greedy_pieces = greedy
+            .iter()
+            .map(|&id| self.tokenizer.piece(id).unwrap_or("").to_owned())
+            .collect();
+        Targets {
+            funasr: funasr_targets(&self.encoder, &transcript.raw_text),
+            greedy,
+            greedy_pieces,
+        }
+    }
+
+    /// Token timings from a forced alignment over the speech frames of item `b`, of the ids
+    /// [`Self::alignment_targets`] gives.
     fn add_timestamps(
         &self,
         logits: &Tensor,
@@ -442,16 +457,43 @@ impl SenseVoice {
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(compute("timestamps"))?;
-        let ids = &transcript.token_ids[PROMPT_FRAMES..];
-        let pieces: Vec<String> = ids
-            .iter()
-            .map(|&id| self.tokenizer.piece(id).unwrap_or("").to_owned())
-            .collect();
-        let (tokens, words) = align_tokens(&lp, vocab, ids, &pieces, BLANK_ID);
+        let (tokens, words) = self
+            .alignment_targets(transcript)
+            .align(|ids, pieces| align_tokens(&lp, vocab, ids, pieces, BLANK_ID))?;
         transcript.segments = segments_from_words(&words);
         transcript.tokens = tokens;
         transcript.words = words;
         Ok(())
+    }
+}
+
+/// The token sequences an alignment can use (see [`SenseVoice::alignment_targets`]).
+struct Targets {
+    /// FunASR's ids and pieces, where its re-encoding gives one id per piece.
+    funasr: Option<(Vec<u32>, Vec<String>)>,
+    greedy: Vec<u32>,
+    greedy_pieces: Vec<String>,
+}
+
+impl Targets {
+    fn funasr_ids(&self) -> impl Iterator<Item = &u32> {
+        self.funasr.iter().flat_map(|(ids, _)| ids)
+    }
+
+    /// Aligns FunASR's ids; where they have no alignment (none, or more tokens than frames)
+    /// the greedy ids, which always fit the frames they came from.
+    fn align(
+        &self,
+        align: impl Fn(&[u32], &[String]) -> Result<Timings, AlignError>,
+    ) -> Result<Timings, ModelError> {
+        self.funasr
+            .as_ref()
+            .and_then(|(ids, pieces)| align(ids, pieces).ok())
+            .map_or_else(|| align(&self.greedy, &self.greedy_pieces), Ok)
+            .map_err(|e| ModelError::Compute {
+                stage: "timestamps",
+                source: candle_core::Error::Msg(e.to_string()),
+            })
     }
 }
 
