@@ -299,7 +299,7 @@ fn events_until(
 
 #[test]
 fn a_final_goes_to_the_engine_while_a_partial_is_out_and_the_partial_is_dropped() {
-    let engine = EngineHandle::spawn(config(), Arc::new(|| {})).unwrap();
+    let engine = EngineHandle::spawn(tiny_cpu_engine(), Arc::new(|| {})).unwrap();
     let settings = DecodeSettings::default();
     gpuscribe::live::warm_up(&engine, &settings, &mut |_| {}).unwrap();
     let clip = hound::WavReader::open(data().join("audio/ja_long.wav"))
@@ -349,7 +349,7 @@ fn a_long_utterance_is_cut_for_length_and_its_finals_equal_offline_text_of_their
     }
     let wav = dir.path().join("long.wav");
     write_wav(&wav, &samples);
-    let engine = EngineHandle::spawn(config(), Arc::new(|| {})).unwrap();
+    let engine = EngineHandle::spawn(tiny_cpu_engine(), Arc::new(|| {})).unwrap();
     let settings = DecodeSettings::default();
     gpuscribe::live::warm_up(&engine, &settings, &mut |_| {}).unwrap();
     let live_config = LiveConfig {

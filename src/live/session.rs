@@ -369,7 +369,7 @@ impl LiveSession {
         let aimed = current.last_shown + (config.partial_interval_s * RATE) as u64;
         if config.lockstep {
             // No stream time passes while the model works: due on the audio's clock.
-            return (now >= aimed).then(|| current.start..now);
+            return (now >= aimed).then_some(current.start..now);
         }
         let whole_s = secs(now - current.start);
         // The final may be due a hangover after the last voiced frame; a partial started now
