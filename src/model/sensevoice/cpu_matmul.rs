@@ -41,8 +41,11 @@ pub enum CpuMatmul {
 }
 
 impl CpuMatmul {
-    /// The default when [`ENV_VAR`] is unset.
-    pub const DEFAULT: Self = Self::Bf16x3;
+    /// The default when [`ENV_VAR`] is unset: candle's f32 product. On the idle 2-core
+    /// development machine (BENCHMARKS.md) `bf16x3` was no faster than it (2,188 against 2,237 ms
+    /// a 30 s segment) while packing made the load 18× slower (9.3 s against 0.5 s), so the AMX
+    /// products stay a choice until they pay.
+    pub const DEFAULT: Self = Self::F32;
 
     /// Parses a setting value (`f32`, `bf16x3`, `bf16`).
     pub fn parse(value: &str) -> std::result::Result<Self, String> {
