@@ -279,6 +279,7 @@ fn forward(
             serde_json::json!({"bench": "forward_argmax", "impl": "gpuscribe", "dtype": format!("{dt:?}"),
                 "batch": batch, "audio_s": audio_s, "median_ms": med, "best_ms": best, "load_ms": load_ms,
                 "threads": rayon::current_num_threads(),
+                "cuda_graphs_kept": model.model().cuda_graphs_kept(),
                 "x_realtime_median": audio_s * 1000.0 / med, "x_realtime_best": audio_s * 1000.0 / best,
                 "frames_equal_to_funasr_fp32": agreement})
         );

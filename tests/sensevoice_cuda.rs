@@ -241,3 +241,69 @@ fn half_precision_is_finite_and_close_to_funasr() {
         assert!(a >= 0.95, "{dtype:?}: {a}");
     }
 }
+
+/// A pass shape seen twice is captured as a CUDA graph; its replays, with other features and
+/// other valid lengths written into the graph's buffers, give exactly the direct path's encoder
+/// output and ids (the same kernels), in f32 and bf16, for a pass and for a batch of passes.
+#[test]
+#[ignore = "needs an NVIDIA GPU and a `--features cuda` build"]
+fn cuda_graph_replays_equal_the_direct_pass() {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_fused_kernels(true);
+    for dtype in [DType::F32, DType::BF16] {
+        let model = load(dtype);
+        let net = model.model();
+        let dev = model.device().clone();
+        let dim = net.input_size();
+        for items in [3usize, 19] {
+            let frames = 37;
+            for (round, seed) in [11u64, 12, 13, 14].into_iter().enumerate() {
+                // Round 0 runs directly, round 1 captures, rounds 2 and 3 replay with new inputs.
+                let mut state = seed;
+                let data: Vec<f32> = (0..items * frames * dim)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                    })
+                    .collect();
+                let feats = Tensor::from_vec(data, (items, frames, dim), &dev).unwrap();
+                let lengths: Vec<usize> = (0..items)
+                    .map(|i| frames - (i * 5 + round * 3) % 17)
+                    .collect();
+                let prompts = vec![Prompt::default(); items];
+                let (enc, ids, lens) = net.encode_ids(&feats, &lengths, &prompts).unwrap();
+                let (want_enc, want_lens) = net.encode_for_ctc(&feats, &lengths, &prompts).unwrap();
+                let want_ids = net.ctc_ids(&want_enc).unwrap();
+                assert_eq!(lens, want_lens);
+                let host_u32 = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+                let host_f32 = |t: &Tensor| {
+                    t.to_dtype(DType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                };
+                assert_eq!(
+                    host_u32(&ids),
+                    host_u32(&want_ids),
+                    "{dtype:?} {items} items, round {round}: ids"
+                );
+                assert_eq!(
+                    host_f32(&enc),
+                    host_f32(&want_enc),
+                    "{dtype:?} {items} items, round {round}: encoder output"
+                );
+                let (fids, flens) = net.forward_ids(&feats, &lengths, &prompts).unwrap();
+                assert_eq!(flens, want_lens);
+                assert_eq!(host_u32(&fids), host_u32(&want_ids), "forward_ids");
+            }
+            // 3 items: one pass shape; 19 items: passes of 16 and 3 (the 3 already kept).
+            let kept = net.cuda_graphs_kept();
+            println!("{dtype:?} {items} items: {kept} graphs kept");
+            assert!(kept >= 1, "{dtype:?}: no graph was captured");
+        }
+    }
+}

@@ -89,6 +89,13 @@ mod pool {
     pub fn trim(cuda: &CudaDevice) -> candle_core::Result<()> {
         let pool = current_pool(cuda)?;
         // SAFETY: the pool handle is live; trimming only releases memory no allocation holds.
-        check("cuMemPoolTrimTo", unsafe { sys::cuMemPoolTrimTo(pool, 0) })
+        check("cuMemPoolTrimTo", unsafe { sys::cuMemPoolTrimTo(pool, 0) })?;
+        // CUDA graphs keep the memory of their allocations in a pool of their own; what no
+        // kept graph holds goes back too.
+        let ctx = cuda.cuda_stream().context().clone();
+        // SAFETY: the device ordinal is the context's own, bound to this thread above.
+        check("cuDeviceGraphMemTrim", unsafe {
+            sys::cuDeviceGraphMemTrim(ctx.cu_device())
+        })
     }
 }

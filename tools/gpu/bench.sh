@@ -6,7 +6,8 @@
 # BIN holds the `--features cuda` release builds of gpuscribe, gpuscribe-worker and the examples
 # sensevoice_bench and residency_bench. Python needs torch 2.11 and funasr 1.4.16 (see
 # tools/reference/requirements.txt). Steps (default: all): elf full parity speed funasr best cpuside
-# residency squeeze hour cpu cudatest live rss10h whisper.
+# residency squeeze hour cpu cudatest live rss10h whisper nographs.
+#   nographs ours with CUDA graphs off and on (GPUSCRIBE_CUDA_GRAPHS), forward and speed, same run
 #   best     forward + argmax, ours (bf16, f16, f32) against FunASR at its best (fp32, autocast f16 and
 #            bf16) at batch 16/32/64 in one run, plus FunASR's own autocast agreement and generate();
 #            the table comes from tools/gpu/compare.py
@@ -80,6 +81,17 @@ if has best; then
     done
     cp "$WORK/best.jsonl" "$OUT/" 2>/dev/null
     python3 tools/gpu/compare.py "$WORK/best.jsonl"
+fi
+
+if has nographs; then
+    say "A/B: ours with CUDA graphs off (GPUSCRIBE_CUDA_GRAPHS=0), then on, same shapes"
+    for graphs in 0 1; do
+        for dt in f16 bf16; do
+            GPUSCRIBE_CUDA_GRAPHS=$graphs "$BIN/sensevoice_bench" forward "$MODEL" cuda:0 "$dt" "$WORK/speech_30s.wav" "${BEST_BATCHES:-8,16,32,64}" 10 \
+                | python3 -c "import json,sys; [print('graphs=$graphs', d['dtype'], 'b%d' % d['batch'], '%.2f ms' % d['median_ms'], '%.0fx' % d['x_realtime_median'], 'kept', d.get('cuda_graphs_kept')) for d in map(json.loads, sys.stdin)]"
+        done
+        GPUSCRIBE_CUDA_GRAPHS=$graphs "$BIN/sensevoice_bench" speed "$MODEL" cuda:0 bf16 16 "$WORK/speech_10s.wav" "$WORK/speech_30s.wav"
+    done
 fi
 
 if has cpuside; then

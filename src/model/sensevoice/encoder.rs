@@ -134,6 +134,21 @@ impl FrameContext {
     }
 }
 
+impl FrameContext {
+    /// The context of a pass through the fused CUDA kernels whose valid lengths (u32 `[B]`)
+    /// are already on the device: no masks, no gather index, nothing uploaded (what a CUDA
+    /// graph replays with new lengths written into the same buffer).
+    pub fn for_fused_cuda(lengths: Tensor, host_lengths: Vec<usize>) -> Self {
+        Self {
+            mask: None,
+            fsmn_unfold: None,
+            lengths,
+            host_lengths,
+            cpu_fused: false,
+        }
+    }
+}
+
 /// `torch.nn.LayerNorm` with f32 parameters, computed in f32 whatever the model dtype.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -625,8 +640,10 @@ impl SenseVoiceEncoderSmall {
             cpu_fused,
         )?;
         let pe = sinusoidal_position_encoding(t, depth, xs.device())?;
-        let mut xs =
-            (xs.to_dtype(DType::F32)? * (self.output_size as f64).sqrt())?.broadcast_add(&pe)?;
+        if deferred {
+            return self.forward_prepared(xs, &ctx, &pe);
+        }
+        let mut xs = self.scaled_input(xs, &pe)?;
         let mut emit = |name: &str, x: &Tensor| -> Result<()> {
             match capture.as_mut() {
                 Some(f) => f(name, x),
@@ -634,36 +651,43 @@ impl SenseVoiceEncoderSmall {
             }
         };
         emit("encoder_input", &xs)?;
-        if !deferred {
-            for (i, layer) in self.encoders0.iter().enumerate() {
-                xs = layer.forward(&xs, &ctx)?;
-                emit(&format!("encoders0.{i}"), &xs)?;
-            }
-            for (i, layer) in self.encoders.iter().enumerate() {
-                xs = layer.forward(&xs, &ctx)?;
-                emit(&format!("encoders.{i}"), &xs)?;
-            }
-        } else {
-            let layers = self.encoders0.iter().chain(&self.encoders);
-            xs = Self::forward_stack_deferred(layers, xs, &ctx)?;
+        for (i, layer) in self.encoders0.iter().enumerate() {
+            xs = layer.forward(&xs, &ctx)?;
+            emit(&format!("encoders0.{i}"), &xs)?;
+        }
+        for (i, layer) in self.encoders.iter().enumerate() {
+            xs = layer.forward(&xs, &ctx)?;
+            emit(&format!("encoders.{i}"), &xs)?;
         }
         xs = self.after_norm.forward_in(&xs, &ctx)?;
         emit("after_norm", &xs)?;
-        if !deferred {
-            for (i, layer) in self.tp_encoders.iter().enumerate() {
-                xs = layer.forward(&xs, &ctx)?;
-                emit(&format!("tp_encoders.{i}"), &xs)?;
-            }
-        } else {
-            xs = Self::forward_stack_deferred(&self.tp_encoders, xs, &ctx)?;
+        for (i, layer) in self.tp_encoders.iter().enumerate() {
+            xs = layer.forward(&xs, &ctx)?;
+            emit(&format!("tp_encoders.{i}"), &xs)?;
         }
         xs = self.tp_norm.forward_in(&xs, &ctx)?;
         emit("tp_norm", &xs)?;
         Ok(xs)
     }
-}
 
-impl SenseVoiceEncoderSmall {
+    /// `xs · √D + pe` in f32: the encoder's input scaling and position encoding.
+    fn scaled_input(&self, xs: &Tensor, pe: &Tensor) -> Result<Tensor> {
+        (xs.to_dtype(DType::F32)? * (self.output_size as f64).sqrt())?.broadcast_add(pe)
+    }
+
+    /// The encoder on `xs` `[B, T, input_size]` with its context and position encoding
+    /// (`pe` = [`sinusoidal_position_encoding`]`(T, input_size)`) made by the caller, each
+    /// layer's last residual add deferred into the next layer's first LayerNorm; returns f32
+    /// `[B, T, D]`. It copies nothing between host and device, so a CUDA graph can capture it.
+    pub fn forward_prepared(&self, xs: &Tensor, ctx: &FrameContext, pe: &Tensor) -> Result<Tensor> {
+        let xs = self.scaled_input(xs, pe)?;
+        let layers = self.encoders0.iter().chain(&self.encoders);
+        let xs = Self::forward_stack_deferred(layers, xs, ctx)?;
+        let xs = self.after_norm.forward_in(&xs, ctx)?;
+        let xs = Self::forward_stack_deferred(&self.tp_encoders, xs, ctx)?;
+        self.tp_norm.forward_in(&xs, ctx)
+    }
+
     /// `layers` in order on `xs`, each layer's last residual add deferred into the next one's
     /// first LayerNorm (see [`EncoderLayerSANM::forward_deferred`]); the last add runs here.
     fn forward_stack_deferred<'a>(

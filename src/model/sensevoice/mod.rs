@@ -13,6 +13,8 @@ pub mod cpu_ops;
 #[cfg(feature = "cuda")]
 mod cublaslt;
 #[cfg(feature = "cuda")]
+mod cuda_graph;
+#[cfg(feature = "cuda")]
 mod cuda_ops;
 pub mod decode;
 pub mod encoder;

@@ -7,7 +7,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::config::SenseVoiceConfig;
 use super::cpu_matmul::{CpuMatmul, Projection};
-use super::encoder::{Capture, SenseVoiceEncoderSmall};
+use super::encoder::{Capture, FrameContext, SenseVoiceEncoderSmall, sinusoidal_position_encoding};
 use super::{cpu_ops, fused};
 
 /// Rows of `embed.weight` used as the four prompt frames.
@@ -141,6 +141,10 @@ pub struct SenseVoiceSmall {
     input_size: usize,
     vocab_size: usize,
     dtype: DType,
+    /// Captured CUDA graphs of repeated pass shapes (CUDA builds on a CUDA device with the
+    /// fused kernels, unless `GPUSCRIBE_CUDA_GRAPHS=0`).
+    #[cfg(feature = "cuda")]
+    graphs: Option<std::sync::Arc<super::cuda_graph::Graphs>>,
 }
 
 impl SenseVoiceSmall {
@@ -177,7 +181,18 @@ impl SenseVoiceSmall {
             input_size,
             vocab_size,
             dtype: vb.dtype(),
+            #[cfg(feature = "cuda")]
+            graphs: super::cuda_graph::Graphs::for_device(vb.device()).map(std::sync::Arc::new),
         })
+    }
+
+    /// CUDA graphs of pass shapes this model keeps now (0 without CUDA graphs).
+    pub fn cuda_graphs_kept(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &self.graphs {
+            return graphs.kept();
+        }
+        0
     }
 
     /// The encoder.
@@ -215,8 +230,75 @@ impl SenseVoiceSmall {
         feat_lengths: &[usize],
         prompts: &[Prompt],
     ) -> Result<(Tensor, Vec<usize>)> {
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &self.graphs
+            && let Some((_, ids, lengths)) = graphs.encode_ids(self, feats, feat_lengths, prompts)?
+        {
+            return Ok((ids, lengths));
+        }
         let (enc, lengths) = self.encode_for_ctc(feats, feat_lengths, prompts)?;
         Ok((self.ctc_ids(&enc)?, lengths))
+    }
+
+    /// [`Self::encode_for_ctc`] and [`Self::ctc_ids`] of its output in one call: the encoder
+    /// output, the ids and the valid lengths. On a CUDA device a pass shape seen before runs as
+    /// one captured CUDA graph (the same kernels, a single launch).
+    pub fn encode_ids(
+        &self,
+        feats: &Tensor,
+        feat_lengths: &[usize],
+        prompts: &[Prompt],
+    ) -> Result<(Tensor, Tensor, Vec<usize>)> {
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &self.graphs
+            && let Some(out) = graphs.encode_ids(self, feats, feat_lengths, prompts)?
+        {
+            return Ok(out);
+        }
+        let (enc, lengths) = self.encode_for_ctc(feats, feat_lengths, prompts)?;
+        let ids = self.ctc_ids(&enc)?;
+        Ok((enc, ids, lengths))
+    }
+
+    /// The prompt rows of `prompts` (u32 `[B · 4]`, on the host) for [`Self::encode_prepared`].
+    pub(crate) fn prompt_rows(prompts: &[Prompt]) -> Vec<u32> {
+        prompts.iter().flat_map(|p| p.embed_rows()).collect()
+    }
+
+    /// One encoder pass of `feats` (f32 `[B, T, input_size]`) whose prompt rows, context and
+    /// position encoding (`[1, 4 + T, input_size]`) are already on the device: the encoder
+    /// output in the compute dtype and the greedy ids. Nothing crosses between host and
+    /// device, so a CUDA graph can capture it.
+    pub(crate) fn encode_prepared(
+        &self,
+        feats: &Tensor,
+        rows: &Tensor,
+        ctx: &FrameContext,
+        pe: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let b = feats.dim(0)?;
+        let prompt =
+            self.embed
+                .index_select(rows, 0)?
+                .reshape((b, PROMPT_FRAMES, self.input_size))?;
+        let xs = Tensor::cat(&[&prompt, feats], 1)?;
+        let enc = self
+            .encoder
+            .forward_prepared(&xs, ctx, pe)?
+            .to_dtype(self.dtype)?;
+        let ids = self.ctc_ids(&enc)?;
+        Ok((enc, ids))
+    }
+
+    /// The position encoding [`Self::encode_prepared`] takes for passes of `frames` frames
+    /// (prompt frames included).
+    pub(crate) fn position_encoding(&self, frames: usize) -> Result<Tensor> {
+        sinusoidal_position_encoding(frames, self.input_size, self.device())
+    }
+
+    /// [`FrameContext::for_fused_cuda`] with `lengths` (prompt frames included) on the device.
+    pub(crate) fn fused_context(lengths: Tensor, host_lengths: Vec<usize>) -> FrameContext {
+        FrameContext::for_fused_cuda(lengths, host_lengths)
     }
 
     /// The encoder output `[B, 4 + T_max, D]` in the compute dtype, ready for the CTC head, and

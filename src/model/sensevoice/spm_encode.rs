@@ -21,7 +21,7 @@ use std::path::Path;
 
 use sentencepiece_model::{ModelType, SentencePieceModel, Type};
 
-use super::tokenizer::{MAX_TOKENIZER_BYTES, TokenizerError};
+use super::tokenizer::TokenizerError;
 
 const SPACE_SYMBOL: &[u8] = "\u{2581}".as_bytes();
 const REPLACEMENT_CHAR: &[u8] = "\u{FFFD}".as_bytes();
@@ -151,16 +151,9 @@ struct Symbol {
 }
 
 impl SpmEncoder {
-    /// Reads a `.bpe.model` (at most [`MAX_TOKENIZER_BYTES`]).
+    /// Reads a `.bpe.model` (at most [`super::tokenizer::MAX_TOKENIZER_BYTES`] bytes).
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let bytes =
-            crate::model::bounded::read_bounded(path, MAX_TOKENIZER_BYTES).map_err(|source| {
-                TokenizerError::Io {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-        Self::from_bytes(&bytes, path)
+        Self::from_bytes(&super::tokenizer::read_model_file(path)?, path)
     }
 
     /// Parses a `.bpe.model`; `path` is used in messages.

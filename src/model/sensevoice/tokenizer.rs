@@ -76,17 +76,21 @@ pub struct Tokenizer {
 /// Largest tokenizer model accepted (the release's is 377 kB).
 pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 
+/// The bytes of a SentencePiece model file, at most [`MAX_TOKENIZER_BYTES`] (read once, for
+/// both the decoding [`Tokenizer`] and the [`super::spm_encode::SpmEncoder`]).
+pub fn read_model_file(path: &Path) -> Result<Vec<u8>, TokenizerError> {
+    crate::model::bounded::read_bounded(path, MAX_TOKENIZER_BYTES).map_err(|source| {
+        TokenizerError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
 impl Tokenizer {
     /// Reads a `.bpe.model` / `.model` file (at most [`MAX_TOKENIZER_BYTES`]).
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let bytes =
-            crate::model::bounded::read_bounded(path, MAX_TOKENIZER_BYTES).map_err(|source| {
-                TokenizerError::Io {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-        Self::from_bytes(&bytes, path)
+        Self::from_bytes(&read_model_file(path)?, path)
     }
 
     /// Parses model bytes; `path` is used in messages.

@@ -136,8 +136,9 @@ impl SenseVoice {
                 ),
             });
         }
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-        let encoder = SpmEncoder::from_file(&files.tokenizer)?;
+        let spm = super::tokenizer::read_model_file(&files.tokenizer)?;
+        let tokenizer = Tokenizer::from_bytes(&spm, &files.tokenizer)?;
+        let encoder = SpmEncoder::from_bytes(&spm, &files.tokenizer)?;
         let expected = expected_tensors(&config, tokenizer.vocab_size());
         let host = HostWeights::load_checked(&files.weights, &expected)?;
         host.validate(&expected)?;
@@ -335,11 +336,10 @@ impl SenseVoice {
             (ids, out.lengths, Some(out.logits), None)
         } else if opts.timestamps {
             let (xs, feat_lengths) = self.upload(feats)?;
-            let (enc, lengths) = self
+            let (enc, ids, lengths) = self
                 .model
-                .encode_for_ctc(&xs, &feat_lengths, &prompts)
+                .encode_ids(&xs, &feat_lengths, &prompts)
                 .map_err(compute("forward pass"))?;
-            let ids = self.model.ctc_ids(&enc).map_err(compute("forward pass"))?;
             (ids, lengths, None, Some(enc))
         } else {
             let (xs, feat_lengths) = self.upload(feats)?;
