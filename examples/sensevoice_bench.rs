@@ -185,10 +185,31 @@ fn speed(
         })
         .collect::<Result<_, _>>()?;
     let ms10 = median(runs.clone());
+    // Where the clip's time goes: the frontend alone, and the network (ids to the host) alone.
+    let timed = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let runs = (0..10)
+            .map(|_| {
+                let started = Instant::now();
+                f().map(|()| started.elapsed().as_secs_f64() * 1000.0)
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        Ok(median(runs))
+    };
+    let frontend_ms = timed(&mut || {
+        model.features(&clip10);
+        Ok(())
+    })?;
+    let feats10 = [model.features(&clip10)];
+    let network_ms = timed(&mut || {
+        let (ids, _) = model.forward_ids_features(&feats10, &[Prompt::default()])?;
+        ids.to_vec2::<u32>()?;
+        Ok(())
+    })?;
     println!(
         "{}",
         serde_json::json!({"bench": "10s_clip_end_to_end", "dtype": format!("{dt:?}"), "median_ms": ms10,
             "min_ms": runs.iter().copied().fold(f64::INFINITY, f64::min), "load_ms": load_ms,
+            "frontend_ms": frontend_ms, "network_ids_ms": network_ms,
             "x_realtime": 10_000.0 / ms10})
     );
     let clips: Vec<&[f32]> = (0..batch).map(|_| segment.as_slice()).collect();

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use realfft::{RealFftPlanner, RealToComplex};
 
 /// Sample rate the frontend expects, in Hz.
@@ -15,6 +16,8 @@ pub const SAMPLE_RATE_HZ: u32 = 16_000;
 const WINDOW_SAMPLES: usize = 400;
 /// Samples per 10 ms hop at 16 kHz.
 const HOP_SAMPLES: usize = 160;
+/// Frames one parallel task of the fbank computes (1.28 s of audio).
+const FRAMES_PER_TASK: usize = 128;
 const PREEMPHASIS: f64 = 0.97;
 const LOW_FREQ_HZ: f64 = 20.0;
 /// torch's float32 epsilon, the floor of the mel energies before the log.
@@ -206,7 +209,9 @@ impl FbankPlan {
         }
     }
 
-    /// Log-mel energies of every frame, row-major `[frames][n_mels]`.
+    /// Log-mel energies of every frame, row-major `[frames][n_mels]`. Frames are independent,
+    /// so runs of [`FRAMES_PER_TASK`] frames are computed in parallel on rayon's pool (each
+    /// frame exactly as alone: the result does not depend on the split).
     fn compute(&self, samples: &[f32]) -> Vec<f32> {
         let n = samples.len();
         if n < self.window_len || self.window_len == 0 {
@@ -214,14 +219,27 @@ impl FbankPlan {
         }
         let frames = 1 + (n - self.window_len) / HOP_SAMPLES;
         let n_mels = self.banks.len();
-        let mut out = Vec::with_capacity(frames * n_mels);
+        let mut out = vec![0.0f32; frames * n_mels];
+        let ok = out
+            .par_chunks_mut(FRAMES_PER_TASK * n_mels)
+            .enumerate()
+            .all(|(task, dst)| self.compute_frames(samples, task * FRAMES_PER_TASK, dst));
+        // The only possible error is a wrong buffer length, which cannot happen: the buffers
+        // come from the plan itself.
+        if ok { out } else { Vec::new() }
+    }
+
+    /// Frames `first..` of `samples` into `dst` (`n_mels` values per frame, as many frames as
+    /// `dst` holds); `false` if the FFT refused its buffers.
+    fn compute_frames(&self, samples: &[f32], first: usize, dst: &mut [f32]) -> bool {
+        let n_mels = self.banks.len();
         let mut input = self.fft.make_input_vec();
         let mut spectrum = self.fft.make_output_vec();
         let mut scratch = self.fft.make_scratch_vec();
         let mut frame = vec![0.0f64; self.window_len];
         let mut power = vec![0.0f64; spectrum.len()];
-        for i in 0..frames {
-            let start = i * HOP_SAMPLES;
+        for (i, row) in dst.chunks_exact_mut(n_mels).enumerate() {
+            let start = (first + i) * HOP_SAMPLES;
             for (dst, &s) in frame
                 .iter_mut()
                 .zip(&samples[start..start + self.window_len])
@@ -239,28 +257,26 @@ impl FbankPlan {
             for ((dst, x), w) in input.iter_mut().zip(&frame).zip(&self.window) {
                 *dst = x * w;
             }
-            // The only possible error is a wrong buffer length, which cannot happen: the buffers
-            // come from the plan itself.
             if self
                 .fft
                 .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
                 .is_err()
             {
-                return Vec::new();
+                return false;
             }
             for (p, c) in power.iter_mut().zip(&spectrum) {
                 *p = c.re * c.re + c.im * c.im;
             }
-            for (first, weights) in &self.banks {
+            for (out, (first, weights)) in row.iter_mut().zip(&self.banks) {
                 let energy: f64 = weights
                     .iter()
                     .zip(&power[*first..])
                     .map(|(w, p)| w * p)
                     .sum();
-                out.push(energy.max(ENERGY_FLOOR).ln() as f32);
+                *out = energy.max(ENERGY_FLOOR).ln() as f32;
             }
         }
-        out
+        true
     }
 }
 
@@ -449,6 +465,28 @@ mod tests {
                 .0
         };
         assert!(banks.windows(2).all(|w| centre(&w[0]) <= centre(&w[1])));
+    }
+
+    #[test]
+    fn parallel_fbank_equals_frames_computed_alone() {
+        let fe = Frontend::new(80, 7, 6, cmvn());
+        // 5.3 s of a chirp with noise: several parallel tasks and a partial last one.
+        let mut state = 7u32;
+        let samples: Vec<f32> = (0..85_000)
+            .map(|i| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let t = i as f32 / 16_000.0;
+                0.2 * (2.0 * std::f32::consts::PI * (200.0 + 300.0 * t) * t).sin()
+                    + (state >> 8) as f32 / (1u32 << 24) as f32 * 0.01
+            })
+            .collect();
+        let (fb, frames) = fe.fbank(&samples);
+        assert!(frames > 3 * FRAMES_PER_TASK, "{frames} frames");
+        for i in [0, 1, FRAMES_PER_TASK - 1, FRAMES_PER_TASK, frames - 1] {
+            let mut alone = vec![0.0f32; 80];
+            assert!(fe.plan.compute_frames(&samples, i, &mut alone));
+            assert_eq!(&fb[i * 80..(i + 1) * 80], alone.as_slice(), "frame {i}");
+        }
     }
 
     #[test]
