@@ -253,7 +253,7 @@ impl SenseVoice {
         prompts: &[Prompt],
         capture: Option<Capture<'_>>,
     ) -> Result<ModelOutput, ModelError> {
-        let (xs, lengths) = self.upload(feats)?;
+        let (xs, lengths) = self.upload_features(feats)?;
         self.model
             .forward(&xs, &lengths, prompts, capture)
             .map_err(compute("forward pass"))
@@ -267,14 +267,15 @@ impl SenseVoice {
         feats: &[(Vec<f32>, usize)],
         prompts: &[Prompt],
     ) -> Result<(Tensor, Vec<usize>), ModelError> {
-        let (xs, lengths) = self.upload(feats)?;
+        let (xs, lengths) = self.upload_features(feats)?;
         self.model
             .forward_ids(&xs, &lengths, prompts)
             .map_err(compute("forward pass"))
     }
 
-    /// Zero-pads per-clip features into one `[B, T_max, 560]` tensor on the model's device.
-    fn upload(&self, feats: &[(Vec<f32>, usize)]) -> Result<(Tensor, Vec<usize>), ModelError> {
+    /// Zero-pads per-clip features into one `[B, T_max, 560]` tensor on the model's device;
+    /// returns it and the valid frames per clip.
+    pub fn upload_features(&self, feats: &[(Vec<f32>, usize)]) -> Result<(Tensor, Vec<usize>), ModelError> {
         let dim = self.frontend.feature_dim();
         let t_max = feats.iter().map(|(_, t)| *t).max().unwrap_or(0);
         let mut padded = vec![0.0f32; feats.len() * t_max * dim];
@@ -335,14 +336,14 @@ impl SenseVoice {
             let ids = super::fused::argmax_last(&decode_logits).map_err(compute("argmax"))?;
             (ids, out.lengths, Some(out.logits), None)
         } else if opts.timestamps {
-            let (xs, feat_lengths) = self.upload(feats)?;
+            let (xs, feat_lengths) = self.upload_features(feats)?;
             let (enc, ids, lengths) = self
                 .model
                 .encode_ids(&xs, &feat_lengths, &prompts)
                 .map_err(compute("forward pass"))?;
             (ids, lengths, None, Some(enc))
         } else {
-            let (xs, feat_lengths) = self.upload(feats)?;
+            let (xs, feat_lengths) = self.upload_features(feats)?;
             let (ids, lengths) = self
                 .model
                 .forward_ids(&xs, &feat_lengths, &prompts)
