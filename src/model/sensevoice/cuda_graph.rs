@@ -26,8 +26,9 @@ use candle_core::{CudaDevice, DType, Device, Result, Tensor};
 use super::fused;
 use super::model::{ENCODER_CHUNK, PROMPT_FRAMES, Prompt, SenseVoiceSmall};
 
-/// Captured graphs kept at once: each holds the working memory of its pass while it is kept.
-pub const MAX_GRAPHS: usize = 4;
+/// Captured graphs kept at once: each holds the working memory of its pass (about 150 MiB for
+/// 16 × 30 s in bf16) while it is kept, which counts against the 2 GiB the app promises.
+pub const MAX_GRAPHS: usize = 2;
 /// Pass shapes remembered as seen once (forgotten all together past this).
 const MAX_SEEN: usize = 256;
 
@@ -175,7 +176,19 @@ impl Graphs {
         match state.shapes.get_mut(&key) {
             Some(Shape::Ready(c)) => {
                 c.last_used = tick;
-                return c.replay(pass);
+                match c.replay(pass) {
+                    Ok(out) => return Ok(out),
+                    Err(err) => {
+                        // The graph goes (and its memory with it); out of memory is the caller's
+                        // to handle (smaller batches), anything else runs directly from now on.
+                        state.shapes.insert(key, Shape::Failed);
+                        if err.to_string().contains("OUT_OF_MEMORY") {
+                            return Err(err);
+                        }
+                        tracing::warn!("CUDA graph replay failed, running directly: {err}");
+                        return pass.direct(model);
+                    }
+                }
             }
             Some(Shape::Failed) => return pass.direct(model),
             Some(Shape::Seen) => {}
