@@ -204,11 +204,7 @@ impl Graphs {
         state.evict_to(MAX_GRAPHS - 1);
         match Captured::capture(&self.cuda, model, pass, tick) {
             Ok((captured, out)) => {
-                tracing::debug!(
-                    "CUDA graph captured for {} items × {} frames",
-                    key.0,
-                    key.1
-                );
+                tracing::debug!("CUDA graph captured for {} items × {} frames", key.0, key.1);
                 state.shapes.insert(key, Shape::Ready(Box::new(captured)));
                 Ok(out)
             }

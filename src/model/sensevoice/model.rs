@@ -7,7 +7,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::config::SenseVoiceConfig;
 use super::cpu_matmul::{CpuMatmul, Projection};
-use super::encoder::{Capture, FrameContext, SenseVoiceEncoderSmall, sinusoidal_position_encoding};
+use super::encoder::{Capture, SenseVoiceEncoderSmall};
 use super::{cpu_ops, fused};
 
 /// Rows of `embed.weight` used as the four prompt frames.
@@ -232,7 +232,8 @@ impl SenseVoiceSmall {
     ) -> Result<(Tensor, Vec<usize>)> {
         #[cfg(feature = "cuda")]
         if let Some(graphs) = &self.graphs
-            && let Some((_, ids, lengths)) = graphs.encode_ids(self, feats, feat_lengths, prompts)?
+            && let Some((_, ids, lengths)) =
+                graphs.encode_ids(self, feats, feat_lengths, prompts)?
         {
             return Ok((ids, lengths));
         }
@@ -269,11 +270,12 @@ impl SenseVoiceSmall {
     /// position encoding (`[1, 4 + T, input_size]`) are already on the device: the encoder
     /// output in the compute dtype and the greedy ids. Nothing crosses between host and
     /// device, so a CUDA graph can capture it.
+    #[cfg(feature = "cuda")]
     pub(crate) fn encode_prepared(
         &self,
         feats: &Tensor,
         rows: &Tensor,
-        ctx: &FrameContext,
+        ctx: &super::encoder::FrameContext,
         pe: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let b = feats.dim(0)?;
@@ -292,13 +294,18 @@ impl SenseVoiceSmall {
 
     /// The position encoding [`Self::encode_prepared`] takes for passes of `frames` frames
     /// (prompt frames included).
+    #[cfg(feature = "cuda")]
     pub(crate) fn position_encoding(&self, frames: usize) -> Result<Tensor> {
-        sinusoidal_position_encoding(frames, self.input_size, self.device())
+        super::encoder::sinusoidal_position_encoding(frames, self.input_size, self.device())
     }
 
-    /// [`FrameContext::for_fused_cuda`] with `lengths` (prompt frames included) on the device.
-    pub(crate) fn fused_context(lengths: Tensor, host_lengths: Vec<usize>) -> FrameContext {
-        FrameContext::for_fused_cuda(lengths, host_lengths)
+    /// [`super::encoder::FrameContext::for_fused_cuda`] with `lengths` (prompt frames included) on the device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn fused_context(
+        lengths: Tensor,
+        host_lengths: Vec<usize>,
+    ) -> super::encoder::FrameContext {
+        super::encoder::FrameContext::for_fused_cuda(lengths, host_lengths)
     }
 
     /// The encoder output `[B, 4 + T_max, D]` in the compute dtype, ready for the CTC head, and
@@ -400,8 +407,11 @@ impl SenseVoiceSmall {
                 prompts.len()
             );
         }
-        let rows: Vec<u32> = prompts.iter().flat_map(|p| p.embed_rows()).collect();
-        let rows = Tensor::from_vec(rows, b * PROMPT_FRAMES, feats.device())?;
+        let rows = Tensor::from_vec(
+            Self::prompt_rows(prompts),
+            b * PROMPT_FRAMES,
+            feats.device(),
+        )?;
         let prompt =
             self.embed
                 .index_select(&rows, 0)?

@@ -275,7 +275,10 @@ impl SenseVoice {
 
     /// Zero-pads per-clip features into one `[B, T_max, 560]` tensor on the model's device;
     /// returns it and the valid frames per clip.
-    pub fn upload_features(&self, feats: &[(Vec<f32>, usize)]) -> Result<(Tensor, Vec<usize>), ModelError> {
+    pub fn upload_features(
+        &self,
+        feats: &[(Vec<f32>, usize)],
+    ) -> Result<(Tensor, Vec<usize>), ModelError> {
         let dim = self.frontend.feature_dim();
         let t_max = feats.iter().map(|(_, t)| *t).max().unwrap_or(0);
         let mut padded = vec![0.0f32; feats.len() * t_max * dim];
@@ -352,74 +355,124 @@ impl SenseVoice {
         };
         meanwhile();
         let frame_ids = ids.to_vec2::<u32>().map_err(compute("argmax"))?;
-        let mut results = Vec::with_capacity(clips.len());
-        for (b, clip) in clips.iter().enumerate() {
-            let len = lengths[b];
-            let ids = ctc_greedy(&frame_ids[b][..len], BLANK_ID);
-            let raw_text = self.tokenizer.decode(&ids)?;
-            let (tags, _) = parse_leading_tags(&raw_text);
-            let text = match opts.text_style {
-                TextStyle::Plain => strip_tags(&raw_text),
-                TextStyle::Rich => rich_transcription_postprocess(&raw_text),
-            };
-            let mut transcript = Transcript {
-                tags,
-                text,
-                raw_text,
-                token_ids: ids,
-                tokens: Vec::new(),
-                words: Vec::new(),
-                segments: Vec::new(),
-                duration_s: clip.len() as f64 / 16_000.0,
-            };
-            if let Some(enc) = encoded.as_ref() {
-                self.add_timestamps_from_encoder(enc, b, len, &frame_ids[b], &mut transcript)?;
-            } else if let Some(logits) = logits.as_ref().filter(|_| opts.timestamps) {
-                self.add_timestamps(logits, b, len, &mut transcript)?;
+        // The items' text, then their timestamps: the CPU work of each item runs in parallel
+        // on rayon's pool, and the device's log-probabilities of every item are enqueued before
+        // the first is read back (one wait, not one per item).
+        let mut results = clips
+            .par_iter()
+            .enumerate()
+            .map(|(b, clip)| self.text_of(&frame_ids[b][..lengths[b]], clip.len(), opts))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        if let Some(enc) = encoded.as_ref() {
+            self.add_timestamps_from_encoder(enc, &lengths, &frame_ids, &mut results)?;
+        } else if let Some(logits) = logits.as_ref().filter(|_| opts.timestamps) {
+            for (b, transcript) in results.iter_mut().enumerate() {
+                self.add_timestamps(logits, b, lengths[b], transcript)?;
             }
-            results.push(transcript);
         }
         Ok(results)
     }
 
-    /// [`Self::add_timestamps`] from the encoder output: the CTC head and log-softmax run on
-    /// the device for item `b` alone, and only the columns of its ids and the blank come back
-    /// (`frames x (distinct ids + 1)` floats instead of `frames x vocab`). `frame_ids` are the
-    /// item's greedy frame ids (prompt frames included), which say where blank is the argmax.
+    /// The transcript of one item's greedy frame ids (prompt frames included), without
+    /// timestamps; `samples` is the clip's length.
+    fn text_of(
+        &self,
+        frame_ids: &[u32],
+        samples: usize,
+        opts: &DecodeOptions,
+    ) -> Result<Transcript, ModelError> {
+        let ids = ctc_greedy(frame_ids, BLANK_ID);
+        let raw_text = self.tokenizer.decode(&ids)?;
+        let (tags, _) = parse_leading_tags(&raw_text);
+        let text = match opts.text_style {
+            TextStyle::Plain => strip_tags(&raw_text),
+            TextStyle::Rich => rich_transcription_postprocess(&raw_text),
+        };
+        Ok(Transcript {
+            tags,
+            text,
+            raw_text,
+            token_ids: ids,
+            tokens: Vec::new(),
+            words: Vec::new(),
+            segments: Vec::new(),
+            duration_s: samples as f64 / 16_000.0,
+        })
+    }
+
+    /// [`Self::add_timestamps`] from the encoder output for every item of a batch: the CTC head
+    /// and log-softmax run on the device per item, and only the columns of its ids and the blank
+    /// come back (`frames x (distinct ids + 1)` floats instead of `frames x vocab`).
+    /// `frame_ids[b]` are item b's greedy frame ids (prompt frames included), which say where
+    /// blank is the argmax.
     fn add_timestamps_from_encoder(
         &self,
         enc: &Tensor,
-        b: usize,
-        len: usize,
-        frame_ids: &[u32],
-        transcript: &mut Transcript,
+        lengths: &[usize],
+        frame_ids: &[Vec<u32>],
+        results: &mut [Transcript],
     ) -> Result<(), ModelError> {
-        if len <= PROMPT_FRAMES || transcript.token_ids.len() <= PROMPT_FRAMES {
-            return Ok(());
-        }
-        let targets = self.alignment_targets(transcript);
-        let mut columns = vec![BLANK_ID];
-        for &id in targets.greedy.iter().chain(targets.funasr_ids()) {
-            if !columns.contains(&id) {
-                columns.push(id);
-            }
-        }
-        let lp = self
-            .model
-            .speech_log_probs(enc, b, len, &columns)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(compute("timestamps"))?;
-        let blank_frames: Vec<bool> = frame_ids[PROMPT_FRAMES..len]
-            .iter()
-            .map(|&id| id == BLANK_ID)
+        // What to align, and the columns it reads (CPU, per item).
+        let plans: Vec<Option<(Targets, Vec<u32>)>> = results
+            .par_iter()
+            .enumerate()
+            .map(|(b, transcript)| {
+                if lengths[b] <= PROMPT_FRAMES || transcript.token_ids.len() <= PROMPT_FRAMES {
+                    return None;
+                }
+                let targets = self.alignment_targets(transcript);
+                let mut columns = vec![BLANK_ID];
+                for &id in targets.greedy.iter().chain(targets.funasr_ids()) {
+                    if !columns.contains(&id) {
+                        columns.push(id);
+                    }
+                }
+                Some((targets, columns))
+            })
             .collect();
-        let (tokens, words) = targets
-            .align(|ids, pieces| align_token_columns(&lp, &columns, &blank_frames, ids, pieces))?;
-        transcript.segments = segments_from_words(&words);
-        transcript.tokens = tokens;
-        transcript.words = words;
-        Ok(())
+        // The device's part, every item enqueued before any is read back.
+        let on_device = plans
+            .iter()
+            .enumerate()
+            .map(|(b, plan)| {
+                plan.as_ref()
+                    .map(|(_, columns)| {
+                        self.model
+                            .speech_log_probs(enc, b, lengths[b], columns)
+                            .and_then(|t| t.flatten_all())
+                    })
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(compute("timestamps"))?;
+        let host = on_device
+            .iter()
+            .map(|t| t.as_ref().map(Tensor::to_vec1::<f32>).transpose())
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(compute("timestamps"))?;
+        // The forced alignments (CPU, per item).
+        results
+            .par_iter_mut()
+            .zip(plans)
+            .zip(host)
+            .enumerate()
+            .try_for_each(|(b, ((transcript, plan), lp))| {
+                let (Some((targets, columns)), Some(lp)) = (plan, lp) else {
+                    return Ok(());
+                };
+                let len = lengths[b];
+                let blank_frames: Vec<bool> = frame_ids[b][PROMPT_FRAMES..len]
+                    .iter()
+                    .map(|&id| id == BLANK_ID)
+                    .collect();
+                let (tokens, words) = targets.align(|ids, pieces| {
+                    align_token_columns(&lp, &columns, &blank_frames, ids, pieces)
+                })?;
+                transcript.segments = segments_from_words(&words);
+                transcript.tokens = tokens;
+                transcript.words = words;
+                Ok(())
+            })
     }
 
     /// What to align for `transcript`: FunASR's re-encoding of its text, and its greedy ids
