@@ -2,8 +2,10 @@
 //! command line, and one shard of an array job on a cluster.
 //!
 //! Transcripts go to stdout (in input order; JSON: an array with one object per transcribed file)
-//! or, with `--output-dir`, to `<stem>.<format>` files there, each written durably as soon as its
-//! file is done (see [`outputs`]). Two inputs with the same stem never share an output: the later
+//! or, with `--output-dir`, to `<stem>.<format>` files there, each written as its results come
+//! ([`writer`]: nothing holds a whole transcript but the history) and made durable as soon as its
+//! file is done (see [`outputs`]). A file that fails part way keeps what it got in
+//! `<stem>.partial.<format>` (on stdout: printed in its place). Two inputs with the same stem never share an output: the later
 //! one in the list gets `<stem>.<8 hex digits>.<format>` (see [`inputs::output_names`]), said on
 //! stderr. Progress, notices and errors go to stderr. Bad files are reported by name; the others
 //! still run. The exit status tells a scheduler what to retry ([`EXIT_STATUS_HELP`]).

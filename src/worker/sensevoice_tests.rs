@@ -299,10 +299,13 @@ fn an_mp3_of_copies_that_keep_their_headers_is_transcribed_whole_with_steady_pro
     }
 }
 
+/// Every segment's result by the bits of the segment's samples.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u32>, crate::worker::SegmentText)>>>;
+
 /// The real model, recording every segment's result by the segment's samples.
 struct Recording {
     inner: Box<dyn crate::worker::SpeechModel>,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(Vec<u32>, crate::worker::SegmentText)>>>,
+    seen: Seen,
 }
 
 impl crate::worker::SpeechModel for Recording {
