@@ -2,8 +2,10 @@
 //! command line, and one shard of an array job on a cluster.
 //!
 //! Transcripts go to stdout (in input order; JSON: an array with one object per transcribed file)
-//! or, with `--output-dir`, to `<stem>.<format>` files there, each written durably as soon as its
-//! file is done (see [`outputs`]). Two inputs with the same stem never share an output: the later
+//! or, with `--output-dir`, to `<stem>.<format>` files there, each written as its results come
+//! ([`writer`]: nothing holds a whole transcript but the history) and made durable as soon as its
+//! file is done (see [`outputs`]). A file that fails part way keeps what it got in
+//! `<stem>.partial.<format>` (on stdout: printed in its place). Two inputs with the same stem never share an output: the later
 //! one in the list gets `<stem>.<8 hex digits>.<format>` (see [`inputs::output_names`]), said on
 //! stderr. Progress, notices and errors go to stderr. Bad files are reported by name; the others
 //! still run. The exit status tells a scheduler what to retry ([`EXIT_STATUS_HELP`]).
@@ -11,6 +13,7 @@
 mod inputs;
 pub mod outputs;
 pub mod shard;
+pub mod writer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
@@ -22,8 +25,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::engine::protocol::Precision;
-use crate::engine::subtitles::{CueArgs, CueRules};
-use crate::engine::transcript::{ExportFormat, FileTranscript, render_with};
+use crate::engine::subtitles::CueArgs;
+use crate::engine::transcript::{ExportFormat, TranscriptAssembler};
 use crate::engine::{
     DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, Event, GpuFree, JobId, Request,
     SpeechEngine,
@@ -248,20 +251,19 @@ struct Item {
 }
 
 /// Transcripts printed to stdout in input order, each as soon as the ones before it are out.
+/// Each waits in its own temporary file ([`writer::Rendered`]), not in memory.
 struct StdoutSink {
     format: ExportFormat,
-    rules: CueRules,
     headers: bool,
     next: usize,
-    ready: BTreeMap<usize, Option<FileTranscript>>,
+    ready: BTreeMap<usize, Option<(PathBuf, writer::Rendered)>>,
     printed: usize,
 }
 
 impl StdoutSink {
-    fn new(format: ExportFormat, rules: CueRules, count: usize) -> Self {
+    fn new(format: ExportFormat, count: usize) -> Self {
         Self {
             format,
-            rules,
             headers: count > 1,
             next: 0,
             ready: BTreeMap::new(),
@@ -269,37 +271,38 @@ impl StdoutSink {
         }
     }
 
-    /// Item `index` is finished (`None`: failed, nothing to print).
-    fn offer(&mut self, index: usize, transcript: Option<FileTranscript>) -> std::io::Result<()> {
-        self.ready.insert(index, transcript);
-        while let Some(transcript) = self.ready.remove(&self.next) {
+    /// Item `index` is finished (`None`: failed, nothing to print): `(its path, its output)`.
+    fn offer(
+        &mut self,
+        index: usize,
+        rendered: Option<(PathBuf, writer::Rendered)>,
+    ) -> std::io::Result<()> {
+        self.ready.insert(index, rendered);
+        while let Some(rendered) = self.ready.remove(&self.next) {
             self.next += 1;
-            if let Some(transcript) = transcript {
-                self.print(&transcript)?;
+            if let Some((path, rendered)) = rendered {
+                self.print(&path, rendered)?;
             }
         }
         Ok(())
     }
 
-    fn print(&mut self, transcript: &FileTranscript) -> std::io::Result<()> {
-        let mut out = std::io::stdout().lock();
+    fn print(&mut self, path: &Path, rendered: writer::Rendered) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         if self.format == ExportFormat::Json {
             out.write_all(if self.printed == 0 { b"[\n" } else { b",\n" })?;
-            serde_json::to_writer_pretty(&mut out, transcript)?;
-        } else {
-            if self.headers {
-                writeln!(out, "==> {} <==", transcript.path.display())?;
-            }
-            out.write_all(render_with(transcript, self.format, &self.rules).as_bytes())?;
+        } else if self.headers {
+            writeln!(out, "==> {} <==", path.display())?;
         }
+        rendered.copy_to(&mut out)?;
         self.printed += 1;
         out.flush()
     }
 
     /// Prints what is left, in order, and closes the JSON array.
     fn finish(&mut self) -> std::io::Result<()> {
-        for transcript in std::mem::take(&mut self.ready).into_values().flatten() {
-            self.print(&transcript)?;
+        for (path, rendered) in std::mem::take(&mut self.ready).into_values().flatten() {
+            self.print(&path, rendered)?;
         }
         if self.format == ExportFormat::Json {
             let mut out = std::io::stdout().lock();
@@ -308,6 +311,24 @@ impl StdoutSink {
         }
         Ok(())
     }
+}
+
+/// `talk.partial.txt` beside `talk.txt`: where what a failed file got is kept.
+fn partial_path(output: &Path) -> PathBuf {
+    let stem = output.file_stem().unwrap_or_default();
+    let mut name = stem.to_owned();
+    name.push(".partial");
+    if let Some(extension) = output.extension() {
+        name.push(".");
+        name.push(extension);
+    }
+    output.with_file_name(name)
+}
+
+/// `H:MM:SS` of audio.
+fn clock(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn resolve_shard(args: &TranscribeArgs) -> Result<Shard, String> {
@@ -455,6 +476,38 @@ impl Run<'_> {
         }
     }
 
+    /// Keeps what a file that failed on the way got: in `<stem>.partial.<ext>` beside its
+    /// output, or printed in its place. Returns what to say about it.
+    fn keep_partial(
+        &mut self,
+        item: &Item,
+        index: usize,
+        writer: writer::TranscriptWriter,
+        stdout: &mut StdoutSink,
+    ) -> String {
+        let before = format!(
+            "what was transcribed before, up to {} of its audio,",
+            clock(writer.covered_s())
+        );
+        let label = PathBuf::from(item.input.to_string_lossy().into_owned());
+        let rendered = writer.finish_partial(&label);
+        match &item.output {
+            Some(output) => {
+                let partial = partial_path(output);
+                match rendered.and_then(|r| r.commit(&partial)) {
+                    Ok(()) => format!("{before} is kept in {}", partial.display()),
+                    Err(err) => {
+                        format!("{before} could not be kept in {}: {err}", partial.display())
+                    }
+                }
+            }
+            None => match rendered.and_then(|r| stdout.offer(index, Some((label, r)))) {
+                Ok(()) => format!("{before} is printed in its place"),
+                Err(err) => format!("{before} could not be printed: {err}"),
+            },
+        }
+    }
+
     /// The files of this shard, with their outputs.
     fn plan(&mut self, shard: Shard) -> Result<Vec<Item>, NodeFailure> {
         let mut all = self.args.files.clone();
@@ -572,7 +625,7 @@ impl Run<'_> {
                 self.summary.skipped.len()
             );
         }
-        let mut stdout = StdoutSink::new(self.args.format, self.args.cues.rules(), items.len());
+        let mut stdout = StdoutSink::new(self.args.format, items.len());
         if !to_run.is_empty() {
             self.transcribe(&items, to_run, target, gpus, &mut stdout)?;
         }
@@ -611,6 +664,9 @@ impl Run<'_> {
             engine: engine_choice,
             precision: args.precision,
             target,
+            // Each output is written as its results come; nothing holds a whole transcript
+            // (but the history, which stores it).
+            stream_transcripts: true,
             ..EngineConfig::default()
         };
         let settings = DecodeSettings {
@@ -632,6 +688,11 @@ impl Run<'_> {
             .map_err(|err| NodeFailure(format!("cannot start the engine thread: {err}")))?;
         engine.send(Request::Gpus(gpus));
         let mut flight: HashMap<JobId, (usize, String)> = HashMap::new();
+        let mut writers: HashMap<JobId, writer::TranscriptWriter> = HashMap::new();
+        // The history stores whole transcripts: assembled for it alone.
+        let mut for_history: HashMap<JobId, TranscriptAssembler> = HashMap::new();
+        let stdout_dir =
+            std::env::temp_dir().join(format!("gpuscribe-stdout-{}", std::process::id()));
         let mut aliases = Aliases::default();
         let total = to_run.len();
         let mut finished = 0usize;
@@ -642,9 +703,34 @@ impl Run<'_> {
                 let Some(index) = to_run.pop_front() else {
                     break;
                 };
+                let beside = match &items[index].output {
+                    Some(output) => output.clone(),
+                    None => stdout_dir.with_file_name(format!(
+                        "gpuscribe-stdout-{}-{index}.{}",
+                        std::process::id(),
+                        args.format.extension()
+                    )),
+                };
+                let writer = match writer::TranscriptWriter::create(args.format, &rules, &beside) {
+                    Ok(writer) => writer,
+                    Err(err) => {
+                        let reason = format!("cannot write beside {}: {err}", beside.display());
+                        self.node_failed(reason.clone());
+                        self.summary.failed.push(FailedFile {
+                            input: JsonPath::from(items[index].input.as_path()),
+                            reason,
+                            cause: Cause::Node,
+                        });
+                        break;
+                    }
+                };
                 let path = aliases.engine_path(index, &items[index].input);
                 let job = engine.transcribe(path, settings.clone());
                 flight.insert(job, (index, String::new()));
+                writers.insert(job, writer);
+                if history.is_some() {
+                    for_history.insert(job, TranscriptAssembler::default());
+                }
             }
             if flight.is_empty() {
                 break;
@@ -654,7 +740,7 @@ impl Run<'_> {
                     "the engine gave no sign of life for {} s",
                     ENGINE_SILENCE.as_secs()
                 ));
-                for (index, _) in flight.into_values() {
+                for &(index, _) in flight.values() {
                     self.summary.failed.push(FailedFile {
                         input: JsonPath::from(items[index].input.as_path()),
                         reason: "the engine stopped answering".to_owned(),
@@ -664,7 +750,33 @@ impl Run<'_> {
                 break;
             };
             if let Some(history) = &mut history {
-                history.on_event(&event);
+                match &event {
+                    Event::JobTranscribed { job_id, results } => {
+                        if let Some(assembler) = for_history.get_mut(job_id) {
+                            results.iter().for_each(|r| assembler.push(r.clone()));
+                        }
+                    }
+                    Event::JobDone {
+                        job_id,
+                        transcript,
+                        ms,
+                    } => {
+                        let whole = for_history
+                            .remove(job_id)
+                            .unwrap_or_default()
+                            .finish(transcript.path.clone(), transcript.duration_s);
+                        history.on_event(&Event::JobDone {
+                            job_id: *job_id,
+                            transcript: whole,
+                            ms: *ms,
+                        });
+                    }
+                    Event::JobFailed { job_id, .. } => {
+                        for_history.remove(job_id);
+                        history.on_event(&event);
+                    }
+                    _ => history.on_event(&event),
+                }
             }
             match event {
                 Event::Notice(message) => {
@@ -692,12 +804,30 @@ impl Run<'_> {
                     warning: Some(warning),
                     ..
                 } => eprintln!("warning: {warning}"),
+                Event::JobTranscribed { job_id, results } => {
+                    let Some(writer) = writers.get_mut(&job_id) else {
+                        continue;
+                    };
+                    if let Err(err) = writer.push(&results) {
+                        let index = flight.get(&job_id).map_or(0, |f| f.0);
+                        self.node_failed(format!(
+                            "cannot write the transcript of {}: {err}",
+                            items[index].input.display()
+                        ));
+                        flight
+                            .keys()
+                            .for_each(|&id| engine.send(Request::Cancel(id)));
+                    }
+                }
                 Event::JobDone {
                     job_id,
                     mut transcript,
                     ms,
                 } => {
                     let Some((index, device)) = flight.remove(&job_id) else {
+                        continue;
+                    };
+                    let Some(writer) = writers.remove(&job_id) else {
                         continue;
                     };
                     if aliases.is_aliased(index) {
@@ -713,18 +843,23 @@ impl Run<'_> {
                         device,
                         engine_s: ms / 1000.0,
                     };
-                    let written = match &item.output {
-                        Some(path) => outputs::write_durable(
-                            path,
-                            render_with(&transcript, args.format, &rules).as_bytes(),
-                        )
-                        .map(|()| {
-                            eprintln!("[{finished}/{total}] wrote {}", path.display());
-                        })
-                        .map_err(|err| format!("cannot write {}: {err}", path.display())),
-                        None => stdout
-                            .offer(index, Some(transcript))
+                    let rendered = writer.finish(&transcript);
+                    let written = match (&item.output, rendered) {
+                        (Some(path), Ok(rendered)) => rendered
+                            .commit(path)
+                            .map(|()| {
+                                // A partial output of an earlier run is superseded.
+                                std::fs::remove_file(partial_path(path)).ok();
+                                eprintln!("[{finished}/{total}] wrote {}", path.display());
+                            })
+                            .map_err(|err| format!("cannot write {}: {err}", path.display())),
+                        (Some(path), Err(err)) => {
+                            Err(format!("cannot write {}: {err}", path.display()))
+                        }
+                        (None, Ok(rendered)) => stdout
+                            .offer(index, Some((transcript.path.clone(), rendered)))
                             .map_err(|err| format!("cannot write to stdout: {err}")),
+                        (None, Err(err)) => Err(format!("cannot write to stdout: {err}")),
                     };
                     match written {
                         Ok(()) => self.summary.done.push(done),
@@ -751,12 +886,23 @@ impl Run<'_> {
                     };
                     finished += 1;
                     let input = &items[index].input;
+                    // What was transcribed before the failure is the user's: kept, and said.
+                    let kept = writers
+                        .remove(&job_id)
+                        .filter(|w| !w.is_empty())
+                        .map(|w| self.keep_partial(&items[index], index, w, stdout));
                     let message = aliases.unalias(index, &message, input);
                     if cancelled && self.node_error.is_some() {
+                        if let Some(kept) = &kept {
+                            eprintln!("note: {}: {kept}", input.display());
+                        }
                         self.summary.not_run.push(JsonPath::from(input.as_path()));
                         continue;
                     }
-                    let reason = error_line(input, &message);
+                    let mut reason = error_line(input, &message);
+                    if let Some(kept) = &kept {
+                        reason = format!("{reason} ({kept})");
+                    }
                     eprintln!("error: {reason}");
                     let cause = if self.node_error.is_some() {
                         Cause::Node
@@ -782,11 +928,18 @@ impl Run<'_> {
                         reason,
                         cause,
                     });
-                    if items[index].output.is_none() {
+                    if items[index].output.is_none() && kept.is_none() {
                         stdout.offer(index, None).ok();
                     }
                 }
                 _ => {}
+            }
+        }
+        // Jobs the engine never answered (it stopped): what they got is kept too.
+        for (job_id, writer) in writers {
+            if let Some(&(index, _)) = flight.get(&job_id).filter(|_| !writer.is_empty()) {
+                let kept = self.keep_partial(&items[index], index, writer, stdout);
+                eprintln!("note: {}: {kept}", items[index].input.display());
             }
         }
         self.summary.not_run.extend(

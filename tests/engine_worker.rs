@@ -343,3 +343,74 @@ fn a_worker_killed_with_sigkill_mid_job_is_named_and_its_job_retried() {
     assert!(!text.is_empty());
     assert!(reaped(pid), "worker {pid} is still there");
 }
+
+#[test]
+fn streamed_transcripts_come_in_pieces_that_join_to_the_assembled_ones() {
+    // The same files through the engine that assembles transcripts (the window, the library)
+    // and through the one that hands them out in pieces (the command line).
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths: Vec<PathBuf> = CLIPS.iter().map(|c| clip(c)).collect();
+    paths.push(long_clip(dir.path(), 3));
+    let run = |stream: bool| -> Vec<Event> {
+        let engine = EngineHandle::spawn(
+            EngineConfig {
+                stream_transcripts: stream,
+                ..config(IdlePolicy::Never)
+            },
+            Arc::new(|| {}),
+        )
+        .unwrap();
+        for path in &paths {
+            engine.transcribe(path.clone(), DecodeSettings::default());
+        }
+        let mut done = 0;
+        wait_for(&engine, |e| {
+            done += usize::from(matches!(e, Event::JobDone { .. } | Event::JobFailed { .. }));
+            done == paths.len()
+        })
+    };
+    let assembled = run(false);
+    let streamed = run(true);
+    assert!(
+        !assembled
+            .iter()
+            .any(|e| matches!(e, Event::JobTranscribed { .. }))
+    );
+    let mut wholes = assembled.iter().filter_map(|e| match e {
+        Event::JobDone { transcript, .. } => Some(transcript.clone()),
+        _ => None,
+    });
+    let mut pieces: std::collections::HashMap<u64, gpuscribe::engine::TranscriptAssembler> =
+        std::collections::HashMap::new();
+    let mut counts: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for event in &streamed {
+        match event {
+            Event::JobTranscribed { job_id, results } => {
+                *counts.entry(*job_id).or_default() += 1;
+                let assembler = pieces.entry(*job_id).or_default();
+                results.iter().for_each(|r| assembler.push(r.clone()));
+            }
+            Event::JobDone {
+                job_id, transcript, ..
+            } => {
+                assert!(transcript.segments.is_empty() && transcript.tokens.is_empty());
+                assert!(transcript.text.is_empty() && transcript.words.is_empty());
+                let joined = pieces
+                    .remove(job_id)
+                    .unwrap()
+                    .finish(transcript.path.clone(), transcript.duration_s);
+                assert_eq!(
+                    (&joined.language, &joined.event),
+                    (&transcript.language, &transcript.event)
+                );
+                let whole = wholes.next().unwrap();
+                assert!(!whole.tokens.is_empty());
+                assert_eq!(joined, whole);
+            }
+            _ => {}
+        }
+    }
+    assert!(wholes.next().is_none());
+    // The 3-minute clip came in more than one piece.
+    assert!(counts.values().any(|&n| n > 1), "{counts:?}");
+}

@@ -299,7 +299,10 @@ impl JobList {
             | Event::JobProgress { job_id, .. }
             | Event::JobDone { job_id, .. }
             | Event::JobFailed { job_id, .. } => *job_id,
-            Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => return false,
+            Event::Status(_)
+            | Event::Notice(_)
+            | Event::Marker { .. }
+            | Event::JobTranscribed { .. } => return false,
         };
         let Some(row) = self
             .rows
@@ -361,7 +364,10 @@ impl JobList {
                     JobStatus::Failed(message)
                 };
             }
-            Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => {}
+            Event::Status(_)
+            | Event::Notice(_)
+            | Event::Marker { .. }
+            | Event::JobTranscribed { .. } => {}
         }
         true
     }
@@ -456,7 +462,10 @@ fn apply_part(row: &mut JobRow, index: usize, offset_s: f64, event: Event) {
                 JobStatus::Failed(format!("part {} of the recording: {message}", index + 1))
             };
         }
-        Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => {}
+        Event::Status(_)
+        | Event::Notice(_)
+        | Event::Marker { .. }
+        | Event::JobTranscribed { .. } => {}
     }
 }
 

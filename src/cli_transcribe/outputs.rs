@@ -19,18 +19,8 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `contents` to `path` so that `path` is either absent, the old file, or complete.
 pub fn write_durable(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut temp_name = OsString::from(".");
-    temp_name.push(path.file_name().unwrap_or_default());
-    temp_name.push(format!(
-        ".{}-{}.tmp",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = dir.join(temp_name);
+    let temp = temp_path(path, "");
+    let dir = folder_of(path);
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -48,8 +38,27 @@ pub fn write_durable(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// The folder `path` is in (`.` for a bare name).
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// A fresh hidden temporary name beside `path`: `.<name><part>.<pid>-<n>.tmp`.
+pub fn temp_path(path: &Path, part: &str) -> PathBuf {
+    let mut temp_name = OsString::from(".");
+    temp_name.push(path.file_name().unwrap_or_default());
+    temp_name.push(format!(
+        "{part}.{}-{}.tmp",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    folder_of(path).join(temp_name)
+}
+
 /// Makes a rename in `dir` durable (a no-op where folders cannot be opened).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         std::fs::File::open(dir)?.sync_all()

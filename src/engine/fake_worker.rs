@@ -515,6 +515,7 @@ impl FakeWorker {
                 words: Vec::new(),
             },
             ms: 1.0,
+            streamed: false,
         });
         Ending::Continue
     }

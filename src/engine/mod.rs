@@ -34,6 +34,7 @@ mod scheduler;
 pub mod segment;
 pub mod speech_engine;
 pub mod subtitles;
+pub mod subtitles_stream;
 pub mod transcript;
 
 use std::collections::VecDeque;
@@ -49,7 +50,9 @@ pub use policy::{DeviceKey, PinnedFallback, WatchdogConfig};
 pub use protocol::{DecodeSettings, JobId, Pcm16, Precision};
 pub use residency::{Action, IdlePolicy, Residency, ResidencyConfig};
 pub use speech_engine::SpeechEngine;
-pub use transcript::{ExportFormat, FileTranscript, Segment, TokenTime, WordTime};
+pub use transcript::{
+    ExportFormat, FileTranscript, Segment, SegmentResult, TokenTime, TranscriptAssembler, WordTime,
+};
 
 use crate::gpu::DeviceChoice;
 
@@ -119,6 +122,11 @@ pub struct EngineConfig {
     pub watchdog: WatchdogConfig,
     /// Largest batch of segments on a GPU.
     pub max_batch: u64,
+    /// Hand transcripts out in pieces ([`Event::JobTranscribed`]) instead of whole in
+    /// [`Event::JobDone`]: for a caller that writes them out as they come (the command line),
+    /// so that nothing holds a long file's whole transcript.
+    #[serde(default)]
+    pub stream_transcripts: bool,
     /// The worker executable; `None` looks next to the running executable (see
     /// [`process::worker_command`]).
     #[serde(skip)]
@@ -137,6 +145,7 @@ impl Default for EngineConfig {
             pinned_fallback: PinnedFallback::Auto,
             watchdog: WatchdogConfig::default(),
             max_batch: 16,
+            stream_transcripts: false,
             worker_exe: None,
         }
     }
@@ -265,11 +274,21 @@ pub enum Event {
         /// New segments.
         segments: Vec<Segment>,
     },
+    /// Results of the job's next segments, in time order (only with
+    /// [`EngineConfig::stream_transcripts`]): the transcript in pieces as the file is done.
+    JobTranscribed {
+        /// The job.
+        job_id: JobId,
+        /// The results, with times from the file's start.
+        results: Vec<SegmentResult>,
+    },
     /// The job finished.
     JobDone {
         /// The job.
         job_id: JobId,
-        /// Its transcript.
+        /// Its transcript; with [`EngineConfig::stream_transcripts`] only what is global (path,
+        /// length, the file's tags): text, segments, tokens and words came in
+        /// [`Event::JobTranscribed`].
         transcript: FileTranscript,
         /// Wall time.
         ms: f64,

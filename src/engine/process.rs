@@ -32,8 +32,14 @@ pub const WORKER_EXE: &str = "gpuscribe-worker";
 /// Lines of the worker's stderr kept for error messages.
 const STDERR_TAIL_LINES: usize = 20;
 
-/// Longest line read from a worker (a transcript of many hours fits easily).
+/// Longest line read from a worker. A transcript comes in pieces of one batch's results (a few
+/// hundred KiB even from a model that emits a token every frame), so no line grows with the
+/// file's length; only a worker that sends a whole transcript at the end comes near this.
 const MAX_LINE_BYTES: usize = 256 << 20;
+
+/// A line buffer that one long line grew past this is given back, not kept for the reader's
+/// life.
+const KEEP_LINE_CAPACITY: usize = 1 << 20;
 
 /// Requests waiting for the writer thread; more means the worker is not reading.
 const REQUEST_QUEUE: usize = 64;
@@ -347,6 +353,9 @@ fn read_stdout(stdout: Box<dyn Read + Send>, slot: usize, generation: u64, inbox
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
     loop {
+        if line.capacity() > KEEP_LINE_CAPACITY {
+            line = Vec::new();
+        }
         line.clear();
         let read = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::transcript::{FileTranscript, Segment};
+use super::transcript::{FileTranscript, Segment, SegmentResult};
 
 /// A job's id, unique within the app's run.
 pub type JobId = u64;
@@ -303,15 +303,30 @@ pub enum WorkerEvent {
         /// The one tried next.
         next_batch: usize,
     },
+    /// Segments whose results are final, in time order and following those sent before: the
+    /// transcript goes out in these pieces as the file is transcribed, so no line grows with the
+    /// file's length. (`Progress` carries a batch's segments as soon as it ran, for display;
+    /// these come in the file's order, with text, token and word times.)
+    Transcribed {
+        /// The job.
+        job_id: JobId,
+        /// The results, with times from the file's start.
+        results: Vec<SegmentResult>,
+    },
     /// A job finished.
     Done {
         /// The job.
         job_id: JobId,
         /// The transcript. Its `path` is only a label here (lossy for a non-UTF-8 name): the
-        /// engine puts back the job's own path.
+        /// engine puts back the job's own path. With `streamed`, only what is global (path,
+        /// length, the file's tags): text, segments, tokens and words came in `Transcribed`.
         transcript: FileTranscript,
         /// Wall time of the job.
         ms: f64,
+        /// The results came in `Transcribed` events (absent, from a worker that sends the
+        /// whole transcript here: `false`).
+        #[serde(default)]
+        streamed: bool,
     },
     /// A job failed.
     JobFailed {

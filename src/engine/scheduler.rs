@@ -33,6 +33,7 @@ use super::protocol::{
     WorkerRequest,
 };
 use super::residency::{Action, Residency, ResidencyEvent, ResidencyMachine};
+use super::transcript::{FileTranscript, FirstTags, SegmentResult, TranscriptAssembler};
 use super::{DeviceTarget, EngineConfig, Event, GpuFree, MarkerKind, Request, SlotStatus, Waker};
 
 /// Events kept for a UI that does not drain them; beyond this, progress and status are dropped
@@ -76,6 +77,56 @@ pub(super) struct Job {
     losses: u32,
     /// Why it last had to move to another device.
     moved_because: Option<String>,
+    /// What of its transcript came so far (kept when it moves to another device).
+    results: JobResults,
+}
+
+/// A job's results so far: the end of the last one (a job that moves to another device starts
+/// again from the beginning there; what was done before is kept, not repeated), the file's
+/// tags, and the transcript being assembled (not with [`EngineConfig::stream_transcripts`]).
+#[derive(Clone, Debug, Default)]
+struct JobResults {
+    until_s: Option<f64>,
+    tags: FirstTags,
+    assembled: TranscriptAssembler,
+}
+
+impl JobResults {
+    /// The results that follow those taken before; the assembler takes them unless `stream`.
+    fn take(&mut self, results: Vec<SegmentResult>, stream: bool) -> Vec<SegmentResult> {
+        let mut fresh = Vec::with_capacity(results.len());
+        for result in results {
+            if self
+                .until_s
+                .is_some_and(|until| result.start_s < until - 1e-9)
+            {
+                continue;
+            }
+            self.until_s = Some(result.end_s);
+            self.tags.see(&result);
+            if stream {
+                fresh.push(result);
+            } else {
+                self.assembled.push(result);
+            }
+        }
+        fresh
+    }
+
+    /// The transcript for `JobDone`: assembled, or (streaming) only what is global.
+    fn finish(self, head: FileTranscript, stream: bool) -> FileTranscript {
+        if stream {
+            let (language, emotion, event) = self.tags.get();
+            FileTranscript {
+                language,
+                emotion,
+                event,
+                ..head
+            }
+        } else {
+            self.assembled.finish(head.path, head.duration_s)
+        }
+    }
 }
 
 struct Running {
@@ -369,6 +420,7 @@ impl Scheduler {
                 tried: Vec::new(),
                 losses: 0,
                 moved_because: None,
+                results: JobResults::default(),
             }),
             Request::TranscribeSamples {
                 job_id,
@@ -383,6 +435,7 @@ impl Scheduler {
                 tried: Vec::new(),
                 losses: 0,
                 moved_because: None,
+                results: JobResults::default(),
             }),
             Request::Cancel(job_id) => self.cancel(job_id),
             Request::UnloadNow => {
@@ -1005,16 +1058,41 @@ impl Scheduler {
                     "out of memory on {label} with {batch} segments at once: retrying with {next_batch}"
                 ));
             }
+            WorkerEvent::Transcribed { job_id, results } => {
+                let stream = self.config.stream_transcripts;
+                let Some(running) = self.running_job(slot, job_id) else {
+                    return;
+                };
+                let results = running.job.results.take(results, stream);
+                if !results.is_empty() {
+                    self.emit(Event::JobTranscribed { job_id, results });
+                }
+            }
             WorkerEvent::Done {
                 job_id,
                 mut transcript,
                 ms,
+                streamed,
             } => {
+                let stream = self.config.stream_transcripts;
                 let Some(running) = self.take_running(slot, job_id) else {
                     return;
                 };
+                let mut job = running.job;
+                if !streamed {
+                    // A worker that sends the whole transcript at the end: its text, segments,
+                    // tokens and words as one result.
+                    let whole = std::mem::take(&mut transcript);
+                    transcript.path = whole.path.clone();
+                    transcript.duration_s = whole.duration_s;
+                    let results = job.results.take(vec![whole.into_result()], stream);
+                    if !results.is_empty() {
+                        self.emit(Event::JobTranscribed { job_id, results });
+                    }
+                }
                 // The worker's copy of the path is only a label; this one is exact.
-                transcript.path = running.job.path;
+                transcript.path = job.path;
+                let transcript = job.results.finish(transcript, stream);
                 self.emit(Event::JobDone {
                     job_id,
                     transcript,

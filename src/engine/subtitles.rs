@@ -255,27 +255,40 @@ fn joins_previous(previous: &str, body: &str) -> bool {
 
 /// Words from token times (tags dropped, every other token in exactly one word).
 pub fn words_from_tokens(tokens: &[TokenTime]) -> Vec<CueWord> {
-    let mut words: Vec<CueWord> = Vec::new();
-    let mut pending_space = false;
-    for token in tokens {
+    let mut builder = WordBuilder::default();
+    tokens.iter().for_each(|t| builder.push(t));
+    builder.words
+}
+
+/// [`words_from_tokens`] a token at a time: the words so far (the last may still grow).
+#[derive(Clone, Debug, Default)]
+pub struct WordBuilder {
+    /// The words so far.
+    pub words: Vec<CueWord>,
+    pending_space: bool,
+}
+
+impl WordBuilder {
+    /// Adds the next token.
+    pub fn push(&mut self, token: &TokenTime) {
         if is_tag(&token.token) {
-            continue;
+            return;
         }
         let spaced = token.token.starts_with(['\u{2581}', ' ']);
         let body = token.token.replace('\u{2581}', " ");
         let body = body.trim();
         if body.is_empty() {
-            pending_space |= spaced;
-            continue;
+            self.pending_space |= spaced;
+            return;
         }
-        let space_before = spaced || pending_space;
-        pending_space = false;
-        match words.last_mut() {
+        let space_before = spaced || self.pending_space;
+        self.pending_space = false;
+        match self.words.last_mut() {
             Some(last) if !space_before && joins_previous(&last.text, body) => {
                 last.text.push_str(body);
                 last.end_s = last.end_s.max(token.end_s);
             }
-            _ => words.push(CueWord {
+            _ => self.words.push(CueWord {
                 text: body.to_owned(),
                 start_s: token.start_s,
                 end_s: token.end_s.max(token.start_s),
@@ -283,7 +296,6 @@ pub fn words_from_tokens(tokens: &[TokenTime]) -> Vec<CueWord> {
             }),
         }
     }
-    words
 }
 
 /// Words of plain text spread evenly (by characters) over `start_s..end_s`: cues for
@@ -522,18 +534,7 @@ pub fn build_cues_within(
     limit_s: Option<f64>,
 ) -> Vec<Cue> {
     let rules = rules.sanitized();
-    // Phrases: hard breaks at sentence ends and pauses.
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    for i in 0..words.len() {
-        let last = i + 1 == words.len();
-        let pause = !last && words[i + 1].start_s - words[i].end_s > rules.pause_s;
-        if last || pause || ends_sentence(&words[i].text) {
-            split_phrase(words, start..i + 1, &rules, &mut ranges);
-            start = i + 1;
-        }
-    }
-    let ranges = merge_short(words, ranges, &rules);
+    let ranges = merge_short(words, phrase_ranges(words, &rules), &rules);
     let mut cues: Vec<Cue> = ranges
         .into_iter()
         .map(|r| Cue {
@@ -552,6 +553,44 @@ pub fn build_cues_within(
     }
     hold_short(&mut cues, rules.min_duration_s, floor_s, limit_s);
     cues
+}
+
+/// Phrases (hard breaks at sentence ends and pauses), each split into the fewest cues that fit:
+/// the word ranges of the cues before short ones are joined.
+fn phrase_ranges(words: &[CueWord], rules: &CueRules) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for i in 0..words.len() {
+        let last = i + 1 == words.len();
+        let pause = !last && words[i + 1].start_s - words[i].end_s > rules.pause_s;
+        if last || pause || ends_sentence(&words[i].text) {
+            split_phrase(words, start..i + 1, rules, &mut ranges);
+            start = i + 1;
+        }
+    }
+    ranges
+}
+
+/// The cue ranges of `words` before and after short cues are joined ([`build_cues_within`]'s
+/// ranges), with `rules` sanitized.
+pub(crate) fn cue_ranges(
+    words: &[CueWord],
+    rules: &CueRules,
+) -> (Vec<Range<usize>>, Vec<Range<usize>>) {
+    let rules = rules.sanitized();
+    let phrases = phrase_ranges(words, &rules);
+    let merged = merge_short(words, phrases.clone(), &rules);
+    (phrases, merged)
+}
+
+/// Whether a cue of `words` lasts at least the minimum (it is never joined to a neighbour).
+pub(crate) fn is_long(words: &[CueWord], rules: &CueRules) -> bool {
+    match (words.first(), words.last()) {
+        (Some(first), Some(last)) => {
+            last.end_s - first.start_s >= rules.sanitized().min_duration_s - EPS_S
+        }
+        _ => false,
+    }
 }
 
 /// Joins a cue shorter than the minimum to the neighbour across the smaller gap, when that gap

@@ -76,6 +76,134 @@ pub struct FileTranscript {
     pub words: Vec<WordTime>,
 }
 
+/// One model segment's finished result with times from the file's start: what a worker sends
+/// out as soon as it is done (in time order), and what a [`TranscriptAssembler`] joins into the
+/// file's [`FileTranscript`] (or what the command line writes out as it goes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SegmentResult {
+    /// Start of the model segment, seconds from the file's start.
+    pub start_s: f64,
+    /// End of the model segment, seconds from the file's start.
+    pub end_s: f64,
+    /// Text without tags (rich form if asked for).
+    pub text: String,
+    /// Exactly what FunASR's `generate` returns as text for this segment (tags included).
+    pub raw_text: String,
+    /// Language tag.
+    pub language: String,
+    /// Emotion tag.
+    pub emotion: String,
+    /// Event tag.
+    pub event: String,
+    /// Its timed pieces: the segment itself, or the model's shorter spans inside it.
+    pub segments: Vec<Segment>,
+    /// Its tokens with their times.
+    #[serde(default)]
+    pub tokens: Vec<TokenTime>,
+    /// Its words with their times.
+    #[serde(default)]
+    pub words: Vec<WordTime>,
+}
+
+/// The file's tags: those of the first result with text, else of the first result.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FirstTags {
+    tags: Option<(String, String, String)>,
+    with_text: bool,
+}
+
+impl FirstTags {
+    /// Takes the next result's tags into account.
+    pub fn see(&mut self, result: &SegmentResult) {
+        if self.with_text {
+            return;
+        }
+        let has_text = !result.text.trim().is_empty();
+        if has_text || self.tags.is_none() {
+            self.tags = Some((
+                result.language.clone(),
+                result.emotion.clone(),
+                result.event.clone(),
+            ));
+            self.with_text = has_text;
+        }
+    }
+
+    /// `(language, emotion, event)`; empty before any result.
+    pub fn get(&self) -> (String, String, String) {
+        self.tags.clone().unwrap_or_default()
+    }
+}
+
+/// Appends `piece` to a text joined as FunASR joins segments: non-empty pieces with " ".
+pub fn join_text(out: &mut String, piece: &str) {
+    if piece.is_empty() {
+        return;
+    }
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(piece);
+}
+
+/// Joins [`SegmentResult`]s, in time order, into the file's [`FileTranscript`]: for the callers
+/// that keep the whole transcript (the window, the library).
+#[derive(Clone, Debug, Default)]
+pub struct TranscriptAssembler {
+    tags: FirstTags,
+    transcript: FileTranscript,
+}
+
+impl TranscriptAssembler {
+    /// Adds the next result.
+    pub fn push(&mut self, result: SegmentResult) {
+        self.tags.see(&result);
+        let t = &mut self.transcript;
+        join_text(&mut t.text, &result.text);
+        join_text(&mut t.raw_text, &result.raw_text);
+        t.segments.extend(result.segments);
+        t.tokens.extend(result.tokens);
+        t.words.extend(result.words);
+    }
+
+    /// Whether any result came.
+    pub fn is_empty(&self) -> bool {
+        self.tags.tags.is_none()
+    }
+
+    /// The transcript of what came, with the file's path and length.
+    pub fn finish(self, path: PathBuf, duration_s: f64) -> FileTranscript {
+        let (language, emotion, event) = self.tags.get();
+        FileTranscript {
+            path,
+            duration_s,
+            language,
+            emotion,
+            event,
+            ..self.transcript
+        }
+    }
+}
+
+impl FileTranscript {
+    /// The whole transcript as one result (what a worker that does not stream its results sends
+    /// at the end), so that it can be written out like streamed results.
+    pub fn into_result(self) -> SegmentResult {
+        SegmentResult {
+            start_s: 0.0,
+            end_s: self.duration_s,
+            text: self.text,
+            raw_text: self.raw_text,
+            language: self.language,
+            emotion: self.emotion,
+            event: self.event,
+            segments: self.segments,
+            tokens: self.tokens,
+            words: self.words,
+        }
+    }
+}
+
 /// Export formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum ExportFormat {

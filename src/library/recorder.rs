@@ -117,7 +117,10 @@ impl JobRecorder {
                 Some((id, Some(part))) => library.part_failed(id, part, message, *cancelled)?,
                 None => {}
             },
-            Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => {}
+            Event::Status(_)
+            | Event::Notice(_)
+            | Event::Marker { .. }
+            | Event::JobTranscribed { .. } => {}
         }
         Ok(())
     }

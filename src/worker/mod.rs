@@ -21,6 +21,7 @@ pub mod sensevoice;
 pub mod source;
 pub mod whisper;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::ops::{ControlFlow, Range};
 use std::path::{Path, PathBuf};
@@ -36,7 +37,9 @@ use crate::engine::protocol::{
     WorkerRequest, from_line,
 };
 use crate::engine::segment::{SAMPLE_RATE_HZ, StreamSegment};
-use crate::engine::transcript::{FileTranscript, Segment, TokenTime, WordTime};
+use crate::engine::transcript::{
+    FileTranscript, FirstTags, Segment, SegmentResult, TokenTime, WordTime,
+};
 use source::{Opener, SegmentSource, WholeSource};
 
 /// Bytes an event is written in (a transcript goes out in pieces of this size).
@@ -425,7 +428,11 @@ impl Job<'_> {
             Ok(source) => source,
             Err(message) => return fail(JobErrorKind::BadInput, message),
         };
-        let mut results: Vec<(Range<usize>, SegmentText)> = Vec::new();
+        // Results wait here until every segment before them is done (batches are planned by
+        // length within a window, so they finish out of order): at most a window's worth.
+        let mut waiting: BTreeMap<usize, (Range<usize>, SegmentText)> = BTreeMap::new();
+        let mut next_start = 0usize;
+        let mut tags = FirstTags::default();
         // The halves of a batch that ran out of memory, the next one to run last.
         let mut pending: Vec<Vec<StreamSegment>> = Vec::new();
         let mut done_s = 0.0;
@@ -463,7 +470,7 @@ impl Job<'_> {
                     for (segment, text) in batch.iter().zip(texts) {
                         done_s += segment.samples.len() as f64 / SAMPLE_RATE_HZ as f64;
                         segments.extend(segments_from(&segment.range(), &text));
-                        results.push((segment.range(), text));
+                        waiting.insert(segment.start, (segment.range(), text));
                     }
                     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
                     let total_s = match source.estimated_total_s() {
@@ -484,6 +491,12 @@ impl Job<'_> {
                         total_s,
                         segments,
                     });
+                    let mut results = Vec::new();
+                    while let Some((range, text)) = waiting.remove(&next_start) {
+                        next_start = range.end;
+                        results.push(segment_result(&range, &text));
+                    }
+                    self.send_results(results, &mut tags, out);
                 }
                 Err(RunError::OutOfMemory(message)) if batch.len() > 1 => {
                     let half = batch.len() / 2;
@@ -518,6 +531,12 @@ impl Job<'_> {
                 }
             }
         }
+        // Whatever did not follow on (segments that are not contiguous), in time order.
+        let rest = std::mem::take(&mut waiting)
+            .into_values()
+            .map(|(range, text)| segment_result(&range, &text))
+            .collect();
+        self.send_results(rest, &mut tags, out);
         let summary = match source.finish() {
             Ok(summary) => summary,
             Err(message) => return fail(JobErrorKind::BadInput, message),
@@ -527,17 +546,73 @@ impl Job<'_> {
             duration_s: summary.duration_s,
             warning: summary.warning,
         });
-        results.sort_by_key(|(range, _)| range.start);
-        let mut transcript = merge(self.path, summary.duration_s, &results);
-        drop(results);
-        // Only a label on the wire (a non-UTF-8 name cannot be a JSON string); the engine
-        // puts back the job's own path.
-        transcript.path = PathBuf::from(self.path.to_string_lossy().into_owned());
+        let (language, emotion, event) = tags.get();
         WorkerEvent::Done {
             job_id,
-            transcript,
+            transcript: FileTranscript {
+                // Only a label on the wire (a non-UTF-8 name cannot be a JSON string); the
+                // engine puts back the job's own path.
+                path: PathBuf::from(self.path.to_string_lossy().into_owned()),
+                duration_s: summary.duration_s,
+                language,
+                emotion,
+                event,
+                ..FileTranscript::default()
+            },
             ms: ms_since(started),
+            streamed: true,
         }
+    }
+
+    /// Sends finished results (in time order) and forgets them.
+    fn send_results<W: Write>(
+        &self,
+        results: Vec<SegmentResult>,
+        tags: &mut FirstTags,
+        out: &mut Outbox<W>,
+    ) {
+        if results.is_empty() {
+            return;
+        }
+        results.iter().for_each(|r| tags.see(r));
+        out.send(&WorkerEvent::Transcribed {
+            job_id: self.job_id,
+            results,
+        });
+    }
+}
+
+/// One segment's result with times from the file's start, as the file's transcript holds it.
+fn segment_result(range: &Range<usize>, text: &SegmentText) -> SegmentResult {
+    let offset_ms = (range.start * 1000 / SAMPLE_RATE_HZ) as i64;
+    let offset_s = range.start as f64 / SAMPLE_RATE_HZ as f64;
+    SegmentResult {
+        start_s: offset_s,
+        end_s: range.end as f64 / SAMPLE_RATE_HZ as f64,
+        text: text.text.clone(),
+        raw_text: text.raw_text.clone(),
+        language: text.language.clone(),
+        emotion: text.emotion.clone(),
+        event: text.event.clone(),
+        segments: segments_from(range, text),
+        tokens: text
+            .tokens
+            .iter()
+            .map(|t| TokenTime {
+                token: t.token.clone(),
+                start_s: round_ms(t.start_s + offset_s),
+                end_s: round_ms(t.end_s + offset_s),
+            })
+            .collect(),
+        words: text
+            .words
+            .iter()
+            .map(|w| WordTime {
+                word: w.word.clone(),
+                start_ms: w.start_ms + offset_ms,
+                end_ms: w.end_ms + offset_ms,
+            })
+            .collect(),
     }
 }
 
@@ -569,7 +644,9 @@ fn segments_from(range: &Range<usize>, text: &SegmentText) -> Vec<Segment> {
         .collect()
 }
 
-/// Joins segment results in time order, as FunASR joins VAD segments (raw texts with " ").
+/// Joins segment results in time order, as FunASR joins VAD segments (raw texts with " "): the
+/// whole-transcript merge that the streamed results are checked against.
+#[cfg(test)]
 fn merge(path: &Path, duration_s: f64, results: &[(Range<usize>, SegmentText)]) -> FileTranscript {
     let pairs: Vec<(&Range<usize>, &SegmentText)> =
         results.iter().map(|(range, text)| (range, text)).collect();
@@ -624,6 +701,49 @@ fn merge(path: &Path, duration_s: f64, results: &[(Range<usize>, SegmentText)]) 
 /// float noise out of the JSON).
 fn round_ms(secs: f64) -> f64 {
     (secs * 1000.0).round() / 1000.0
+}
+
+/// A job's transcript from the worker's events, assembled as the engine does: its `Transcribed`
+/// results, then its `Done` event's path and length. `None` when the job did not finish; panics
+/// when the `Done` event itself carries segments, or results come out of order.
+#[cfg(test)]
+pub(crate) fn assembled(events: &[WorkerEvent], job: JobId) -> Option<FileTranscript> {
+    let mut assembler = crate::engine::TranscriptAssembler::default();
+    let mut until = 0.0;
+    for event in events {
+        match event {
+            WorkerEvent::Transcribed { job_id, results } if *job_id == job => {
+                for result in results {
+                    assert!(result.start_s >= until - 1e-9, "out of order: {results:?}");
+                    until = result.end_s;
+                    assembler.push(result.clone());
+                }
+            }
+            WorkerEvent::Done {
+                job_id,
+                transcript,
+                streamed,
+                ..
+            } if *job_id == job => {
+                assert!(*streamed);
+                assert!(
+                    transcript.segments.is_empty()
+                        && transcript.tokens.is_empty()
+                        && transcript.words.is_empty()
+                        && transcript.text.is_empty(),
+                    "{transcript:?}"
+                );
+                let whole = assembler.finish(transcript.path.clone(), transcript.duration_s);
+                assert_eq!(
+                    (&whole.language, &whole.emotion, &whole.event),
+                    (&transcript.language, &transcript.emotion, &transcript.event)
+                );
+                return Some(whole);
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -828,9 +948,8 @@ mod tests {
             &[load(), job(1, "/x/95.wav", 1000.0), WorkerRequest::Shutdown],
             64,
         );
-        let Some(WorkerEvent::Done { transcript, .. }) = events.last() else {
-            panic!("{events:?}");
-        };
+        assert!(matches!(events.last(), Some(WorkerEvent::Done { .. })));
+        let transcript = assembled(&events, 1).expect("done");
         assert!((transcript.duration_s - 95.0).abs() < 1e-9);
         assert!(transcript.segments.len() >= 4);
         let starts: Vec<f64> = transcript.segments.iter().map(|s| s.start_s).collect();
@@ -927,12 +1046,9 @@ mod tests {
             ],
             8,
         );
-        let texts: Vec<String> = events
+        let texts: Vec<String> = [1, 2]
             .iter()
-            .filter_map(|e| match e {
-                WorkerEvent::Done { transcript, .. } => Some(transcript.raw_text.clone()),
-                _ => None,
-            })
+            .filter_map(|&job| assembled(&events, job).map(|t| t.raw_text))
             .collect();
         assert_eq!(texts.len(), 2);
         assert_eq!(texts[0], texts[1]);
@@ -1092,13 +1208,11 @@ mod tests {
             batch_budget_s: 30.0,
         };
         let events = run(&[load(), clip, WorkerRequest::Shutdown], 8);
-        let Some(WorkerEvent::Done {
-            job_id, transcript, ..
-        }) = events.last()
-        else {
-            panic!("{events:?}");
-        };
-        assert_eq!(*job_id, 4);
+        assert!(matches!(
+            events.last(),
+            Some(WorkerEvent::Done { job_id: 4, .. })
+        ));
+        let transcript = assembled(&events, 4).expect("done");
         assert_eq!(transcript.text, "n8000");
         assert_eq!(transcript.path, Path::new("live 1.0–1.5 s"));
         assert!((transcript.duration_s - 0.5).abs() < 1e-9);
@@ -1125,15 +1239,80 @@ mod tests {
     }
 
     fn done_transcript(events: &[WorkerEvent], job: JobId) -> FileTranscript {
-        events
+        assembled(events, job).unwrap_or_else(|| panic!("job {job} not done: {events:?}"))
+    }
+
+    #[test]
+    fn results_go_out_in_time_order_as_they_follow_on_and_reassemble_to_the_whole_merge() {
+        // Batches of up to 3 × 30 s among all segments of a 10-minute clip, planned by length:
+        // they finish out of time order, and results wait only until those before them are in.
+        // A tone with short silent gaps at irregular places: segments of different lengths.
+        let tone: Vec<f32> = (0..600 * 16_000)
+            .map(|i| {
+                let t = i as f64 / 16_000.0;
+                let gap = (t % 17.3) < 0.2 || (t % 23.9) < 0.2;
+                if gap {
+                    0.0
+                } else {
+                    (0.3 * (t * 1_000.0).sin()) as f32
+                }
+            })
+            .collect();
+        let pcm = crate::engine::protocol::Pcm16::from_f32(&tone);
+        let samples = pcm.to_f32();
+        let clip = WorkerRequest::TranscribeSamples {
+            job_id: 1,
+            label: "/x/600.wav".into(),
+            pcm,
+            settings: DecodeSettings::default(),
+            batch_budget_s: 90.0,
+        };
+        let events = run(&[load(), clip, WorkerRequest::Shutdown], 64);
+        let ranges = crate::engine::segment::split_at_pauses(
+            &samples,
+            crate::engine::segment::MAX_SEGMENT_SECS,
+            crate::engine::segment::MIN_SEGMENT_SECS,
+        );
+        assert!(ranges.len() >= 20, "{}", ranges.len());
+        let mut model = FakeModel {
+            max_batch: 64,
+            offloaded: false,
+        };
+        let results: Vec<(Range<usize>, SegmentText)> = ranges
             .iter()
-            .find_map(|e| match e {
-                WorkerEvent::Done {
-                    job_id, transcript, ..
-                } if *job_id == job => Some(transcript.clone()),
+            .map(|r| {
+                let text = model
+                    .transcribe_batch(&[&samples[r.clone()]], &[], &DecodeSettings::default())
+                    .expect("fake model")
+                    .remove(0);
+                (r.clone(), text)
+            })
+            .collect();
+        let want = merge(Path::new("/x/600.wav"), 600.0, &results);
+        assert_eq!(done_transcript(&events, 1), want);
+        // The batches did finish out of time order.
+        let progress_starts: Vec<f64> = events
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::Progress { segments, .. } => segments.first().map(|s| s.start_s),
                 _ => None,
             })
-            .unwrap_or_else(|| panic!("job {job} not done: {events:?}"))
+            .collect();
+        assert!(
+            progress_starts.windows(2).any(|w| w[1] < w[0]),
+            "{progress_starts:?}"
+        );
+        // Several pieces, none holding the whole file, the Done line without segments.
+        let pieces: Vec<usize> = events
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::Transcribed { results, .. } => Some(results.len()),
+                _ => None,
+            })
+            .collect();
+        assert!(pieces.len() >= 3, "{pieces:?}");
+        assert_eq!(pieces.iter().sum::<usize>(), ranges.len());
+        assert!(pieces.iter().all(|&n| n < ranges.len()), "{pieces:?}");
     }
 
     #[test]

@@ -298,3 +298,148 @@ fn an_mp3_of_copies_that_keep_their_headers_is_transcribed_whole_with_steady_pro
         );
     }
 }
+
+/// Every segment's result by the bits of the segment's samples.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u32>, crate::worker::SegmentText)>>>;
+
+/// The real model, recording every segment's result by the segment's samples.
+struct Recording {
+    inner: Box<dyn crate::worker::SpeechModel>,
+    seen: Seen,
+}
+
+impl crate::worker::SpeechModel for Recording {
+    fn transcribe_batch(
+        &mut self,
+        clips: &[&[f32]],
+        next: &[&[f32]],
+        settings: &DecodeSettings,
+    ) -> Result<Vec<crate::worker::SegmentText>, crate::worker::RunError> {
+        let texts = self.inner.transcribe_batch(clips, next, settings)?;
+        let mut seen = self.seen.lock().unwrap();
+        for (clip, text) in clips.iter().zip(&texts) {
+            seen.push((clip.iter().map(|s| s.to_bits()).collect(), text.clone()));
+        }
+        Ok(texts)
+    }
+    fn end_job(&mut self) {
+        self.inner.end_job();
+    }
+    fn offload(&mut self) -> Result<(), String> {
+        self.inner.offload()
+    }
+    fn restore(&mut self) -> Result<(), crate::worker::RunError> {
+        self.inner.restore()
+    }
+    fn weight_bytes(&self) -> u64 {
+        self.inner.weight_bytes()
+    }
+    fn dtype_label(&self) -> String {
+        self.inner.dtype_label()
+    }
+}
+
+#[test]
+fn streamed_results_reassemble_to_the_whole_transcript_of_the_merge() {
+    // The worker sends each file's results in pieces as they follow on; joined again they are
+    // exactly the transcript the whole-file merge makes of the same segment results (text
+    // joining, segments, token and word times moved by their segment's start, the tags).
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("long.wav");
+    write_wav(&long, &speech(600.0), false);
+    let mut files: Vec<PathBuf> = ["en_short", "ja_long", "zh_mid"]
+        .iter()
+        .map(|n| data().join(format!("sensevoice/audio/{n}.wav")))
+        .collect();
+    files.push(data().join("sensevoice/long/long_mix.wav"));
+    files.push(data().join("audio/speech.mp3"));
+    files.push(long);
+    for (i, path) in files.iter().enumerate() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = {
+            let seen = std::sync::Arc::clone(&seen);
+            move |dir: &Path, device: &WorkerDevice, precision: Precision| {
+                let inner = load(dir, device, precision)?;
+                Ok(Box::new(Recording {
+                    inner,
+                    seen: std::sync::Arc::clone(&seen),
+                }) as Box<dyn crate::worker::SpeechModel>)
+            }
+        };
+        let requests = [
+            WorkerRequest::Load {
+                model_dir: data().join("sensevoice/tiny"),
+                device: WorkerDevice::Cpu,
+                precision: Precision::F32,
+            },
+            WorkerRequest::Transcribe {
+                job_id: 1,
+                path: path.clone(),
+                settings: DecodeSettings::default(),
+                batch_budget_s: 120.0,
+            },
+            WorkerRequest::Shutdown,
+        ];
+        let input: String = requests.iter().map(|r| to_line(r).unwrap()).collect();
+        let mut out = Vec::new();
+        let opener: &Opener = &StreamSource::open;
+        run_worker(
+            Cursor::new(input.into_bytes()),
+            &mut out,
+            &recorder,
+            opener,
+            false,
+        );
+        let events: Vec<WorkerEvent> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got = crate::worker::assembled(&events, 1).unwrap();
+        // The whole-file reference: the same results by the segments' places in the audio.
+        let audio = crate::audio::decode_file(path, &mut |_| {}).unwrap();
+        let ranges = crate::engine::segment::split_at_pauses(
+            &audio.samples,
+            crate::engine::segment::MAX_SEGMENT_SECS,
+            crate::engine::segment::MIN_SEGMENT_SECS,
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), ranges.len(), "{}", path.display());
+        let results: Vec<_> = ranges
+            .iter()
+            .map(|r| {
+                let bits: Vec<u32> = audio.samples[r.clone()]
+                    .iter()
+                    .map(|s| s.to_bits())
+                    .collect();
+                let text = seen
+                    .iter()
+                    .find(|(b, _)| *b == bits)
+                    .map(|(_, t)| t.clone())
+                    .unwrap();
+                (r.clone(), text)
+            })
+            .collect();
+        let want = crate::worker::merge(&got.path, audio.duration_s, &results);
+        assert_eq!(got, want, "{}", path.display());
+        // The command line writes every format from the pieces as it renders the whole.
+        let mut pieces = Vec::new();
+        let mut head = None;
+        for event in &events {
+            match event {
+                WorkerEvent::Transcribed { results, .. } => pieces.extend(results.iter().cloned()),
+                WorkerEvent::Done { transcript, .. } => head = Some(transcript.clone()),
+                _ => {}
+            }
+        }
+        crate::cli_transcribe::writer::tests::assert_streams_like_whole(&pieces, &head.unwrap());
+        assert!(!want.tokens.is_empty(), "{}", path.display());
+        if i + 1 == files.len() {
+            let pieces = events
+                .iter()
+                .filter(|e| matches!(e, WorkerEvent::Transcribed { .. }))
+                .count();
+            assert!(pieces >= 3, "{pieces} pieces for {} segments", ranges.len());
+        }
+    }
+}

@@ -2,14 +2,17 @@
 # Peak host memory (RSS) of `gpuscribe transcribe` and of its worker process, and wall time,
 # for long generated files: WAVs of HOURS hours and MP3s of MP3_HOURS hours.
 #
-#   tools/bench/rss.sh                     # 1, 10 and 24 h WAV, 10 h MP3, tiny model, CPU
+#   tools/bench/rss.sh                     # 1, 3, 12 and 24 h WAV, 10 h MP3, tiny model, CPU
 #   BIN=target/release/gpuscribe MODEL=~/.cache/gpuscribe/models/SenseVoiceSmall DEVICE=cuda:0 \
 #     HOURS="10" MP3_HOURS="" tools/bench/rss.sh
 #
 # BIN: the gpuscribe binary (default: $CARGO_TARGET_DIR/debug/gpuscribe, built if missing);
 #   its worker is the gpuscribe-worker beside it unless WORKER says otherwise.
 # MODEL: the model folder (default: the tiny random test model, tests/data/sensevoice/tiny).
-# DEVICE: cpu (default) or cuda:N.  HOURS, MP3_HOURS: lengths (default "1 10 24" and "10").
+# DEVICE: cpu (default) or cuda:N.  HOURS, MP3_HOURS: lengths (default "1 3 12 24" and "10").
+# FORMAT: the output format (default json).  ARGS: more options for `transcribe` (e.g.
+#   --no-history).  The history goes to a library in the temporary folder (GPUSCRIBE_DATA_DIR),
+#   not the user's.
 # OUT: where the generated audio goes (default: a temporary folder, deleted at the end).
 #
 # Audio: the three speech clips of tests/data/sensevoice/audio with 0.6 s pauses (7 s in all,
@@ -33,7 +36,9 @@ fi
 worker="${WORKER:-$(dirname "$bin")/gpuscribe-worker}"
 model="${MODEL:-tests/data/sensevoice/tiny}"
 device="${DEVICE:-cpu}"
-read -r -a hours <<<"${HOURS-1 10 24}"
+read -r -a hours <<<"${HOURS-1 3 12 24}"
+read -r -a extra <<<"${ARGS-}"
+format="${FORMAT:-json}"
 read -r -a mp3_hours <<<"${MP3_HOURS-10}"
 # Without sox (e.g. a GPU machine), tools/bench/wav_concat.py joins and repeats the WAVs.
 have_sox=$(command -v sox >/dev/null && echo 1 || true)
@@ -77,26 +82,38 @@ run_one() { # kind hours file
   local kind=$1 h=$2 file=$3 start end peaks
   echo "transcribing $h h $kind ($(stat -c %s "$file") bytes) on $device" >&2
   start=$(date +%s.%N)
-  peaks=$(sample_peaks env GPUSCRIBE_WORKER="$worker" "$bin" transcribe --device "$device" \
-    --model-dir "$model" --format json "$file")
+  peaks=$(sample_peaks env GPUSCRIBE_WORKER="$worker" GPUSCRIBE_DATA_DIR="$tmp/data" "$bin" \
+    transcribe --device "$device" --model-dir "$model" --format "$format" ${extra[@]+"${extra[@]}"} \
+    "$file")
   end=$(date +%s.%N)
   local time_kib
   time_kib=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tmp/time.txt")
-  python3 - "$kind" "$h" "$file" "$start" "$end" $peaks "$time_kib" "$tmp/out.txt" <<'PY'
+  python3 - "$kind" "$h" "$file" "$start" "$end" $peaks "$time_kib" "$tmp/out.txt" "$format" \
+    "${ARGS-}" <<'PY'
 import json, os, sys
-kind, h, path, start, end, cli, worker, time_kib, out = sys.argv[1:]
+kind, h, path, start, end, cli, worker, time_kib, out, fmt, args = sys.argv[1:]
 wall = float(end) - float(start)
-doc = json.load(open(out))
-t = doc[0] if isinstance(doc, list) else doc
+if fmt == "json":
+    doc = json.load(open(out))
+    t = doc[0] if isinstance(doc, list) else doc
+else:
+    # Other formats: the length from the decoder's line on stderr is not printed; use the WAV's.
+    import wave
+    try:
+        with wave.open(path) as w:
+            seconds = w.getnframes() / w.getframerate()
+    except Exception:
+        seconds = float(h) * 3600
+    t = {"duration_s": seconds, "segments": []}
 print(json.dumps({
-    "file": f"{h} h {kind}", "bytes": os.path.getsize(path),
+    "file": f"{h} h {kind}", "format": fmt, "args": args, "bytes": os.path.getsize(path),
     "audio_s": round(t["duration_s"], 1), "segments": len(t["segments"]),
     "peak_rss_cli_mib": round(int(cli) / 1024, 1),
     "peak_rss_worker_mib": round(int(worker) / 1024, 1),
     "gnu_time_max_rss_mib": round(int(time_kib) / 1024, 1),
     "wall_s": round(wall, 1), "wall_s_per_audio_h": round(wall / (t["duration_s"] / 3600), 1),
-    "transcript_json_bytes": os.path.getsize(out),
-    "transcript_json_bytes_per_audio_h": round(os.path.getsize(out) / (t["duration_s"] / 3600)),
+    "output_bytes": os.path.getsize(out),
+    "output_bytes_per_audio_h": round(os.path.getsize(out) / (t["duration_s"] / 3600)),
     "tokens": len(t.get("tokens") or []), "words": len(t.get("words") or []),
     "text_bytes": len(t.get("text", "").encode()),
 }))
