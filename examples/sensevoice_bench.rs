@@ -346,6 +346,19 @@ fn time_op(
     Ok(median(runs))
 }
 
+/// CPU time of this process so far (all its threads' run time from the scheduler), in ms.
+fn process_cpu_ms() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e6
+}
+
 /// The CPU matrix products alone (`GPUSCRIBE_CPU_MATMUL`'s three settings) on the encoder's
 /// shapes for one 30 s segment (504 rows), random operands: median ms and GFLOP/s per shape,
 /// and the time to pack one layer's weights.
@@ -367,12 +380,20 @@ fn amx(reps: usize) -> anyhow::Result<()> {
             let p = Projection::new(&layer, mode)?;
             let pack_ms = started.elapsed().as_secs_f64() * 1000.0;
             let ms = time_op(&dev, reps, || p.forward(&x))?;
+            // CPU time per call (all threads): on a shared machine, what the product costs
+            // regardless of how much of the cores it was given.
+            let cpu_before = process_cpu_ms();
+            for _ in 0..reps {
+                drop(p.forward(&x)?);
+            }
+            let cpu_ms = (process_cpu_ms() - cpu_before) / reps as f64;
             let gflops = 2.0 * (m * k * n) as f64 / ms / 1e6;
             println!(
                 "{}",
                 serde_json::json!({"bench": "cpu_matmul", "shape": what, "m": m, "k": k, "n": n,
                     "mode": mode.name(), "amx": p.is_packed(), "median_ms": ms,
-                    "gflops": gflops, "pack_ms": pack_ms})
+                    "gflops": gflops, "cpu_ms": cpu_ms,
+                    "gflops_per_cpu_s": 2.0 * (m * k * n) as f64 / cpu_ms / 1e6, "pack_ms": pack_ms})
             );
         }
     }
