@@ -368,12 +368,7 @@ impl PackedWeight {
         let m_pairs = m.div_ceil(2 * TM);
         // Rows padded to the row pairs, columns to the column pairs: every tile is stored whole.
         let n_pad = self.n_pairs * 2 * TN;
-        let len = m_pairs * 2 * TM * n_pad;
-        let mut out = Vec::with_capacity(len);
-        // SAFETY: `multiply` stores every tile of every row pair and column pair — all `len`
-        // elements — before anything reads them (the first K chunk starts from zeroed tiles,
-        // never from `out`), so no uninitialised element is ever read; f32 has no invalid bits.
-        unsafe { out.set_len(len) };
+        let mut out = vec![0f32; m_pairs * 2 * TM * n_pad];
         SCRATCH.with(|cell| {
             let mut scratch = cell.take();
             let parts = if self.split { 2 } else { 1 };
