@@ -381,6 +381,60 @@ fn time_op(
     Ok(median(runs))
 }
 
+/// CPU time of this process so far (all its threads' run time from the scheduler), in ms.
+fn process_cpu_ms() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e6
+}
+
+/// The CPU matrix products alone (`GPUSCRIBE_CPU_MATMUL`'s three settings) on the encoder's
+/// shapes for one 30 s segment (504 rows), random operands: median ms and GFLOP/s per shape,
+/// and the time to pack one layer's weights.
+fn amx(reps: usize) -> anyhow::Result<()> {
+    use candle_core::Tensor;
+    use gpuscribe::model::sensevoice::cpu_matmul::{CpuMatmul, Projection};
+    let dev = Device::Cpu;
+    for (m, k, n, what) in [
+        (504, 512, 1536, "q_k_v"),
+        (504, 512, 512, "linear_out"),
+        (504, 512, 2048, "ffn_w1"),
+        (504, 2048, 512, "ffn_w2"),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (n, k), &dev)?;
+        let layer = candle_nn::Linear::new(w, None);
+        for mode in [CpuMatmul::F32, CpuMatmul::Bf16x3, CpuMatmul::Bf16] {
+            let started = Instant::now();
+            let p = Projection::new(&layer, mode)?;
+            let pack_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let ms = time_op(&dev, reps, || p.forward(&x))?;
+            // CPU time per call (all threads): on a shared machine, what the product costs
+            // regardless of how much of the cores it was given.
+            let cpu_before = process_cpu_ms();
+            for _ in 0..reps {
+                drop(p.forward(&x)?);
+            }
+            let cpu_ms = (process_cpu_ms() - cpu_before) / reps as f64;
+            let gflops = 2.0 * (m * k * n) as f64 / ms / 1e6;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "cpu_matmul", "shape": what, "m": m, "k": k, "n": n,
+                    "mode": mode.name(), "amx": p.is_packed(), "median_ms": ms,
+                    "gflops": gflops, "cpu_ms": cpu_ms,
+                    "gflops_per_cpu_s": 2.0 * (m * k * n) as f64 / cpu_ms / 1e6, "pack_ms": pack_ms})
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Where a layer's time goes: each candle op of one SAN-M layer, on random tensors of the
 /// batch shape, timed alone; then the real encoder layer by layer (sync after each layer).
 fn ops(
@@ -660,8 +714,9 @@ fn main() -> anyhow::Result<()> {
             batch.parse()?,
             frames.parse()?,
         ),
+        ["amx", reps] => amx(reps.parse()?),
         _ => bail!(
-            "usage: sensevoice_bench parity DIR DEVICE DTYPE [MIN_FRAME_AGREEMENT] | \
+            "usage: sensevoice_bench amx REPS | parity DIR DEVICE DTYPE [MIN_FRAME_AGREEMENT] | \
              speed MODEL_DIR DEVICE DTYPE BATCH CLIP10_WAV SEGMENT30_WAV | \
              forward MODEL_DIR DEVICE DTYPE SEGMENT30_WAV BATCHES(16,32,64) REPEAT | \
              e2e MODEL_DIR DEVICE DTYPE WAV REPEAT | ids MODEL_DIR DEVICE DTYPE WAV OUT_JSON | \

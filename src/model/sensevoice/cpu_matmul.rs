@@ -290,6 +290,11 @@ impl PackedWeight {
             candle_core::bail!("PackedWeight::pack: weight not contiguous");
         };
         let w = &cpu.as_slice::<f32>()?[start..end];
+        Ok(Self::pack_slice(w, n, k, split))
+    }
+
+    /// Packs `w` (`[n, k]` row-major f32, both non-zero), split into `hi + lo` when `split`.
+    fn pack_slice(w: &[f32], n: usize, k: usize, split: bool) -> Self {
         let k_blocks = k.div_ceil(TK);
         let n_pairs = n.div_ceil(2 * TN);
         let parts = if split { 2 } else { 1 };
@@ -301,23 +306,23 @@ impl PackedWeight {
             .for_each(|(np, panel)| {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    // SAFETY: packing runs only where `amx_available` (checked by `Projection`,
-                    // and AMX CPUs have AVX-512F/BW/VL, which it checks too); without it the
-                    // plain loop below runs.
+                    // SAFETY: packing runs only where `amx_available` (checked by `Projection`
+                    // and `matmul_nt`, and AMX CPUs have AVX-512F/BW/VL, which it checks too);
+                    // without it the plain loop below runs.
                     if amx_available() {
                         return unsafe { pack_weight_panel_v4(w, n, k, np, split, panel) };
                     }
                 }
                 pack_weight_panel(w, n, k, np, split, panel);
             });
-        Ok(Self {
+        Self {
             n,
             k,
             k_blocks,
             n_pairs,
             split,
             tiles,
-        })
+        }
     }
 
     /// Output columns N.
@@ -352,11 +357,19 @@ impl PackedWeight {
         if !amx_available() {
             candle_core::bail!("cpu_matmul: AMX is not available on this machine");
         }
+        let mut out = Vec::new();
+        self.product(a, m, &mut out);
+        Tensor::from_vec(out, out_dims, x.device())
+    }
+
+    /// Appends `a · Wᵀ` (`[m, n]`, row-major) to `dst` for `a` `[m, k]` (`m > 0`; AMX available).
+    fn product(&self, a: &[f32], m: usize, dst: &mut Vec<f32>) {
+        let k = self.k;
         let m_pairs = m.div_ceil(2 * TM);
         // Rows padded to the row pairs, columns to the column pairs: every tile is stored whole.
         let n_pad = self.n_pairs * 2 * TN;
         let mut out = vec![0f32; m_pairs * 2 * TM * n_pad];
-        SCRATCH.with(|cell| -> Result<()> {
+        SCRATCH.with(|cell| {
             let mut scratch = cell.take();
             let parts = if self.split { 2 } else { 1 };
             let len = m_pairs * 2 * self.k_blocks * parts * TILE;
@@ -367,15 +380,16 @@ impl PackedWeight {
             pack_rows(a, k, m, self.k_blocks, self.split, packed);
             self.multiply(packed, m_pairs, &mut out);
             cell.set(scratch);
-            Ok(())
-        })?;
-        if n_pad != self.n {
-            for r in 1..m {
-                out.copy_within(r * n_pad..r * n_pad + self.n, r * self.n);
+        });
+        if dst.is_empty() && n_pad == self.n {
+            out.truncate(m * self.n);
+            *dst = out;
+        } else {
+            dst.reserve(m * self.n);
+            for row in out.chunks_exact(n_pad).take(m) {
+                dst.extend_from_slice(&row[..self.n]);
             }
         }
-        out.truncate(m * self.n);
-        Tensor::from_vec(out, out_dims, x.device())
     }
 
     /// C = A·Wᵀ over the packed rows `a` (`m_pairs` pairs of 16-row blocks) into `out`
@@ -716,6 +730,56 @@ unsafe fn store_c(c: [*mut f32; 4], stride: usize) {
     }
 }
 
+/// `a · bᵀ` for `a` `[.., M, K]` and `b` `[.., N, K]` with the same leading dimensions (f32,
+/// CPU) → `[.., M, N]` f32: the attention products, where both operands change per call. On AMX
+/// (`mode` an AMX mode and [`amx_available`]) each `b` matrix is split and laid out like a
+/// weight, then multiplied as [`PackedWeight::matmul`] does; otherwise candle's f32 product.
+pub fn matmul_nt(a: &Tensor, b: &Tensor, mode: CpuMatmul) -> Result<Tensor> {
+    let (ad, bd) = (a.dims(), b.dims());
+    let rank = ad.len();
+    if rank < 2
+        || bd.len() != rank
+        || ad[..rank - 2] != bd[..rank - 2]
+        || ad[rank - 1] != bd[rank - 1]
+    {
+        candle_core::bail!("matmul_nt: shapes {ad:?} and {bd:?} do not give a · bᵀ");
+    }
+    let split = match mode.resolve() {
+        CpuMatmul::F32 => return a.matmul(&b.t()?),
+        CpuMatmul::Bf16x3 => true,
+        CpuMatmul::Bf16 => false,
+    };
+    let (m, n, k) = (ad[rank - 2], bd[rank - 2], ad[rank - 1]);
+    let batch: usize = ad[..rank - 2].iter().product();
+    let mut out_dims = ad[..rank - 1].to_vec();
+    out_dims.push(n);
+    if batch * m * n == 0 || k == 0 {
+        return Tensor::zeros(out_dims, DType::F32, a.device());
+    }
+    let (a, b) = (
+        a.to_dtype(DType::F32)?.contiguous()?,
+        b.to_dtype(DType::F32)?.contiguous()?,
+    );
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Storage::Cpu(ca), Storage::Cpu(cb)) = (&*sa, &*sb) else {
+        candle_core::bail!("matmul_nt takes CPU tensors");
+    };
+    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets())
+    else {
+        candle_core::bail!("matmul_nt: operands not contiguous");
+    };
+    let (av, bv) = (
+        &ca.as_slice::<f32>()?[a0..a1],
+        &cb.as_slice::<f32>()?[b0..b1],
+    );
+    let mut out = Vec::with_capacity(batch * m * n);
+    for (ai, bi) in av.chunks_exact(m * k).zip(bv.chunks_exact(n * k)) {
+        PackedWeight::pack_slice(bi, n, k, split).product(ai, m, &mut out);
+    }
+    Tensor::from_vec(out, out_dims, a.device())
+}
+
 /// A linear layer's weight for the fused CPU path: `x · Wᵀ` through AMX when packed, else
 /// through candle.
 #[derive(Debug, Clone)]
@@ -849,6 +913,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The attention products: `a · bᵀ` over leading dimensions (heads of a batch), odd T and
+    /// dk, against candle's f32 product; bf16x3 within 1e-5 of each element's scale, bf16
+    /// within 1e-2 (and visibly rounded); the f32 setting is candle's product itself.
+    #[test]
+    fn matmul_nt_matches_f32_over_heads() {
+        let amx = amx_here();
+        for (i, &(lead, m, n, k)) in [
+            (&[1usize, 4][..], 37usize, 37usize, 128usize),
+            (&[2, 3][..], 50, 21, 45),
+            (&[1, 4][..], 70, 128, 70),
+            (&[3][..], 1, 1, 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let shape = |rows: usize| [lead, &[rows, k]].concat();
+            let a = fill(&shape(m), 30 + i as u64, 2.0);
+            let b = fill(&shape(n), 40 + i as u64, 0.5);
+            let want = a.matmul(&b.t().expect("t")).expect("f32");
+            let scale = a
+                .abs()
+                .and_then(|a| a.matmul(&b.abs()?.t()?))
+                .expect("scale");
+            let f32_path = matmul_nt(&a, &b, CpuMatmul::F32).expect("f32 setting");
+            assert_eq!(errors(&f32_path, &want, &scale).0, 0.0);
+            for mode in [CpuMatmul::Bf16x3, CpuMatmul::Bf16] {
+                let got = matmul_nt(&a, &b, mode).expect("product");
+                assert_eq!(got.dims(), want.dims());
+                let (rel, per_elem) = errors(&got, &want, &scale);
+                eprintln!("{mode:?} {lead:?} {m}x{k}x{n}: rel {rel:e}, per element {per_elem:e}");
+                let ok = match (amx, mode) {
+                    (false, _) => rel == 0.0,
+                    (true, CpuMatmul::Bf16x3) => per_elem < 1e-5,
+                    (true, _) => per_elem < 1e-2 && (per_elem > 1e-5 || m * k * n == 1),
+                };
+                assert!(
+                    ok,
+                    "{mode:?} {lead:?} {m}x{k}x{n}: rel {rel:e}, per element {per_elem:e}"
+                );
+            }
+        }
+        // Operands that do not give a · bᵀ are an error naming both shapes.
+        let err = matmul_nt(
+            &fill(&[2, 5, 8], 1, 1.0),
+            &fill(&[2, 6, 7], 2, 1.0),
+            CpuMatmul::Bf16x3,
+        )
+        .expect_err("widths differ");
+        assert!(err.to_string().contains("[2, 6, 7]"), "{err}");
     }
 
     /// Leading dimensions are kept, and batches give the rows of the 2-D product.

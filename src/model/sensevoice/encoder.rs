@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::EncoderConfig;
-use super::cpu_matmul::{CpuMatmul, Projection};
+use super::cpu_matmul::{self, CpuMatmul, Projection};
 use super::{cpu_ops, fused};
 
 const LAYER_NORM_EPS: f32 = 1e-5;
@@ -267,6 +267,8 @@ pub struct MultiHeadedAttentionSANM {
     /// `linear_q_k_v`'s and `linear_out`'s products on the fused CPU path.
     q_k_v_p: Projection,
     out_p: Projection,
+    /// The CPU product of q·kᵀ and attention·v on the fused CPU path.
+    attn_matmul: CpuMatmul,
     /// FSMN taps as `[1, 1, D]` tensors, one per kernel position (from `fsmn_block.weight`
     /// `[D, 1, K]`), for the shift-and-add depthwise conv.
     fsmn_taps: Vec<Tensor>,
@@ -322,6 +324,7 @@ impl MultiHeadedAttentionSANM {
         Ok(Self {
             q_k_v_p: Projection::new(&linear_q_k_v, matmul)?,
             out_p: Projection::new(&linear_out, matmul)?,
+            attn_matmul: matmul.resolve(),
             linear_q_k_v,
             linear_out,
             fsmn_taps,
@@ -386,9 +389,13 @@ impl MultiHeadedAttentionSANM {
         let qkv = self.q_k_v_p.forward(&xs.contiguous()?)?;
         let heads = cpu_ops::qkv_heads(&qkv, qkv_bias, self.heads)?;
         let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
-        let scores = q.matmul(&k.t()?)?;
+        let scores = cpu_matmul::matmul_nt(&q, &k, self.attn_matmul)?;
         let attn = cpu_ops::masked_softmax(&scores, &ctx.host_lengths)?;
-        let merged = cpu_ops::merge_heads(&attn.matmul(&v)?)?;
+        let per_head = match self.attn_matmul {
+            CpuMatmul::F32 => attn.matmul(&v)?,
+            mode => cpu_matmul::matmul_nt(&attn, &v.transpose(2, 3)?, mode)?,
+        };
+        let merged = cpu_ops::merge_heads(&per_head)?;
         let lo = self.out_p.forward(&merged)?;
         cpu_ops::attention_output(
             &lo,

@@ -124,6 +124,9 @@ impl SenseVoice {
     /// Loads and validates every file, then builds the model on `device` in `dtype` (F32, F16
     /// or BF16; norms and softmax stay f32).
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        if device.is_cpu() {
+            super::cpu_ops::keep_freed_buffers();
+        }
         let config = SenseVoiceConfig::from_file(&files.config)?;
         let cmvn = Cmvn::from_file(&files.cmvn)?;
         if cmvn.dim() != config.input_size() {
