@@ -252,6 +252,34 @@ fn check_ids(dir: &Path) {
     assert_eq!(compared, 9);
 }
 
+/// Greedy steps through candle's operations (the path of CUDA and of f16/bf16) give the same
+/// ids as the fused CPU step that f32 on the CPU takes by default (the test above).
+#[test]
+fn candle_steps_give_the_ids_of_the_fused_cpu_step() {
+    let fx = fixture();
+    let mut whisper = model();
+    assert!(whisper.fused_step(), "f32 on the CPU takes the fused step");
+    assert!(!whisper.set_fused_step(false));
+    let mut compared = 0;
+    for (name, clip) in &fx.meta.clips {
+        let features = flat(&fx.tensors[&format!("{name}/features")]);
+        let audio = whisper.encode(&features).expect("encode");
+        for (case_name, case) in &clip.cases {
+            let result = whisper
+                .decode_window(&audio, 30.0, &options(case, fx.meta.max_new_tokens))
+                .expect("decode");
+            assert_eq!(result.tokens, case.ids, "{name}/{case_name}: ids");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 9);
+    let mut half = model_at(&data(), DType::F16);
+    assert!(
+        !half.fused_step() && !half.set_fused_step(true),
+        "f16 has no fused step"
+    );
+}
+
 #[test]
 fn the_whole_path_from_samples_gives_the_same_ids() {
     let fx = fixture();
