@@ -7,7 +7,8 @@
 //! (candle 0.11.1's `get_num_threads`, unless `RAYON_NUM_THREADS` is set, asks `num_cpus` for the
 //! physical core count on every call, which costs more the more cores the machine has), each
 //! operation allocates, and the cross-attention rescaled and copied the 1500 cached audio keys
-//! and values on every step. Here the products share their rows out over rayon's pool, the audio
+//! and values on every step. Here the large products share their rows out over rayon's pool
+//! (small ones stay on the calling thread, see [`TASK_MACS`]), the audio
 //! keys and values are computed once per window (one candle product each), and the
 //! self-attention cache grows in place.
 //!
@@ -23,8 +24,11 @@ use rayon::prelude::*;
 
 use super::network::{Attention, Block, Network};
 
-/// Multiply–adds per rayon task in a matrix–vector product (below it, one task).
-const TASK_MACS: usize = 32 * 1024;
+/// Multiply–adds per rayon task (below it, no task is split off). Large enough that whisper-tiny's
+/// and -base's per-layer products run on the calling thread and only the output layer (20 M
+/// multiply–adds for tiny) is shared out: on a loaded 2-core machine, ~45 parallel regions a
+/// step (one per product and attention) made two threads slower than one.
+const TASK_MACS: usize = 1 << 20;
 
 /// Runs `f` on the values of a contiguous f32 CPU tensor.
 fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -61,16 +65,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn matvec(w: &[f32], bias: Option<&[f32]>, x: &[f32], out: &mut [f32]) {
     let cols = x.len();
     let rows_per_task = (TASK_MACS / cols.max(1)).max(1);
-    out.par_chunks_mut(rows_per_task)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let first = task * rows_per_task;
-            for (r, o) in chunk.iter_mut().enumerate() {
-                let row = first + r;
-                let v = dot(&w[row * cols..(row + 1) * cols], x);
-                *o = bias.map_or(v, |b| v + b[row]);
-            }
-        });
+    let rows = |(task, chunk): (usize, &mut [f32])| {
+        let first = task * rows_per_task;
+        for (r, o) in chunk.iter_mut().enumerate() {
+            let row = first + r;
+            let v = dot(&w[row * cols..(row + 1) * cols], x);
+            *o = bias.map_or(v, |b| v + b[row]);
+        }
+    };
+    if out.len() <= rows_per_task {
+        rows((0, out));
+    } else {
+        out.par_chunks_mut(rows_per_task).enumerate().for_each(rows);
+    }
 }
 
 fn linear(l: &Linear, x: &[f32], out: &mut [f32]) -> Result<()> {
@@ -144,7 +151,7 @@ fn attend(
 ) {
     let d = q.len();
     let dh = d / heads;
-    out.par_chunks_mut(dh).enumerate().for_each(|(h, o)| {
+    let head = |(h, o): (usize, &mut [f32])| {
         let mut scores = Vec::with_capacity(positions);
         let offset = h * dh;
         attend_head(
@@ -157,7 +164,12 @@ fn attend(
             &mut scores,
             o,
         );
-    });
+    };
+    if positions * d < TASK_MACS {
+        out.chunks_mut(dh).enumerate().for_each(head);
+    } else {
+        out.par_chunks_mut(dh).enumerate().for_each(head);
+    }
 }
 
 /// One layer's state across a window's steps.
