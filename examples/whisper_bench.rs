@@ -257,10 +257,10 @@ fn main() -> anyhow::Result<()> {
         let (dt, torch_name) = dtype(spec)?;
         let started = Instant::now();
         let mut whisper = Whisper::load(Path::new(model_dir), &dev, dt)?;
-        // WHISPER_BENCH_STEP=candle: greedy steps through candle's operations even where the
-        // fused CPU step applies (f32 on the CPU), to compare the two.
-        if std::env::var("WHISPER_BENCH_STEP").as_deref() == Ok("candle") {
-            whisper.set_fused_step(false);
+        // WHISPER_BENCH_STEP=fused: greedy steps through the fused CPU step (f32 on the CPU)
+        // instead of candle's operations, to compare the two.
+        if std::env::var("WHISPER_BENCH_STEP").as_deref() == Ok("fused") {
+            whisper.set_fused_step(true);
         }
         dev.synchronize()?;
         let load_ms = started.elapsed().as_secs_f64() * 1000.0;

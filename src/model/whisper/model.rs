@@ -68,7 +68,8 @@ pub struct Whisper {
     device: Device,
     dtype: DType,
     weight_bytes: u64,
-    /// Greedy steps through the fused CPU step (f32 on the CPU) rather than candle's operations.
+    /// Greedy steps through the fused CPU step (f32 on the CPU) rather than candle's operations
+    /// (off unless chosen: on the 2-core development machine it measured slower, BENCHMARKS.md).
     fused_step: bool,
 }
 
@@ -148,7 +149,7 @@ impl Whisper {
             device: device.clone(),
             dtype,
             weight_bytes,
-            fused_step: cpu_step::supported(device, dtype),
+            fused_step: false,
         };
         model.frontend = LogMel::new(model.config.num_mel_bins);
         model.network = Some(model.build(&files)?);
@@ -190,9 +191,9 @@ impl Whisper {
         self.weight_bytes
     }
 
-    /// Whether greedy steps take the fused CPU step (`cpu_step.rs`; the default for f32 on the
-    /// CPU) or candle's operations (the only path elsewhere, and what teacher-forced
-    /// [`Self::logits`] uses everywhere).
+    /// Whether greedy steps take the fused CPU step (`cpu_step.rs`, f32 on the CPU, off by
+    /// default) or candle's operations (the default, the only path elsewhere, and what
+    /// teacher-forced [`Self::logits`] uses everywhere).
     pub fn fused_step(&self) -> bool {
         self.fused_step
     }
