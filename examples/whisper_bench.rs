@@ -154,6 +154,39 @@ fn difference_json(
     })
 }
 
+/// The best time over `repeat` runs of each phase summed over the clips: the log-mel features,
+/// the encoder and the greedy decoder (prompt and every step).
+fn phase_times(
+    whisper: &mut Whisper,
+    clips: &[Vec<f32>],
+    options: &WhisperOptions,
+    repeat: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let device = whisper.device().clone();
+    let mut best = [f64::INFINITY; 3];
+    for _ in 0..repeat {
+        let mut sums = [0.0; 3];
+        for clip in clips {
+            let t0 = Instant::now();
+            let features = whisper.features(clip);
+            let t1 = Instant::now();
+            let audio = whisper.encode(&features)?;
+            device.synchronize()?;
+            let t2 = Instant::now();
+            whisper.decode_window(&audio, clip.len() as f64 / 16_000.0, options)?;
+            device.synchronize()?;
+            let t3 = Instant::now();
+            for (sum, (a, b)) in sums.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
+                *sum += (b - a).as_secs_f64() * 1000.0;
+            }
+        }
+        for (b, s) in best.iter_mut().zip(sums) {
+            *b = b.min(s);
+        }
+    }
+    Ok(serde_json::json!({"features": best[0], "encoder": best[1], "decoder": best[2]}))
+}
+
 /// Whether the reference's float32 run is exact f32 (no TF32 anywhere).
 fn reference_f32_exact(reference: &serde_json::Value) -> bool {
     let precision = &reference["fp32_precision"];
@@ -224,6 +257,11 @@ fn main() -> anyhow::Result<()> {
         let (dt, torch_name) = dtype(spec)?;
         let started = Instant::now();
         let mut whisper = Whisper::load(Path::new(model_dir), &dev, dt)?;
+        // WHISPER_BENCH_STEP=fused: greedy steps through the fused CPU step (f32 on the CPU)
+        // instead of candle's operations, to compare the two.
+        if std::env::var("WHISPER_BENCH_STEP").as_deref() == Ok("fused") {
+            whisper.set_fused_step(true);
+        }
         dev.synchronize()?;
         let load_ms = started.elapsed().as_secs_f64() * 1000.0;
         let eot = whisper.vocabulary().eot;
@@ -240,6 +278,7 @@ fn main() -> anyhow::Result<()> {
             dev.synchronize()?;
             runs.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
+        let phases = phase_times(&mut whisper, &clips, &options, repeat)?;
         let (mut same_f32, mut same_dtype) = (0, 0);
         let (mut prefix_f32, mut prefix_dtype) = (usize::MAX, usize::MAX);
         let prompt = whisper.prompt(whisper.vocabulary().language_id("en"), false, false);
@@ -279,12 +318,14 @@ fn main() -> anyhow::Result<()> {
         let line = serde_json::json!({
             "device": device_spec,
             "precision": spec,
+            "step": if whisper.fused_step() { "fused" } else { "candle" },
             "clips": names.len(),
             "audio_s": reference["audio_s"],
             "load_ms": load_ms,
             "runs_ms": runs,
             "best_ms": best,
             "tokens": ids.iter().map(Vec::len).sum::<usize>(),
+            "phases_best_ms": phases,
             "transformers_best_ms": theirs["best_ms"],
             "transformers_device": reference["device"],
             "transformers_f32_exact": f32_exact,

@@ -252,6 +252,34 @@ fn check_ids(dir: &Path) {
     assert_eq!(compared, 9);
 }
 
+/// The fused f32 CPU step (`Whisper::set_fused_step`) gives the ids of transformers, as
+/// candle's operations (the default, the test above) do.
+#[test]
+fn the_fused_cpu_step_gives_the_same_ids() {
+    let fx = fixture();
+    let mut whisper = model();
+    assert!(!whisper.fused_step(), "candle's operations by default");
+    assert!(whisper.set_fused_step(true));
+    let mut compared = 0;
+    for (name, clip) in &fx.meta.clips {
+        let features = flat(&fx.tensors[&format!("{name}/features")]);
+        let audio = whisper.encode(&features).expect("encode");
+        for (case_name, case) in &clip.cases {
+            let result = whisper
+                .decode_window(&audio, 30.0, &options(case, fx.meta.max_new_tokens))
+                .expect("decode");
+            assert_eq!(result.tokens, case.ids, "{name}/{case_name}: ids");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 9);
+    let mut half = model_at(&data(), DType::F16);
+    assert!(
+        !half.fused_step() && !half.set_fused_step(true),
+        "f16 has no fused step"
+    );
+}
+
 #[test]
 fn the_whole_path_from_samples_gives_the_same_ids() {
     let fx = fixture();

@@ -8,6 +8,7 @@
 //! (`tools/reference/whisper_generate.py`, `tests/whisper_parity.rs`).
 
 pub mod config;
+mod cpu_step;
 pub mod decode;
 pub mod frontend;
 pub mod model;

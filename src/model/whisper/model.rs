@@ -9,6 +9,7 @@ use candle_transformers::models::whisper::Config;
 
 use super::WhisperError;
 use super::config::{Vocabulary, WhisperFiles, read_config};
+use super::cpu_step;
 use super::decode::{TimedText, apply_rules, argmax, timed_pieces};
 use super::frontend::{LogMel, SAMPLE_RATE_HZ, WINDOW_FRAMES, WINDOW_SAMPLES};
 use super::network::{Network, encoder_positions};
@@ -67,6 +68,9 @@ pub struct Whisper {
     device: Device,
     dtype: DType,
     weight_bytes: u64,
+    /// Greedy steps through the fused CPU step (f32 on the CPU) rather than candle's operations
+    /// (off unless chosen: on the 2-core development machine it measured slower, BENCHMARKS.md).
+    fused_step: bool,
 }
 
 impl std::fmt::Debug for Whisper {
@@ -145,6 +149,7 @@ impl Whisper {
             device: device.clone(),
             dtype,
             weight_bytes,
+            fused_step: false,
         };
         model.frontend = LogMel::new(model.config.num_mel_bins);
         model.network = Some(model.build(&files)?);
@@ -184,6 +189,20 @@ impl Whisper {
     /// Bytes of weights at the run dtype.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Whether greedy steps take the fused CPU step (`cpu_step.rs`, f32 on the CPU, off by
+    /// default) or candle's operations (the default, the only path elsewhere, and what
+    /// teacher-forced [`Self::logits`] uses everywhere).
+    pub fn fused_step(&self) -> bool {
+        self.fused_step
+    }
+
+    /// Chooses the fused CPU step (where it is supported) or candle's operations for greedy
+    /// steps; returns the choice in force.
+    pub fn set_fused_step(&mut self, on: bool) -> bool {
+        self.fused_step = on && cpu_step::supported(&self.device, self.dtype);
+        self.fused_step
     }
 
     /// Whether the weights are on the device.
@@ -241,7 +260,11 @@ impl Whisper {
     /// logits.
     fn step(&mut self, audio: &Tensor, new: &[u32]) -> Result<Vec<f32>, WhisperError> {
         let device = self.device.clone();
+        let fused = self.fused_step;
         let network = self.network()?;
+        if fused {
+            return Ok(network.step_cpu(new, audio)?);
+        }
         let input = Tensor::new(new, &device)?.unsqueeze(0)?;
         let hidden = network.decode(&input, audio, true)?;
         let last = hidden.narrow(1, new.len() - 1, 1)?;

@@ -5,7 +5,10 @@
 //!   approximation;
 //! - the encoder positions and the causal mask in the weights' dtype (candle-transformers 0.11.1
 //!   builds them in f32 and fails on f16/bf16 weights, huggingface/candle#3791);
-//! - a key/value cache for the decoder's self-attention, so a greedy step costs one position;
+//! - a key/value cache for the decoder's self-attention, so a greedy step costs one position
+//!   (and for f32 on the CPU a fused step over the same weights, `cpu_step.rs`);
+//! - the query alone scaled by `head_dim^-0.5`, as transformers does (candle-transformers scales
+//!   query and keys by `head_dim^-0.25` each);
 //! - the attention softmax in f32 for f16 and bf16 on the CPU: candle 0.11.1's CPU softmax
 //!   sums the exponentials in the input dtype, and a bf16 sum over 1500 audio frames stalls
 //!   (8 bits of mantissa: past 256 each addend under 1 rounds away), which wrecked every bf16
@@ -14,6 +17,8 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, Module, VarBuilder};
 use candle_transformers::models::whisper::Config;
+
+use super::cpu_step::CpuStep;
 
 fn linear(i: usize, o: usize, bias: bool, vb: &VarBuilder<'_>) -> Result<Linear> {
     let weight = vb.get((o, i), "weight")?;
@@ -30,12 +35,12 @@ fn layer_norm(size: usize, vb: &VarBuilder<'_>) -> Result<LayerNorm> {
 }
 
 #[derive(Debug, Clone)]
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
+pub(super) struct Attention {
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) out: Linear,
+    pub(super) heads: usize,
     /// Self-attention: the keys and values of the positions so far. Cross-attention: the
     /// audio's keys and values.
     cache: Option<(Tensor, Tensor)>,
@@ -92,11 +97,13 @@ impl Attention {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (_, n_q, d) = q.dims3()?;
         let n_k = k.dim(1)?;
-        let scale = ((d / self.heads) as f64).powf(-0.25);
-        let q = (self.heads_of(q)? * scale)?.contiguous()?;
-        let k = (self.heads_of(k)?.transpose(2, 3)? * scale)?.contiguous()?;
+        // transformers' order: the projected query times head_dim^-0.5, the keys as they are
+        // (scaling a transposed key view cost a serial strided pass over all 1500 audio keys).
+        let scale = ((d / self.heads) as f64).powf(-0.5);
+        let q = self.heads_of(&(q * scale)?)?.contiguous()?;
+        let k = self.heads_of(k)?.contiguous()?;
         let v = self.heads_of(v)?.contiguous()?;
-        let mut qk = q.matmul(&k)?;
+        let mut qk = q.matmul(&k.t()?)?;
         if let Some(mask) = mask {
             // Rows for the new positions (the last n_q of n_k), all n_k columns.
             let mask = mask.narrow(0, n_k - n_q, n_q)?.narrow(1, 0, n_k)?;
@@ -113,13 +120,13 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
-struct Block {
-    attn: Attention,
-    attn_ln: LayerNorm,
-    cross: Option<(Attention, LayerNorm)>,
-    fc1: Linear,
-    fc2: Linear,
-    mlp_ln: LayerNorm,
+pub(super) struct Block {
+    pub(super) attn: Attention,
+    pub(super) attn_ln: LayerNorm,
+    pub(super) cross: Option<(Attention, LayerNorm)>,
+    pub(super) fc1: Linear,
+    pub(super) fc2: Linear,
+    pub(super) mlp_ln: LayerNorm,
 }
 
 impl Block {
@@ -194,13 +201,15 @@ pub struct Network {
     audio_positions: Tensor,
     encoder: Vec<Block>,
     encoder_ln: LayerNorm,
-    tokens: Embedding,
-    text_positions: Tensor,
-    decoder: Vec<Block>,
-    decoder_ln: LayerNorm,
+    pub(super) tokens: Embedding,
+    pub(super) text_positions: Tensor,
+    pub(super) decoder: Vec<Block>,
+    pub(super) decoder_ln: LayerNorm,
     mask: Tensor,
     /// Positions in the decoder's self-attention cache.
     cached: usize,
+    /// The fused CPU step's caches (`step_cpu`).
+    pub(super) cpu_step: CpuStep,
 }
 
 impl Network {
@@ -262,6 +271,7 @@ impl Network {
             decoder_ln: layer_norm(d, &dec.pp("layer_norm"))?,
             mask: Tensor::from_vec(mask, (n_ctx, n_ctx), &device)?.to_dtype(dtype)?,
             cached: 0,
+            cpu_step: CpuStep::default(),
         })
     }
 
@@ -281,6 +291,7 @@ impl Network {
     pub fn reset(&mut self) {
         self.cached = 0;
         self.decoder.iter_mut().for_each(Block::reset);
+        self.cpu_step.reset();
     }
 
     /// Decoder hidden states of `tokens` (`(batch, n)`), the positions after those already
