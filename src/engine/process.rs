@@ -484,6 +484,15 @@ impl WorkerPort for ProcessPort {
                 Err(err) => tracing::warn!("no stand-in CUDA libraries for the CPU worker: {err}"),
             }
         }
+        // candle asks for its thread count on every CPU matrix product and, unless
+        // RAYON_NUM_THREADS is set, works it out from /proc/cpuinfo each time (tens of µs, on
+        // every product of every decoder step): the worker gets candle's own answer, once.
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            command.env(
+                "RAYON_NUM_THREADS",
+                candle_core::utils::get_num_threads().to_string(),
+            );
+        }
         let mut child = command
             .args(args)
             // CUDA ordinals in PCI-bus order, as the app maps NVML GPUs to ordinals.
