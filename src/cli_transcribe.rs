@@ -698,6 +698,7 @@ impl Run<'_> {
         let mut finished = 0usize;
         // The engine says why a device failed in a notice; a node failure quotes the latest.
         let mut last_notice = String::new();
+        let mut clock = EventClock::new();
         loop {
             while self.node_error.is_none() && flight.len() < window {
                 let Some(index) = to_run.pop_front() else {
@@ -735,7 +736,10 @@ impl Run<'_> {
             if flight.is_empty() {
                 break;
             }
-            let Some(event) = engine.recv_timeout(ENGINE_SILENCE) else {
+            let waited = Instant::now();
+            let received = engine.recv_timeout(ENGINE_SILENCE);
+            clock.waiting += waited.elapsed();
+            let Some(event) = received else {
                 self.node_failed(format!(
                     "the engine gave no sign of life for {} s",
                     ENGINE_SILENCE.as_secs()
@@ -749,6 +753,7 @@ impl Run<'_> {
                 }
                 break;
             };
+            let handled = Instant::now();
             if let Some(history) = &mut history {
                 match &event {
                     Event::JobTranscribed { job_id, results } => {
@@ -777,6 +782,7 @@ impl Run<'_> {
                     }
                     _ => history.on_event(&event),
                 }
+                clock.history += handled.elapsed();
             }
             match event {
                 Event::Notice(message) => {
@@ -935,6 +941,7 @@ impl Run<'_> {
                 _ => {}
             }
         }
+        clock.report();
         // Jobs the engine never answered (it stopped): what they got is kept too.
         for (job_id, writer) in writers {
             if let Some(&(index, _)) = flight.get(&job_id).filter(|_| !writer.is_empty()) {
@@ -948,6 +955,38 @@ impl Run<'_> {
                 .map(|index| JsonPath::from(items[index].input.as_path())),
         );
         Ok(())
+    }
+}
+
+/// Where the CLI's time went while the engine ran, said at debug level (`RUST_LOG=debug`).
+struct EventClock {
+    started: Instant,
+    /// Waiting for the engine's next event.
+    waiting: Duration,
+    /// Recording the events in the history.
+    history: Duration,
+}
+
+impl EventClock {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            waiting: Duration::ZERO,
+            history: Duration::ZERO,
+        }
+    }
+
+    fn report(&self) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let total = self.started.elapsed();
+        tracing::debug!(
+            "transcribe: {:.1} ms with the engine: waiting for events {:.1} ms, the history \
+             {:.1} ms, the outputs {:.1} ms",
+            ms(total),
+            ms(self.waiting),
+            ms(self.history),
+            ms(total.saturating_sub(self.waiting + self.history)),
+        );
     }
 }
 

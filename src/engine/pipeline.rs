@@ -59,7 +59,11 @@ pub struct SegmentStream {
 impl SegmentStream {
     /// Starts decoding `path`.
     pub fn spawn(path: &Path) -> std::io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_SEGMENTS);
+        let ahead = std::env::var("GPUSCRIBE_DECODE_AHEAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(CHANNEL_SEGMENTS);
+        let (tx, rx) = crossbeam_channel::bounded(ahead);
         let path = path.to_owned();
         let progress = SharedProgress::default();
         let shared = Arc::clone(&progress);

@@ -379,6 +379,33 @@ fn spawn_reader<R: BufRead + Send + 'static>(
     rx
 }
 
+/// Where a file job's time went, said at debug level when it ends (`RUST_LOG=debug`).
+#[derive(Default)]
+struct JobClock {
+    /// Waiting for the decoder: the next batch and the one after it.
+    decoder: Duration,
+    /// The model's batches (features, network, text and timestamps).
+    model: Duration,
+    /// Encoding and writing the progress and result events (and waiting for the pipe).
+    send: Duration,
+    batches: usize,
+}
+
+impl JobClock {
+    fn report(&self, job_id: JobId, audio_s: f64, started: Instant) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            "job {job_id}: {audio_s:.1} s of audio in {:.1} ms, {} batches: waiting for the \
+             decoder {:.1} ms, model {:.1} ms, sending results {:.1} ms",
+            ms(started.elapsed()),
+            self.batches,
+            ms(self.decoder),
+            ms(self.model),
+            ms(self.send),
+        );
+    }
+}
+
 struct Job<'a> {
     job_id: JobId,
     path: &'a Path,
@@ -439,10 +466,12 @@ impl Job<'_> {
         // Progress never goes back, nor reaches the end early, when the estimate of the
         // file's length changes (a header that states the wrong length).
         let mut steady = SteadyFraction::up_to(1.0);
+        let mut clock = JobClock::default();
         loop {
             if self.is_cancelled() {
                 return cancelled();
             }
+            let waited = Instant::now();
             let batch = match pending.pop() {
                 Some(batch) => batch,
                 None => match source.next_batch(&mut || self.tick(out)) {
@@ -462,8 +491,14 @@ impl Job<'_> {
                     .iter()
                     .map(|s| s.samples.as_slice())
                     .collect();
-                model.transcribe_batch(&clips, &next, self.settings)
+                clock.decoder += waited.elapsed();
+                let ran = Instant::now();
+                let result = model.transcribe_batch(&clips, &next, self.settings);
+                clock.model += ran.elapsed();
+                clock.batches += 1;
+                result
             };
+            let sent = Instant::now();
             match result {
                 Ok(texts) => {
                     let mut segments = Vec::with_capacity(batch.len());
@@ -497,6 +532,7 @@ impl Job<'_> {
                         results.push(segment_result(&range, &text));
                     }
                     self.send_results(results, &mut tags, out);
+                    clock.send += sent.elapsed();
                 }
                 Err(RunError::OutOfMemory(message)) if batch.len() > 1 => {
                     let half = batch.len() / 2;
@@ -546,6 +582,7 @@ impl Job<'_> {
             duration_s: summary.duration_s,
             warning: summary.warning,
         });
+        clock.report(job_id, summary.duration_s, started);
         let (language, emotion, event) = tags.get();
         WorkerEvent::Done {
             job_id,

@@ -23,8 +23,9 @@ use std::sync::Mutex;
 use candle_core::cuda_backend::cudarc::driver::{CudaGraph, DriverError, sys};
 use candle_core::{CudaDevice, DType, Device, Result, Tensor};
 
+use super::encoder::FrameContext;
 use super::fused;
-use super::model::{ENCODER_CHUNK, PROMPT_FRAMES, Prompt, SenseVoiceSmall};
+use super::model::{ENCODER_CHUNK, PROMPT_FRAMES, Prompt, SenseVoiceSmall, encoder_chunks};
 
 /// Captured graphs kept at once: each holds the working memory of its pass (about 150 MiB for
 /// 16 × 30 s in bf16) while it is kept, which counts against the 2 GiB the app promises.
@@ -145,8 +146,7 @@ impl Graphs {
         let lengths: Vec<usize> = feat_lengths.iter().map(|l| l + PROMPT_FRAMES).collect();
         let mut encs = Vec::with_capacity(b.div_ceil(ENCODER_CHUNK));
         let mut ids = Vec::with_capacity(encs.capacity());
-        for start in (0..b).step_by(ENCODER_CHUNK) {
-            let n = ENCODER_CHUNK.min(b - start);
+        for (start, n) in encoder_chunks(b) {
             let pass = Pass {
                 feats: &feats.narrow(0, start, n)?,
                 lengths: &lengths[start..start + n],
@@ -240,7 +240,7 @@ impl Pass<'_> {
         let dev = self.feats.device();
         let rows = Tensor::from_vec(self.rows.clone(), self.rows.len(), dev)?;
         let lengths = Tensor::from_vec(self.lengths_u32(), self.lengths.len(), dev)?;
-        let ctx = SenseVoiceSmall::fused_context(lengths, self.lengths.to_vec());
+        let ctx = FrameContext::for_fused_cuda(lengths, self.lengths.to_vec());
         let pe = model.position_encoding(self.frames)?;
         model.encode_prepared(self.feats, &rows, &ctx, &pe)
     }
@@ -261,7 +261,7 @@ impl Captured {
         let rows = Tensor::zeros(pass.rows.len(), DType::U32, dev)?;
         let lengths = Tensor::zeros(n, DType::U32, dev)?;
         let pe = model.position_encoding(pass.frames)?;
-        let ctx = SenseVoiceSmall::fused_context(lengths.clone(), pass.lengths.to_vec());
+        let ctx = FrameContext::for_fused_cuda(lengths.clone(), pass.lengths.to_vec());
         write_inputs(&feats, &rows, &lengths, pass)?;
         let _cache = cuda.enable_cuda_graph_htod_cache();
         let out = model.encode_prepared(&feats, &rows, &ctx, &pe)?;

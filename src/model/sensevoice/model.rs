@@ -120,6 +120,14 @@ pub const IDS_CHUNK: usize = 4;
 /// 50 MB L2 cache; at 32 they do not, and the forward took 2.3× the time for 2× the work.
 pub const ENCODER_CHUNK: usize = 16;
 
+/// The passes a CUDA batch of `b` items is run in: `(first item, items)`, at most
+/// [`ENCODER_CHUNK`] items each.
+pub(crate) fn encoder_chunks(b: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..b)
+        .step_by(ENCODER_CHUNK)
+        .map(move |start| (start, ENCODER_CHUNK.min(b - start)))
+}
+
 /// Output of a batched forward pass.
 #[derive(Debug, Clone)]
 pub struct ModelOutput {
@@ -299,15 +307,6 @@ impl SenseVoiceSmall {
         super::encoder::sinusoidal_position_encoding(frames, self.input_size, self.device())
     }
 
-    /// [`super::encoder::FrameContext::for_fused_cuda`] with `lengths` (prompt frames included) on the device.
-    #[cfg(feature = "cuda")]
-    pub(crate) fn fused_context(
-        lengths: Tensor,
-        host_lengths: Vec<usize>,
-    ) -> super::encoder::FrameContext {
-        super::encoder::FrameContext::for_fused_cuda(lengths, host_lengths)
-    }
-
     /// The encoder output `[B, 4 + T_max, D]` in the compute dtype, ready for the CTC head, and
     /// the valid lengths. Same arguments as [`Self::forward`].
     pub fn encode_for_ctc(
@@ -420,8 +419,7 @@ impl SenseVoiceSmall {
         let lengths: Vec<usize> = feat_lengths.iter().map(|l| l + PROMPT_FRAMES).collect();
         let enc = if xs.device().is_cuda() && b > ENCODER_CHUNK && capture.is_none() {
             let mut parts = Vec::with_capacity(b.div_ceil(ENCODER_CHUNK));
-            for start in (0..b).step_by(ENCODER_CHUNK) {
-                let n = ENCODER_CHUNK.min(b - start);
+            for (start, n) in encoder_chunks(b) {
                 let part = xs.narrow(0, start, n)?;
                 parts.push(
                     self.encoder

@@ -329,6 +329,7 @@ impl SenseVoice {
             use_itn: opts.use_itn,
         };
         let prompts = vec![prompt; clips.len()];
+        let started = std::time::Instant::now();
         let ban = opts.ban_emo_unk.then_some(self.emo_unknown_id).flatten();
         // Full logits only where a column is banned; timestamps otherwise read a few columns
         // of the encoder output per item (see `add_timestamps_from_encoder`).
@@ -356,8 +357,11 @@ impl SenseVoice {
                 .map_err(compute("forward pass"))?;
             (ids, lengths, None, None)
         };
+        let enqueued = started.elapsed();
         meanwhile();
+        let prepared = started.elapsed();
         let frame_ids = ids.to_vec2::<u32>().map_err(compute("argmax"))?;
+        let ids_back = started.elapsed();
         // The items' text, then their timestamps: the CPU work of each item runs in parallel
         // on rayon's pool, and the device's log-probabilities of every item are enqueued before
         // the first is read back (one wait, not one per item).
@@ -373,6 +377,16 @@ impl SenseVoice {
                 self.add_timestamps(logits, b, lengths[b], transcript)?;
             }
         }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            "batch of {}: pass enqueued {:.1} ms, next features by {:.1} ms, ids back by {:.1} ms, \
+             text and timestamps by {:.1} ms",
+            clips.len(),
+            ms(enqueued),
+            ms(prepared),
+            ms(ids_back),
+            ms(started.elapsed()),
+        );
         Ok(results)
     }
 
