@@ -3,8 +3,8 @@
 //!
 //! Transcripts go to stdout (in input order; JSON: an array with one object per transcribed file)
 //! or, with `--output-dir`, to `<stem>.<format>` files there, each written as its results come
-//! ([`writer`]: nothing holds a whole transcript but the history) and made durable as soon as its
-//! file is done (see [`outputs`]). A file that fails part way keeps what it got in
+//! ([`writer`]; the history stores them in pieces: nothing holds a whole transcript) and made
+//! durable as soon as its file is done (see [`outputs`]). A file that fails part way keeps what it got in
 //! `<stem>.partial.<format>` (on stdout: printed in its place). Two inputs with the same stem never share an output: the later
 //! one in the list gets `<stem>.<8 hex digits>.<format>` (see [`inputs::output_names`]), said on
 //! stderr. Progress, notices and errors go to stderr. Bad files are reported by name; the others
@@ -26,7 +26,7 @@ use clap::Args;
 
 use crate::engine::protocol::Precision;
 use crate::engine::subtitles::CueArgs;
-use crate::engine::transcript::{ExportFormat, TranscriptAssembler};
+use crate::engine::transcript::ExportFormat;
 use crate::engine::{
     DecodeSettings, DeviceTarget, EngineConfig, EngineHandle, Event, GpuFree, JobId, Request,
     SpeechEngine,
@@ -664,8 +664,8 @@ impl Run<'_> {
             engine: engine_choice,
             precision: args.precision,
             target,
-            // Each output is written as its results come; nothing holds a whole transcript
-            // (but the history, which stores it).
+            // Each output is written as its results come, and the history stores them in
+            // pieces: nothing holds a whole transcript.
             stream_transcripts: true,
             ..EngineConfig::default()
         };
@@ -689,8 +689,6 @@ impl Run<'_> {
         engine.send(Request::Gpus(gpus));
         let mut flight: HashMap<JobId, (usize, String)> = HashMap::new();
         let mut writers: HashMap<JobId, writer::TranscriptWriter> = HashMap::new();
-        // The history stores whole transcripts: assembled for it alone.
-        let mut for_history: HashMap<JobId, TranscriptAssembler> = HashMap::new();
         let stdout_dir =
             std::env::temp_dir().join(format!("gpuscribe-stdout-{}", std::process::id()));
         let mut aliases = Aliases::default();
@@ -729,9 +727,6 @@ impl Run<'_> {
                 let job = engine.transcribe(path, settings.clone());
                 flight.insert(job, (index, String::new()));
                 writers.insert(job, writer);
-                if history.is_some() {
-                    for_history.insert(job, TranscriptAssembler::default());
-                }
             }
             if flight.is_empty() {
                 break;
@@ -753,35 +748,10 @@ impl Run<'_> {
                 }
                 break;
             };
-            let handled = Instant::now();
+            // Pieces are stored as they come; nothing holds a whole transcript for it.
             if let Some(history) = &mut history {
-                match &event {
-                    Event::JobTranscribed { job_id, results } => {
-                        if let Some(assembler) = for_history.get_mut(job_id) {
-                            results.iter().for_each(|r| assembler.push(r.clone()));
-                        }
-                    }
-                    Event::JobDone {
-                        job_id,
-                        transcript,
-                        ms,
-                    } => {
-                        let whole = for_history
-                            .remove(job_id)
-                            .unwrap_or_default()
-                            .finish(transcript.path.clone(), transcript.duration_s);
-                        history.on_event(&Event::JobDone {
-                            job_id: *job_id,
-                            transcript: whole,
-                            ms: *ms,
-                        });
-                    }
-                    Event::JobFailed { job_id, .. } => {
-                        for_history.remove(job_id);
-                        history.on_event(&event);
-                    }
-                    _ => history.on_event(&event),
-                }
+                let handled = Instant::now();
+                history.on_event(&event);
                 clock.history += handled.elapsed();
             }
             match event {

@@ -414,3 +414,123 @@ fn a_node_that_cannot_load_the_model_exits_4_and_a_bad_shard_value_exits_2() {
         );
     }
 }
+
+/// CRC-8 (polynomial 0x07) of a FLAC frame header (as in `audio_decode_bounds.rs`).
+fn crc8(bytes: &[u8]) -> u8 {
+    let mut crc = 0u8;
+    for &b in bytes {
+        crc ^= b;
+        for _ in 0..8 {
+            crc = if crc & 0x80 != 0 {
+                (crc << 1) ^ 0x07
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// CRC-16 (polynomial 0x8005) of a FLAC frame.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x8005
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// A valid FLAC stream at 1 kHz, 8 bits mono, of `frames` blocks of 65,535 samples each holding
+/// one constant value: 65 s of audio in 12 bytes. The decoder refuses more audio than a file's
+/// size allows ([`gpuscribe::audio::decode::max_audio_s`]), so this file fails part way: what
+/// comes before the bound decodes, then the decoder says the file is bad.
+fn write_dense_flac(path: &Path, frames: u8) {
+    let mut out = b"fLaC".to_vec();
+    out.push(0x80); // last metadata block, STREAMINFO
+    out.extend_from_slice(&[0, 0, 34]);
+    out.extend_from_slice(&65_535u16.to_be_bytes()); // min block size
+    out.extend_from_slice(&65_535u16.to_be_bytes()); // max block size
+    out.extend_from_slice(&[0; 6]); // frame sizes unknown
+    // 20 bits rate, 3 bits channels - 1, 5 bits bits per sample - 1, 36 bits total (unknown).
+    let packed: u64 = (1_000u64 << 44) | (7u64 << 36);
+    out.extend_from_slice(&packed.to_be_bytes());
+    out.extend_from_slice(&[0; 16]); // MD5 unset
+    for n in 0..frames.min(127) {
+        let mut frame = vec![0xFF, 0xF8, 0x70, 0x02, n];
+        frame.extend_from_slice(&65_534u16.to_be_bytes());
+        frame.push(crc8(&frame));
+        frame.push(0x00); // CONSTANT subframe
+        frame.push(0x10); // its value
+        let crc = crc16(&frame);
+        frame.extend_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(&frame);
+    }
+    std::fs::write(path, out).expect("flac");
+}
+
+#[test]
+fn a_file_that_fails_part_way_keeps_what_was_done_in_its_partial_output_and_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("in/dense.flac");
+    std::fs::create_dir_all(bad.parent().expect("parent")).expect("mkdir");
+    write_dense_flac(&bad, 100);
+    let bytes = std::fs::metadata(&bad).expect("size").len();
+    let limit_s = gpuscribe::audio::decode::max_audio_s(bytes);
+    let out = dir.path().join("out");
+    let data_dir = dir.path().join("data");
+    let output = run(gpuscribe(&[
+        os("--format"),
+        os("json"),
+        os("--output-dir"),
+        out.as_os_str(),
+        bad.as_os_str(),
+    ])
+    .env("GPUSCRIBE_DATA_DIR", &data_dir));
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("dense.flac"), "{stderr}");
+    assert!(stderr.contains("dense.partial.json"), "{stderr}");
+    assert!(!out.join("dense.json").exists(), "no complete output");
+
+    // The part done: every segment up to the decoder's bound, in order, and nothing past it.
+    let partial: Value =
+        serde_json::from_slice(&std::fs::read(out.join("dense.partial.json")).expect("partial"))
+            .expect("partial JSON");
+    let segments = partial["segments"].as_array().expect("segments");
+    assert!(!segments.is_empty(), "{partial}");
+    let ends: Vec<f64> = segments
+        .iter()
+        .map(|s| s["end_s"].as_f64().expect("end"))
+        .collect();
+    assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{ends:?}");
+    let covered = partial["duration_s"].as_f64().expect("duration");
+    // The decoder stops within one 65.5-s frame past its bound.
+    assert!(covered > 60.0 && covered <= limit_s + 66.0, "{covered} of {limit_s}");
+    assert!(ends[ends.len() - 1] <= covered + 1e-6, "{ends:?} {covered}");
+
+    // The history has the job, failed, with the same pieces.
+    let history = Command::new(env!("CARGO_BIN_EXE_gpuscribe"))
+        .env("GPUSCRIBE_DATA_DIR", &data_dir)
+        .args(["history", "--json"])
+        .output()
+        .expect("history");
+    let rows: Value = serde_json::from_slice(&history.stdout).expect("history JSON");
+    assert_eq!(rows[0]["state"], "failed", "{rows}");
+    let id = rows[0]["id"].as_i64().expect("id").to_string();
+    let export = Command::new(env!("CARGO_BIN_EXE_gpuscribe"))
+        .env("GPUSCRIBE_DATA_DIR", &data_dir)
+        .args(["history", "export", &id, "--format", "json"])
+        .output()
+        .expect("export");
+    let stored: Value = serde_json::from_slice(&export.stdout).expect("export JSON");
+    for key in ["segments", "tokens", "words"] {
+        assert_eq!(stored[key], partial[key], "{key}");
+    }
+}

@@ -342,3 +342,86 @@ fn the_cli_and_the_window_writer_lose_no_rows_when_writing_at_once() {
         usize::try_from(WINDOW_JOBS).expect("small")
     );
 }
+
+/// A WAV of the three test clips one after another, `times` over (7 s each time).
+fn long_wav(path: &Path, times: usize) {
+    let clips: Vec<Vec<i16>> = ["ja_long", "zh_mid", "en_short"]
+        .iter()
+        .map(|name| {
+            hound::WavReader::open(data().join("audio").join(format!("{name}.wav")))
+                .expect("clip")
+                .samples::<i16>()
+                .map(|s| s.expect("sample"))
+                .collect()
+        })
+        .collect();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).expect("create");
+    for _ in 0..times {
+        for clip in &clips {
+            clip.iter()
+                .chain(&[0i16; 9_600])
+                .for_each(|&s| writer.write_sample(s).expect("write"));
+        }
+    }
+    writer.finalize().expect("finalize");
+}
+
+#[test]
+fn a_long_file_is_stored_in_pieces_and_reads_back_as_transcribe_printed_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let audio = dir.path().join("long.wav");
+    // About 12 minutes: more than one planning window, so the transcript comes in pieces.
+    long_wav(&audio, 100);
+    let out = transcribe(&data_dir, std::slice::from_ref(&audio))
+        .output()
+        .expect("transcribe");
+    assert!(out.status.success(), "{out:?}");
+    let printed: Vec<FileTranscript> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(printed[0].segments.len() > 16, "{}", printed[0].segments.len());
+
+    let library_path = data_dir.join(LIBRARY_FILE);
+    let pieces: i64 = rusqlite::Connection::open(&library_path)
+        .expect("open")
+        .query_row(
+            "SELECT COUNT(*) FROM timings WHERE job_id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert!(pieces > 1, "stored in {pieces} piece(s)");
+    let (library, _) = Library::open(&library_path).expect("open");
+    let stored = library.get(1).expect("get").expect("present");
+    assert_eq!(stored.entry.state, JobState::Done);
+    assert_eq!(stored.transcript, printed[0]);
+    // `gpuscribe history export` gives what `transcribe` printed, to the byte.
+    let exported = gpuscribe(&data_dir)
+        .args(["history", "export", "1", "--format", "json"])
+        .output()
+        .expect("export");
+    assert!(exported.status.success(), "{exported:?}");
+    let again = gpuscribe(&data_dir)
+        .arg("transcribe")
+        .arg("--model-dir")
+        .arg(data().join("tiny"))
+        .arg("--format")
+        .arg("json")
+        .arg("--no-history")
+        .arg("--output-dir")
+        .arg(dir.path().join("out"))
+        .arg(&audio)
+        .output()
+        .expect("transcribe");
+    assert!(again.status.success(), "{again:?}");
+    let written = std::fs::read(dir.path().join("out/long.json")).expect("output");
+    assert_eq!(
+        String::from_utf8_lossy(&exported.stdout),
+        String::from_utf8_lossy(&written)
+    );
+}

@@ -19,6 +19,7 @@
 //! directly.
 
 mod parts;
+mod pieces;
 mod query;
 pub mod recorder;
 pub mod revision;
@@ -535,6 +536,8 @@ fn move_aside(path: &Path) -> Result<PathBuf, LibraryError> {
 
 #[cfg(test)]
 mod parts_tests;
+#[cfg(test)]
+mod pieces_tests;
 #[cfg(test)]
 mod tests;
 

@@ -3,7 +3,8 @@
 //! the engine transcribes each part as it would a file, and everything a part brings (segments,
 //! token and word times) is stored shifted by its offset, so the job reads as one transcript
 //! with continuous times. The job is done when every part is; its text is the parts' texts
-//! joined. Token and word times of every job live in `timings`, as JSON.
+//! joined. Token and word times of every job live in `timings`, as JSON (one row per piece of a
+//! transcript stored as it came, see [`super::pieces`]).
 //!
 //! Also here: the recordings a dead process left behind ([`Library::close_recordings`]).
 
@@ -60,6 +61,19 @@ pub(super) fn write_timings(
         "DELETE FROM timings WHERE job_id = ?1 AND part = ?2",
         params![id, part],
     )?;
+    insert_timings(tx, id, part, 0, tokens, words)
+}
+
+/// Stores the token and word times of piece `chunk` of job `id`'s `part` (nothing when both are
+/// empty).
+pub(super) fn insert_timings(
+    tx: &Transaction<'_>,
+    id: i64,
+    part: u32,
+    chunk: i64,
+    tokens: &[TokenTime],
+    words: &[WordTime],
+) -> rusqlite::Result<()> {
     if tokens.is_empty() && words.is_empty() {
         return Ok(());
     }
@@ -67,10 +81,12 @@ pub(super) fn write_timings(
         r.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
     };
     tx.execute(
-        "INSERT INTO timings (job_id, part, tokens, words) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR REPLACE INTO timings (job_id, part, chunk, tokens, words)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             id,
             part,
+            chunk,
             json(serde_json::to_string(tokens))?,
             json(serde_json::to_string(words))?
         ],
@@ -108,7 +124,7 @@ fn shift_segments(segments: &[Segment], offset_s: f64) -> Vec<Segment> {
         .collect()
 }
 
-fn offset_of(tx: &Transaction<'_>, id: i64, part: u32) -> rusqlite::Result<f64> {
+pub(super) fn offset_of(tx: &Transaction<'_>, id: i64, part: u32) -> rusqlite::Result<f64> {
     Ok(tx
         .query_row(
             "SELECT offset_s FROM job_parts WHERE job_id = ?1 AND part = ?2",
@@ -119,7 +135,7 @@ fn offset_of(tx: &Transaction<'_>, id: i64, part: u32) -> rusqlite::Result<f64> 
         .unwrap_or(0.0))
 }
 
-fn next_idx(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<i64> {
+pub(super) fn next_idx(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<i64> {
     tx.query_row(
         "SELECT COALESCE(MAX(idx) + 1, 0) FROM segments WHERE job_id = ?1",
         [id],
@@ -132,7 +148,7 @@ type PartText = (String, String, String, String, String, f64);
 
 /// The parts' texts as one transcript: texts and raw texts joined with " ", the tags of the
 /// first part with text, the length of all parts.
-fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript> {
+pub(super) fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<FileTranscript> {
     let mut stmt = tx.prepare_cached(
         "SELECT text, raw_text, language, emotion, event, offset_s + COALESCE(duration_s, 0)
          FROM job_parts WHERE job_id = ?1 ORDER BY part",
@@ -359,7 +375,7 @@ impl Library {
         let rows: Vec<(u32, String, String)> = self
             .conn
             .prepare_cached(
-                "SELECT part, tokens, words FROM timings WHERE job_id = ?1 ORDER BY part",
+                "SELECT part, tokens, words FROM timings WHERE job_id = ?1 ORDER BY part, chunk",
             )
             .and_then(|mut stmt| {
                 stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?

@@ -11,12 +11,26 @@ use crate::engine::{Event, JobId};
 #[derive(Debug, Default)]
 pub struct JobRecorder {
     ids: HashMap<JobId, (i64, Option<u32>)>,
+    streamed: bool,
 }
 
 impl JobRecorder {
-    /// A recorder with no jobs yet.
+    /// A recorder with no jobs yet, for an engine that sends whole transcripts in `JobDone`
+    /// (the window's).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A recorder for an engine that streams transcripts
+    /// ([`crate::engine::EngineConfig::stream_transcripts`], the command line's): each
+    /// `JobTranscribed` is stored as a piece as it comes (see [`super::pieces`]) and `JobDone`
+    /// finishes the job from the stored pieces, so nothing here holds a whole transcript.
+    /// Segments of `JobProgress` are not stored: the pieces bring them, final and in order.
+    pub fn streamed() -> Self {
+        Self {
+            streamed: true,
+            ..Self::default()
+        }
     }
 
     /// Records a queued job under the engine's id; returns the library's id.
@@ -94,19 +108,31 @@ impl JobRecorder {
             Event::JobProgress {
                 job_id, segments, ..
             } => match self.ids.get(job_id) {
-                _ if segments.is_empty() => {}
+                _ if segments.is_empty() || self.streamed => {}
                 Some(&(id, None)) => library.job_segments(id, segments)?,
                 Some(&(id, Some(part))) => library.part_segments(id, part, segments)?,
                 None => {}
+            },
+            Event::JobTranscribed { job_id, results } => match self.ids.get(job_id) {
+                Some(&(id, part)) if self.streamed => {
+                    library.job_pieces(id, part.unwrap_or(0), results)?;
+                }
+                _ => {}
             },
             Event::JobDone {
                 job_id,
                 transcript,
                 ms,
-            } => match self.ids.remove(job_id) {
-                Some((id, None)) => library.job_done(id, transcript, *ms)?,
-                Some((id, Some(part))) => library.part_done(id, part, transcript, *ms)?,
-                None => {}
+            } => match (self.ids.remove(job_id), self.streamed) {
+                (Some((id, None)), false) => library.job_done(id, transcript, *ms)?,
+                (Some((id, Some(part))), false) => {
+                    library.part_done(id, part, transcript, *ms)?;
+                }
+                (Some((id, None)), true) => library.job_done_streamed(id, transcript, *ms)?,
+                (Some((id, Some(part))), true) => {
+                    library.part_done_streamed(id, part, transcript, *ms)?;
+                }
+                (None, _) => {}
             },
             Event::JobFailed {
                 job_id,
@@ -117,10 +143,7 @@ impl JobRecorder {
                 Some((id, Some(part))) => library.part_failed(id, part, message, *cancelled)?,
                 None => {}
             },
-            Event::Status(_)
-            | Event::Notice(_)
-            | Event::Marker { .. }
-            | Event::JobTranscribed { .. } => {}
+            Event::Status(_) | Event::Notice(_) | Event::Marker { .. } => {}
         }
         Ok(())
     }
@@ -147,8 +170,9 @@ pub fn model_text(model_dir: Option<&std::path::Path>) -> String {
 
 /// `gpuscribe transcribe`'s history: opens the library, records every file as queued under the
 /// job ids a fresh engine gives them (1, 2, … in submission order, see
-/// [`crate::engine::EngineHandle::transcribe`]), then writes each event. A library that cannot
-/// be used is said once on stderr and transcription goes on without it.
+/// [`crate::engine::EngineHandle::transcribe`]), then writes each event as it comes, transcripts
+/// in pieces ([`JobRecorder::streamed`]: the engine streams them). A library that cannot be used
+/// is said once on stderr and transcription goes on without it.
 pub struct CliHistory {
     library: Library,
     recorder: JobRecorder,
@@ -170,7 +194,7 @@ impl CliHistory {
         for line in report.messages(&path) {
             eprintln!("note: {line}");
         }
-        let mut recorder = JobRecorder::new();
+        let mut recorder = JobRecorder::streamed();
         for (job_id, file) in (1..).zip(files) {
             let job = NewJob {
                 path: file.clone(),

@@ -120,6 +120,38 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, part)
     ) WITHOUT ROWID;
     ",
+    // 2 → 3: a transcript stored in pieces as it comes (`gpuscribe transcribe` streams it), so
+    // that nothing holds a long file's whole transcript: token and word times one row per
+    // piece, and the pieces' texts until the job is done.
+    "
+    -- Token and word times of a job (or part) as JSON arrays of engine::transcript::TokenTime
+    -- and WordTime, times from the job's start: one row per piece, in `chunk` order (a
+    -- transcript stored whole is the one piece 0).
+    CREATE TABLE timings_v3 (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL,
+        chunk INTEGER NOT NULL,
+        tokens TEXT NOT NULL,
+        words TEXT NOT NULL,
+        PRIMARY KEY (job_id, part, chunk)
+    ) WITHOUT ROWID;
+    INSERT INTO timings_v3 (job_id, part, chunk, tokens, words)
+        SELECT job_id, part, 0, tokens, words FROM timings;
+    DROP TABLE timings;
+    ALTER TABLE timings_v3 RENAME TO timings;
+    -- The texts of a streamed job's (or part's) pieces, in `chunk` order, until it is done:
+    -- then they become its transcript's text, raw text and search body, and are removed.
+    -- `search_text` is `text` in search form (see query::search_form).
+    CREATE TABLE text_pieces (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL,
+        chunk INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        raw_text TEXT NOT NULL,
+        search_text TEXT NOT NULL,
+        PRIMARY KEY (job_id, part, chunk)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The newest version this build knows.

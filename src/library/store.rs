@@ -229,6 +229,7 @@ impl Library {
         let result = (|| {
             tx.execute("DELETE FROM segments WHERE job_id = ?1", [id])?;
             tx.execute("DELETE FROM timings WHERE job_id = ?1", [id])?;
+            tx.execute("DELETE FROM text_pieces WHERE job_id = ?1", [id])?;
             // A recording's parts start over, their offsets read again from the files.
             tx.execute("DELETE FROM job_parts WHERE job_id = ?1", [id])?;
             super::parts::insert_parts(&tx, id, &job.parts)?;
@@ -311,6 +312,7 @@ impl Library {
             tx.execute("DELETE FROM segments WHERE job_id = ?1", [id])?;
             insert_segments(&tx, id, 0, 0, &transcript.segments)?;
             super::parts::write_timings(&tx, id, 0, &transcript.tokens, &transcript.words)?;
+            tx.execute("DELETE FROM text_pieces WHERE job_id = ?1", [id])?;
             tx.commit()
         })();
         result.map_err(|e| self.sql(e))
