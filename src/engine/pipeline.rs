@@ -9,9 +9,9 @@
 //!
 //! Memory bound for audio, in 16 kHz f32 samples (64 kB per second): the decoder's chunk and
 //! resampler (~2 s), the cutter (≤ 30 s), the channel (`CHANNEL_SEGMENTS` × 30 s) and the window
-//! (`window` × 30 s): with the defaults (4 and 16), 21 × 30 s ≈ 40 MB whatever the file's length.
-//! A consumer that also holds the batch it is running while it looks at the next window
-//! ([`SegmentBatches::peek_with`]) adds at most one more window: 37 × 30 s ≈ 71 MB.
+//! (`window` × 30 s): with the defaults (24 and 16), 41 × 30 s ≈ 79 MB whatever the file's
+//! length. A consumer that also holds the batch it is running while it looks at the next window
+//! ([`SegmentBatches::peek_with`]) adds at most one more window: 57 × 30 s ≈ 110 MB.
 
 use std::cell::Cell;
 use std::ops::ControlFlow;
@@ -26,8 +26,11 @@ use super::segment::{
 };
 use crate::audio::{DecodeError, DecodeProgress, DecodedAudio};
 
-/// Segments in flight between the decoding thread and the consumer.
-pub const CHANNEL_SEGMENTS: usize = 4;
+/// Segments in flight between the decoding thread and the consumer: more than a window, so
+/// the decoder cuts the next window while the model runs this one (with 4, a 1-hour file on a
+/// GPU waited ~350 ms for its decoder; with 24, ~70–110 ms: BENCHMARKS.md, "The 1-hour
+/// command").
+pub const CHANNEL_SEGMENTS: usize = 24;
 
 /// Segments considered together when planning batches (sorted by length inside the window).
 pub const DEFAULT_WINDOW: usize = 16;
@@ -59,11 +62,7 @@ pub struct SegmentStream {
 impl SegmentStream {
     /// Starts decoding `path`.
     pub fn spawn(path: &Path) -> std::io::Result<Self> {
-        let ahead = std::env::var("GPUSCRIBE_DECODE_AHEAD")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(CHANNEL_SEGMENTS);
-        let (tx, rx) = crossbeam_channel::bounded(ahead);
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_SEGMENTS);
         let path = path.to_owned();
         let progress = SharedProgress::default();
         let shared = Arc::clone(&progress);
