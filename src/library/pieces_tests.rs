@@ -434,7 +434,7 @@ fn a_schema_2_library_with_token_times_is_migrated_and_reads_back_the_same() {
             ],
         )
         .expect("transcript");
-        for (idx, s) in transcript.segments.iter().enumerate() {
+        for (idx, s) in (0i64..).zip(&transcript.segments) {
             conn.execute(
                 "INSERT INTO segments VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
                 rusqlite::params![
