@@ -477,7 +477,7 @@ fn a_schema_2_library_with_token_times_is_migrated_and_reads_back_the_same() {
             end_ms: s + 500,
         };
         for (part, t) in [(1, token("▁b", 2.5)), (0, token("▁a", 0.5))] {
-            let (tokens, words) = v2_timings(&[t.clone()], &[word(&t.token[3..], 0)]);
+            let (tokens, words) = v2_timings(std::slice::from_ref(&t), &[word(&t.token[3..], 0)]);
             conn.execute(
                 "INSERT INTO timings VALUES (2, ?1, ?2, ?3)",
                 rusqlite::params![part, tokens, words],
