@@ -512,7 +512,10 @@ fn a_file_that_fails_part_way_keeps_what_was_done_in_its_partial_output_and_hist
     assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{ends:?}");
     let covered = partial["duration_s"].as_f64().expect("duration");
     // The decoder stops within one 65.5-s frame past its bound.
-    assert!(covered > 60.0 && covered <= limit_s + 66.0, "{covered} of {limit_s}");
+    assert!(
+        covered > 60.0 && covered <= limit_s + 66.0,
+        "{covered} of {limit_s}"
+    );
     assert!(ends[ends.len() - 1] <= covered + 1e-6, "{ends:?} {covered}");
 
     // The history has the job, failed, with the same pieces.

@@ -384,16 +384,18 @@ fn a_long_file_is_stored_in_pieces_and_reads_back_as_transcribe_printed_it() {
         .expect("transcribe");
     assert!(out.status.success(), "{out:?}");
     let printed: Vec<FileTranscript> = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert!(printed[0].segments.len() > 16, "{}", printed[0].segments.len());
+    assert!(
+        printed[0].segments.len() > 16,
+        "{}",
+        printed[0].segments.len()
+    );
 
     let library_path = data_dir.join(LIBRARY_FILE);
     let pieces: i64 = rusqlite::Connection::open(&library_path)
         .expect("open")
-        .query_row(
-            "SELECT COUNT(*) FROM timings WHERE job_id = 1",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT COUNT(*) FROM timings WHERE job_id = 1", [], |r| {
+            r.get(0)
+        })
         .expect("count");
     assert!(pieces > 1, "stored in {pieces} piece(s)");
     let (library, _) = Library::open(&library_path).expect("open");

@@ -434,7 +434,7 @@ fn a_schema_2_library_with_token_times_is_migrated_and_reads_back_the_same() {
             ],
         )
         .expect("transcript");
-        for (idx, s) in transcript.segments.iter().enumerate() {
+        for (idx, s) in (0i64..).zip(&transcript.segments) {
             conn.execute(
                 "INSERT INTO segments VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
                 rusqlite::params![
@@ -477,7 +477,7 @@ fn a_schema_2_library_with_token_times_is_migrated_and_reads_back_the_same() {
             end_ms: s + 500,
         };
         for (part, t) in [(1, token("▁b", 2.5)), (0, token("▁a", 0.5))] {
-            let (tokens, words) = v2_timings(&[t.clone()], &[word(&t.token[3..], 0)]);
+            let (tokens, words) = v2_timings(std::slice::from_ref(&t), &[word(&t.token[3..], 0)]);
             conn.execute(
                 "INSERT INTO timings VALUES (2, ?1, ?2, ?3)",
                 rusqlite::params![part, tokens, words],
