@@ -819,24 +819,8 @@ impl Projection {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
-
     use super::*;
-
-    /// A deterministic fill in [-scale, scale) (xorshift).
-    fn fill(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-    }
+    use crate::model::sensevoice::test_util::fill;
 
     /// AMX here, or a loud failure when `GPUSCRIBE_REQUIRE_AMX=1` says it must be.
     fn amx_here() -> bool {
