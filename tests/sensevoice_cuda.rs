@@ -19,6 +19,7 @@ use gpuscribe::model::sensevoice::{DecodeOptions, SenseVoice};
 use serde_json::Value;
 
 use common::sensevoice::{clips, data, reference, tensors, wav};
+use common::xorshift;
 
 /// The fused-kernel switch is process-wide: tests that run the model hold this lock.
 static SWITCH: Mutex<()> = Mutex::new(());
@@ -259,15 +260,7 @@ fn cuda_graph_replays_equal_the_direct_pass() {
             let frames = 37;
             for (round, seed) in [11u64, 12, 13, 14].into_iter().enumerate() {
                 // Round 0 runs directly, round 1 captures, rounds 2 and 3 replay with new inputs.
-                let mut state = seed;
-                let data: Vec<f32> = (0..items * frames * dim)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                    })
-                    .collect();
+                let data = xorshift::values(seed, items * frames * dim, 0.5);
                 let feats = Tensor::from_vec(data, (items, frames, dim), &dev).unwrap();
                 let lengths: Vec<usize> = (0..items)
                     .map(|i| frames - (i * 5 + round * 3) % 17)

@@ -7,26 +7,15 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use candle_core::{D, DType, Device, Tensor};
 use gpuscribe::model::sensevoice::fused;
 
+use common::xorshift::fill;
+
 fn gpu() -> Device {
     gpuscribe::model::cuda_device(0).unwrap()
-}
-
-/// Deterministic values in [-scale, scale) (xorshift), so a failure reproduces.
-fn fill(shape: &[usize], seed: u64, scale: f32, device: &Device) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, shape, device).unwrap()
 }
 
 /// max |a - b| / max |b| over all elements (both converted to f32).

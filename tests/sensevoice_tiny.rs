@@ -5,6 +5,8 @@
 // Test helpers outside #[test] functions panic on purpose: a failed fixture read is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -12,6 +14,8 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use gpuscribe::model::sensevoice::config::SenseVoiceConfig;
 use gpuscribe::model::sensevoice::model::{Language, Prompt, SenseVoiceSmall};
 use gpuscribe::model::sensevoice::weights::{HostWeights, WeightsError, expected_tensors};
+
+use common::xorshift;
 
 const TINY_CONFIG: &str = "
 encoder: SenseVoiceEncoderSmall
@@ -42,19 +46,11 @@ fn config() -> SenseVoiceConfig {
 
 /// Deterministic uniform values in [-scale, scale) (candle's CPU RNG cannot be seeded).
 fn uniform(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut state = seed
+    let state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407)
         | 1;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect();
+    let data = xorshift::values(state, shape.iter().product(), scale);
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 

@@ -1,12 +1,13 @@
 //! Helpers shared by the test files: for the window tests (`ui_*`) eframe storage in memory
 //! and a fake engine behind channels that records what the window asks of it; the SenseVoice
 //! fixture loaders (`sensevoice`); the ALSA test microphone and the tiny model's engine
-//! configuration (`alsa`).
+//! configuration (`alsa`); seeded pseudo-random tensors (`xorshift`).
 // Each test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
 pub mod alsa;
 pub mod sensevoice;
+pub mod xorshift;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

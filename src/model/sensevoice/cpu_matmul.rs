@@ -156,6 +156,12 @@ const TK: usize = 32;
 /// Columns of B (and of C) per tile.
 const TN: usize = 16;
 
+/// bf16 tiles per f32 tile: `hi`, then `lo` when `split`.
+#[inline(always)]
+const fn bf16_parts(split: bool) -> usize {
+    if split { 2 } else { 1 }
+}
+
 /// A weight `W` `[N, K]` (f32) rounded and laid out for `x · Wᵀ` with AMX.
 ///
 /// Tiles are ordered by pairs of 16-column blocks `np`, then by K block `kb`; each step holds
@@ -227,7 +233,7 @@ fn pack_weight_panel_v4(w: &[f32], n: usize, k: usize, np: usize, split: bool, p
 /// gathered as 16 columns × 32 K values, split, then written in VNNI order.
 #[inline(always)]
 fn pack_weight_panel(w: &[f32], n: usize, k: usize, np: usize, split: bool, panel: &mut [u16]) {
-    let parts = if split { 2 } else { 1 };
+    let parts = bf16_parts(split);
     let step = 2 * parts * TILE;
     let mut vals = [0f32; TILE];
     let mut hi = [0u16; TILE];
@@ -248,23 +254,22 @@ fn pack_weight_panel(w: &[f32], n: usize, k: usize, np: usize, split: bool, pane
                 }
             }
             split_values(&vals, &mut hi, &mut lo, split);
-            // VNNI: tile row kk / 2, element 2c + kk % 2.
-            let tile_hi = &mut block[half * TILE..(half + 1) * TILE];
-            for c in 0..TN {
-                for p in 0..TK / 2 {
-                    tile_hi[p * TK + 2 * c] = hi[c * TK + 2 * p];
-                    tile_hi[p * TK + 2 * c + 1] = hi[c * TK + 2 * p + 1];
-                }
-            }
+            vnni(&hi, &mut block[half * TILE..(half + 1) * TILE]);
             if split {
-                let tile_lo = &mut block[(2 + half) * TILE..(3 + half) * TILE];
-                for c in 0..TN {
-                    for p in 0..TK / 2 {
-                        tile_lo[p * TK + 2 * c] = lo[c * TK + 2 * p];
-                        tile_lo[p * TK + 2 * c + 1] = lo[c * TK + 2 * p + 1];
-                    }
-                }
+                vnni(&lo, &mut block[(2 + half) * TILE..(3 + half) * TILE]);
             }
+        }
+    }
+}
+
+/// Writes `vals` (16 columns × 32 K values) into `tile` in VNNI order: tile row kk / 2,
+/// element 2c + kk % 2.
+#[inline(always)]
+fn vnni(vals: &[u16; TILE], tile: &mut [u16]) {
+    for c in 0..TN {
+        for p in 0..TK / 2 {
+            tile[p * TK + 2 * c] = vals[c * TK + 2 * p];
+            tile[p * TK + 2 * c + 1] = vals[c * TK + 2 * p + 1];
         }
     }
 }
@@ -297,7 +302,7 @@ impl PackedWeight {
     fn pack_slice(w: &[f32], n: usize, k: usize, split: bool) -> Self {
         let k_blocks = k.div_ceil(TK);
         let n_pairs = n.div_ceil(2 * TN);
-        let parts = if split { 2 } else { 1 };
+        let parts = bf16_parts(split);
         let step = 2 * parts * TILE;
         let mut tiles = vec![0u16; n_pairs * k_blocks * step];
         tiles
@@ -371,7 +376,7 @@ impl PackedWeight {
         let mut out = vec![0f32; m_pairs * 2 * TM * n_pad];
         SCRATCH.with(|cell| {
             let mut scratch = cell.take();
-            let parts = if self.split { 2 } else { 1 };
+            let parts = bf16_parts(self.split);
             let len = m_pairs * 2 * self.k_blocks * parts * TILE;
             if scratch.len() < len {
                 scratch.resize(len, 0);
@@ -395,7 +400,7 @@ impl PackedWeight {
     /// C = A·Wᵀ over the packed rows `a` (`m_pairs` pairs of 16-row blocks) into `out`
     /// (`m_pairs * 32` rows of `n_pairs * 32` columns).
     fn multiply(&self, a: &[u16], m_pairs: usize, out: &mut [f32]) {
-        let parts = if self.split { 2 } else { 1 };
+        let parts = bf16_parts(self.split);
         // Column pairs per task: the task's share of one K chunk of the weights stays within
         // ~512 KiB (L2), and there are a few tasks per thread to balance.
         let chunk_bytes = K_CHUNK.min(self.k_blocks) * 2 * parts * TILE * 2;
@@ -441,7 +446,7 @@ impl PackedWeight {
         out: SendPtr,
     ) {
         let cfg = TileConfig::new();
-        let parts = if self.split { 2 } else { 1 };
+        let parts = bf16_parts(self.split);
         let a_block = self.k_blocks * parts * TILE; // one 16-row block of A
         let b_panel = self.k_blocks * 2 * parts * TILE; // one column pair of B
         let ld = self.n_pairs * 2 * TN;
@@ -500,7 +505,7 @@ unsafe impl Sync for SendPtr {}
 /// Lays out `a` `[m, k]` as tiles: per 16-row block, per K block, `hi` (then `lo` when `split`),
 /// zero past `m` and `k`. `out` holds `m_pairs * 2` row blocks.
 fn pack_rows(a: &[f32], k: usize, m: usize, k_blocks: usize, split: bool, out: &mut [u16]) {
-    let parts = if split { 2 } else { 1 };
+    let parts = bf16_parts(split);
     let a_block = k_blocks * parts * TILE;
     out.par_chunks_mut(a_block)
         .enumerate()
@@ -523,7 +528,7 @@ fn pack_row_block_v4(a: &[f32], k: usize, m: usize, mb: usize, split: bool, bloc
 
 #[inline(always)]
 fn pack_row_block(a: &[f32], k: usize, m: usize, mb: usize, split: bool, block: &mut [u16]) {
-    let parts = if split { 2 } else { 1 };
+    let parts = bf16_parts(split);
     for (kb, step) in block.chunks_exact_mut(parts * TILE).enumerate() {
         let (hi, lo) = step.split_at_mut(TILE);
         for r in 0..TM {
@@ -585,12 +590,25 @@ unsafe fn tile_release() {
     unsafe { std::arch::asm!("tilerelease", options(nostack)) };
 }
 
+/// `tileloadd`: tile `$t` from `$p`, `$s` bytes between rows.
 macro_rules! tile_load {
-    ($t:literal, $p:expr) => {
+    ($t:literal, $p:expr, $s:expr) => {
         std::arch::asm!(
             concat!("tileloadd tmm", $t, ", [{p} + {s}*1]"),
             p = in(reg) $p,
-            s = in(reg) 64usize,
+            s = in(reg) $s,
+            options(nostack)
+        )
+    };
+}
+
+/// `tilestored`: tile `$t` to `$p`, `$s` bytes between rows.
+macro_rules! tile_store {
+    ($t:literal, $p:expr, $s:expr) => {
+        std::arch::asm!(
+            concat!("tilestored [{p} + {s}*1], tmm", $t),
+            p = in(reg) $p,
+            s = in(reg) $s,
             options(nostack)
         )
     };
@@ -603,6 +621,47 @@ macro_rules! tile_dot {
             options(nostack)
         )
     };
+}
+
+/// Loads A tiles 4 and 5 from `a0` and `a1` (one 16 × 32 bf16 step each).
+///
+/// # Safety
+/// AMX must be available with [`TileConfig`] loaded; each pointer must cover one tile.
+#[inline(always)]
+unsafe fn load_a(a0: *const u16, a1: *const u16) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        tile_load!("4", a0, 64usize);
+        tile_load!("5", a1, 64usize);
+    }
+}
+
+/// Loads B tiles 6 and 7 from `b` (two 32 × 16 bf16 tiles in a row: both column blocks).
+///
+/// # Safety
+/// AMX must be available with [`TileConfig`] loaded; `b` must cover two tiles.
+#[inline(always)]
+unsafe fn load_b(b: *const u16) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        tile_load!("6", b, 64usize);
+        tile_load!("7", b.add(TILE), 64usize);
+    }
+}
+
+/// C tiles 0–3 += A tiles 4–5 × B tiles 6–7 (C tile `2i + j` takes A `4 + i`, B `6 + j`).
+///
+/// # Safety
+/// AMX must be available with [`TileConfig`] loaded.
+#[inline(always)]
+unsafe fn dot_c() {
+    // SAFETY: see the function's contract.
+    unsafe {
+        tile_dot!("0", "4", "6");
+        tile_dot!("1", "4", "7");
+        tile_dot!("2", "5", "6");
+        tile_dot!("3", "5", "7");
+    }
 }
 
 /// C tiles 0–3 (rows of `a0`/`a1` × two 16-column blocks of `b`) += the product over
@@ -623,40 +682,22 @@ unsafe fn block(a0: *const u16, a1: *const u16, b: *const u16, k_blocks: usize, 
                 let bh = b.add(kb * 4 * TILE);
                 let bl = bh.add(2 * TILE);
                 // Ah·Bl
-                tile_load!("4", a0h);
-                tile_load!("5", a1h);
-                tile_load!("6", bl);
-                tile_load!("7", bl.add(TILE));
-                tile_dot!("0", "4", "6");
-                tile_dot!("1", "4", "7");
-                tile_dot!("2", "5", "6");
-                tile_dot!("3", "5", "7");
+                load_a(a0h, a1h);
+                load_b(bl);
+                dot_c();
                 // Ah·Bh
-                tile_load!("6", bh);
-                tile_load!("7", bh.add(TILE));
-                tile_dot!("0", "4", "6");
-                tile_dot!("1", "4", "7");
-                tile_dot!("2", "5", "6");
-                tile_dot!("3", "5", "7");
+                load_b(bh);
+                dot_c();
                 // Al·Bh
-                tile_load!("4", a0l);
-                tile_load!("5", a1l);
-                tile_dot!("0", "4", "6");
-                tile_dot!("1", "4", "7");
-                tile_dot!("2", "5", "6");
-                tile_dot!("3", "5", "7");
+                load_a(a0l, a1l);
+                dot_c();
             }
         } else {
             for kb in 0..k_blocks {
                 let bh = b.add(kb * 2 * TILE);
-                tile_load!("4", a0.add(kb * TILE));
-                tile_load!("5", a1.add(kb * TILE));
-                tile_load!("6", bh);
-                tile_load!("7", bh.add(TILE));
-                tile_dot!("0", "4", "6");
-                tile_dot!("1", "4", "7");
-                tile_dot!("2", "5", "6");
-                tile_dot!("3", "5", "7");
+                load_a(a0.add(kb * TILE), a1.add(kb * TILE));
+                load_b(bh);
+                dot_c();
             }
         }
     }
@@ -686,22 +727,12 @@ unsafe fn zero_c() {
 /// AMX must be available with [`TileConfig`] loaded; each `c[i]` must hold 16 rows of 16 f32.
 #[inline(always)]
 unsafe fn load_c(c: [*mut f32; 4], stride: usize) {
-    macro_rules! ld {
-        ($t:literal, $p:expr) => {
-            std::arch::asm!(
-                concat!("tileloadd tmm", $t, ", [{p} + {s}*1]"),
-                p = in(reg) $p,
-                s = in(reg) stride,
-                options(nostack)
-            )
-        };
-    }
     // SAFETY: see the function's contract.
     unsafe {
-        ld!("0", c[0]);
-        ld!("1", c[1]);
-        ld!("2", c[2]);
-        ld!("3", c[3]);
+        tile_load!("0", c[0], stride);
+        tile_load!("1", c[1], stride);
+        tile_load!("2", c[2], stride);
+        tile_load!("3", c[3], stride);
     }
 }
 
@@ -711,22 +742,12 @@ unsafe fn load_c(c: [*mut f32; 4], stride: usize) {
 /// As [`load_c`], and nothing else may access those elements meanwhile.
 #[inline(always)]
 unsafe fn store_c(c: [*mut f32; 4], stride: usize) {
-    macro_rules! st {
-        ($t:literal, $p:expr) => {
-            std::arch::asm!(
-                concat!("tilestored [{p} + {s}*1], tmm", $t),
-                p = in(reg) $p,
-                s = in(reg) stride,
-                options(nostack)
-            )
-        };
-    }
     // SAFETY: see the function's contract.
     unsafe {
-        st!("0", c[0]);
-        st!("1", c[1]);
-        st!("2", c[2]);
-        st!("3", c[3]);
+        tile_store!("0", c[0], stride);
+        tile_store!("1", c[1], stride);
+        tile_store!("2", c[2], stride);
+        tile_store!("3", c[3], stride);
     }
 }
 
@@ -819,24 +840,8 @@ impl Projection {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
-
     use super::*;
-
-    /// A deterministic fill in [-scale, scale) (xorshift).
-    fn fill(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-    }
+    use crate::model::sensevoice::test_util::fill;
 
     /// AMX here, or a loud failure when `GPUSCRIBE_REQUIRE_AMX=1` says it must be.
     fn amx_here() -> bool {

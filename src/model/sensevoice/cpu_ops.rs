@@ -588,22 +588,8 @@ pub fn residual_bias(y: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Ten
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::sensevoice::test_util::fill;
     use candle_core::{D, DType, Device, IndexOp};
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        // A fixed pseudo-random fill (xorshift), so failures reproduce.
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-    }
 
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
         let diff = (a - b)
@@ -634,9 +620,9 @@ mod tests {
     fn layer_norm_matches_candle() {
         // Width 100 leaves a remainder after the 16-wide chunks; an offset mean tests centring.
         for (rows, d) in [(37, 512), (5, 100), (1, 7)] {
-            let x = (rand(&[1, rows, d], 1) + 3.0).expect("x");
-            let w = rand(&[d], 2);
-            let b = rand(&[d], 3);
+            let x = (fill(&[1, rows, d], 1, 2.0) + 3.0).expect("x");
+            let w = fill(&[d], 2, 2.0);
+            let b = fill(&[d], 3, 2.0);
             let got = layer_norm(&x, &w, &b, 1e-5).expect("fused");
             let centred = x
                 .broadcast_sub(&x.mean_keepdim(D::Minus1).expect("mean"))
@@ -648,8 +634,8 @@ mod tests {
 
     #[test]
     fn bias_act_matches_candle() {
-        let y = rand(&[2, 33, 70], 4);
-        let b = rand(&[70], 5);
+        let y = fill(&[2, 33, 70], 4, 2.0);
+        let b = fill(&[70], 5, 2.0);
         for relu in [false, true] {
             let got = bias_act(&y, &b, relu).expect("fused");
             let mut want = y.broadcast_add(&b).expect("add");
@@ -664,8 +650,8 @@ mod tests {
     fn heads_softmax_and_merge_match_candle() {
         let (b, t, h, dk) = (2, 21, 4, 8);
         let d = h * dk;
-        let y = rand(&[b, t, 3 * d], 6);
-        let bias = rand(&[3 * d], 7);
+        let y = fill(&[b, t, 3 * d], 6, 2.0);
+        let bias = fill(&[3 * d], 7, 2.0);
         let heads = qkv_heads(&y, &bias, h).expect("fused heads");
         let want = y
             .broadcast_add(&bias)
@@ -678,7 +664,9 @@ mod tests {
         assert_eq!(rel(&heads, &want), 0.0);
 
         let lengths = [t, 13];
-        let scores = rand(&[b, h, t, t], 8).affine(4.0, 0.0).expect("scores");
+        let scores = fill(&[b, h, t, t], 8, 2.0)
+            .affine(4.0, 0.0)
+            .expect("scores");
         let got = masked_softmax(&scores, &lengths).expect("fused softmax");
         let bias: Vec<f32> = lengths
             .iter()
@@ -689,7 +677,7 @@ mod tests {
             .expect("candle softmax");
         assert!(rel(&got, &want) < 1e-6, "{}", rel(&got, &want));
 
-        let o = rand(&[b, h, t, dk], 9);
+        let o = fill(&[b, h, t, dk], 9, 2.0);
         let got = merge_heads(&o).expect("fused merge");
         let want = o
             .transpose(1, 2)
@@ -727,14 +715,14 @@ mod tests {
     fn attention_output_matches_candle() {
         let (b, t, h, dk, k) = (3, 19, 2, 24, 11);
         let d = h * dk;
-        let y = rand(&[b, t, 3 * d], 10);
+        let y = fill(&[b, t, 3 * d], 10, 2.0);
         let zero = Tensor::zeros(3 * d, DType::F32, &Device::Cpu).expect("zero");
         let heads = qkv_heads(&y, &zero, h).expect("heads");
         let v = y.narrow(2, 2 * d, d).expect("v");
-        let taps = rand(&[k, d], 11);
-        let lo = rand(&[b, t, d], 12);
-        let bias = rand(&[d], 13);
-        let residual = rand(&[b, t, d], 14);
+        let taps = fill(&[k, d], 11, 2.0);
+        let lo = fill(&[b, t, d], 12, 2.0);
+        let bias = fill(&[d], 13, 2.0);
+        let residual = fill(&[b, t, d], 14, 2.0);
         // Unpadded, padded, and an item shorter than the kernel; left 5 (sanm_shfit 0) and 7.
         for (lengths, left) in [([t, t, t], 5), ([t, 12, 3], 5), ([t, 12, 3], 7)] {
             let fsmn = fsmn_reference(&v, &taps, &lengths, left);
@@ -754,9 +742,9 @@ mod tests {
 
     #[test]
     fn residual_bias_matches_candle() {
-        let y = rand(&[1, 40, 64], 15);
-        let b = rand(&[64], 16);
-        let res = rand(&[1, 40, 64], 17);
+        let y = fill(&[1, 40, 64], 15, 2.0);
+        let b = fill(&[64], 16, 2.0);
+        let res = fill(&[1, 40, 64], 17, 2.0);
         let got = residual_bias(&y, &b, &res).expect("fused");
         let want = y.broadcast_add(&b).and_then(|y| &res + y).expect("candle");
         assert_eq!(rel(&got, &want), 0.0);
@@ -764,12 +752,12 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_errors() {
-        let x = rand(&[2, 8], 18);
-        assert!(layer_norm(&x, &rand(&[7], 1), &rand(&[8], 2), 1e-5).is_err());
-        assert!(qkv_heads(&rand(&[1, 4, 10], 3), &rand(&[10], 4), 4).is_err());
-        assert!(masked_softmax(&rand(&[2, 1, 3, 3], 5), &[3]).is_err());
-        let t = rand(&[8, 2], 6).t().expect("t");
-        assert!(bias_act(&t, &rand(&[8], 7), false).is_err());
+        let x = fill(&[2, 8], 18, 2.0);
+        assert!(layer_norm(&x, &fill(&[7], 1, 2.0), &fill(&[8], 2, 2.0), 1e-5).is_err());
+        assert!(qkv_heads(&fill(&[1, 4, 10], 3, 2.0), &fill(&[10], 4, 2.0), 4).is_err());
+        assert!(masked_softmax(&fill(&[2, 1, 3, 3], 5, 2.0), &[3]).is_err());
+        let t = fill(&[8, 2], 6, 2.0).t().expect("t");
+        assert!(bias_act(&t, &fill(&[8], 7, 2.0), false).is_err());
     }
 
     /// Minor page faults of the calling thread so far.

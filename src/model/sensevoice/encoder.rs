@@ -735,21 +735,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-
-    /// A deterministic fill in [-scale, scale) (xorshift), so a failure reproduces.
-    fn fill(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-    }
+    use crate::model::sensevoice::test_util::fill;
 
     /// A small random encoder (width 32, 4 heads, K 11) with input width 40.
     fn random_encoder(sanm_shfit: usize) -> (SenseVoiceEncoderSmall, usize) {

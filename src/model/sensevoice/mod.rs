@@ -23,6 +23,8 @@ pub mod fused;
 pub mod model;
 pub mod postprocess;
 pub mod spm_encode;
+#[cfg(test)]
+mod test_util;
 pub mod timestamps;
 pub mod tokenizer;
 pub mod transcribe;
