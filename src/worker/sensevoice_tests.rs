@@ -203,9 +203,10 @@ fn streamed_file_jobs_give_exactly_the_whole_file_transcripts() {
 #[test]
 fn progress_goes_by_the_header_length_or_by_the_bytes_read() {
     let dir = tempfile::tempdir().unwrap();
-    // Longer than a planning window and the channel, so the first batches run while the
-    // decoder is still reading.
-    let samples = speech(900.0);
+    // Longer than the channel and two planning windows of 30 s segments, so the first batches
+    // run while the decoder is still reading (it is never more than that ahead).
+    use crate::engine::pipeline::{CHANNEL_SEGMENTS, DEFAULT_WINDOW};
+    let samples = speech(30.0 * (CHANNEL_SEGMENTS + 2 * DEFAULT_WINDOW) as f64);
     let duration = samples.len() as f64 / 16_000.0;
     let stated = dir.path().join("stated.wav");
     write_wav(&stated, &samples, false);
