@@ -10,6 +10,10 @@ use std::path::Path;
 use gpuscribe::audio::decode::{MAX_AUDIO_BASE_S, MAX_AUDIO_S_PER_BYTE, max_audio_s};
 use gpuscribe::audio::{DecodeError, DecodeProgress, decode_file, decode_file_to};
 
+#[path = "common/flac.rs"]
+mod flac;
+use flac::write_dense_flac;
+
 /// 16 kHz mono s16 WAV of `seconds` (a tone), with `data_len` written as the data chunk's
 /// length and `riff_len` as the RIFF length (the true ones when `None`).
 fn write_wav(path: &Path, seconds: f64, riff_len: Option<u32>, data_len: Option<u32>) {
@@ -134,66 +138,6 @@ fn a_wav_header_that_claims_hours_decodes_what_is_there_and_says_so() {
     assert_eq!(streamed, 320_000);
     assert!(largest <= 64_000, "{largest}");
     assert!(summary.samples.is_empty() && summary.ended_early.is_some());
-}
-
-/// CRC-8 (polynomial 0x07) of a FLAC frame header.
-fn crc8(bytes: &[u8]) -> u8 {
-    let mut crc = 0u8;
-    for &b in bytes {
-        crc ^= b;
-        for _ in 0..8 {
-            crc = if crc & 0x80 != 0 {
-                (crc << 1) ^ 0x07
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// CRC-16 (polynomial 0x8005) of a FLAC frame.
-fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc = 0u16;
-    for &b in bytes {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x8005
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// A valid FLAC stream at 1 kHz, 8 bits mono, of `frames` blocks of 65,535 samples each
-/// holding one constant value: 65 s of audio in 10 bytes. No real recording is like this; a
-/// hostile file is.
-fn write_dense_flac(path: &Path, frames: u8) {
-    let mut out = b"fLaC".to_vec();
-    out.push(0x80); // last metadata block, STREAMINFO
-    out.extend_from_slice(&[0, 0, 34]);
-    out.extend_from_slice(&65_535u16.to_be_bytes()); // min block size
-    out.extend_from_slice(&65_535u16.to_be_bytes()); // max block size
-    out.extend_from_slice(&[0; 6]); // frame sizes unknown
-    // 20 bits rate, 3 bits channels - 1, 5 bits bits per sample - 1, 36 bits total (unknown).
-    let packed: u64 = (1_000u64 << 44) | (7u64 << 36);
-    out.extend_from_slice(&packed.to_be_bytes());
-    out.extend_from_slice(&[0; 16]); // MD5 unset
-    for n in 0..frames.min(127) {
-        // Fixed block size; 16-bit block size at the end; rate from STREAMINFO; mono, 8 bits.
-        let mut frame = vec![0xFF, 0xF8, 0x70, 0x02, n];
-        frame.extend_from_slice(&65_534u16.to_be_bytes());
-        frame.push(crc8(&frame));
-        frame.push(0x00); // CONSTANT subframe
-        frame.push(0x10); // its value
-        let crc = crc16(&frame);
-        frame.extend_from_slice(&crc.to_be_bytes());
-        out.extend_from_slice(&frame);
-    }
-    std::fs::write(path, out).unwrap();
 }
 
 #[test]
