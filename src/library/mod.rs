@@ -31,7 +31,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension as _, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, Transaction, params};
 use serde::Serialize;
 
 pub use query::{fts_query, search_form};
@@ -350,6 +350,19 @@ impl Library {
         }
     }
 
+    /// Runs `f` in one transaction, committed when `f` succeeds and rolled back when it fails.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, LibraryError> {
+        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        let result = f(&tx).and_then(|value| tx.commit().map(|()| value));
+        result.map_err(|e| self.sql(e))
+    }
+
     fn sessions_dir(&self) -> PathBuf {
         self.path.with_file_name("sessions")
     }
@@ -428,31 +441,20 @@ impl Library {
 
     /// Marks a session's unfinished jobs and recordings interrupted and forgets the session.
     fn end_session(&mut self, session: i64) -> Result<usize, LibraryError> {
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let marked = tx
-            .execute(
+        self.in_transaction(|tx| {
+            let marked = tx.execute(
                 "UPDATE jobs SET state = 'interrupted', finished_at_ms = ?2
                  WHERE session_id = ?1 AND state IN ('recording', 'queued', 'running')",
                 params![session, now_ms()],
-            )
-            .and_then(|n| {
-                tx.execute(
-                    "UPDATE recordings SET state = 'interrupted'
-                     WHERE session_id = ?1 AND state = 'recording'",
-                    [session],
-                )?;
-                tx.execute("DELETE FROM sessions WHERE id = ?1", [session])?;
-                tx.commit()?;
-                Ok(n)
-            })
-            .map_err(|e| LibraryError::Sqlite {
-                path: self.path.clone(),
-                source: e,
-            })?;
-        Ok(marked)
+            )?;
+            tx.execute(
+                "UPDATE recordings SET state = 'interrupted'
+                 WHERE session_id = ?1 AND state = 'recording'",
+                [session],
+            )?;
+            tx.execute("DELETE FROM sessions WHERE id = ?1", [session])?;
+            Ok(marked)
+        })
     }
 
     fn purge_deleted(&mut self) -> Result<(), LibraryError> {
@@ -538,6 +540,8 @@ fn move_aside(path: &Path) -> Result<PathBuf, LibraryError> {
 mod parts_tests;
 #[cfg(test)]
 mod pieces_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 

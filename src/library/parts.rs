@@ -193,14 +193,26 @@ pub(super) fn joined(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<Fil
     Ok(out)
 }
 
-impl Library {
-    fn tx(&mut self) -> Result<Transaction<'_>, LibraryError> {
-        let path = self.path.clone();
-        self.conn
-            .transaction()
-            .map_err(|source| LibraryError::Sqlite { path, source })
+/// Adds a finished part's `wall_ms` to job `id`'s and, when no part is left and the job is
+/// still unfinished, marks it done with the parts joined.
+pub(super) fn finish_part(tx: &Transaction<'_>, id: i64, wall_ms: f64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE jobs SET wall_ms = COALESCE(wall_ms, 0) + ?2 WHERE id = ?1",
+        params![id, wall_ms],
+    )?;
+    let left: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM job_parts WHERE job_id = ?1 AND state != 'done'",
+        [id],
+        |r| r.get(0),
+    )?;
+    let state: String = tx.query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
+    if left == 0 && JobState::parse(&state).is_unfinished() {
+        write_done(tx, id, &joined(tx, id)?, None)?;
     }
+    Ok(())
+}
 
+impl Library {
     /// A recording has started: its job is a row now (state `recording`), so a crash leaves it
     /// listed as interrupted. `job.parts` is empty; [`Library::recording_queued`] sets them.
     pub fn recording_job(&mut self, job: &NewJob) -> Result<i64, LibraryError> {
@@ -213,8 +225,7 @@ impl Library {
             .model_revision
             .clone()
             .unwrap_or_else(|| super::model_revision(&job.model));
-        let tx = self.tx()?;
-        let result = (|| {
+        self.in_transaction(|tx| {
             tx.execute(
                 "UPDATE jobs SET state = 'queued', language = ?2, use_itn = ?3, rich = ?4,
                     device_request = ?5, model = ?6, model_revision = ?7, error = NULL
@@ -230,10 +241,9 @@ impl Library {
                 ],
             )?;
             tx.execute("DELETE FROM job_parts WHERE job_id = ?1", [id])?;
-            insert_parts(&tx, id, &job.parts)?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            insert_parts(tx, id, &job.parts)?;
+            Ok(())
+        })
     }
 
     /// A part's audio is decoded: its length, and the job's (all parts known so far).
@@ -243,8 +253,7 @@ impl Library {
         part: u32,
         duration_s: f64,
     ) -> Result<(), LibraryError> {
-        let tx = self.tx()?;
-        let result = (|| {
+        self.in_transaction(|tx| {
             tx.execute(
                 "UPDATE job_parts SET duration_s = ?3 WHERE job_id = ?1 AND part = ?2",
                 params![id, part, duration_s],
@@ -254,9 +263,8 @@ impl Library {
                     FROM job_parts WHERE job_id = ?1) WHERE id = ?1",
                 [id],
             )?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            Ok(())
+        })
     }
 
     /// Segments of a part as they arrive, moved to the recording's times.
@@ -266,14 +274,11 @@ impl Library {
         part: u32,
         segments: &[Segment],
     ) -> Result<(), LibraryError> {
-        let tx = self.tx()?;
-        let result = (|| {
-            let offset = offset_of(&tx, id, part)?;
-            let next = next_idx(&tx, id)?;
-            insert_segments(&tx, id, next, part, &shift_segments(segments, offset))?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+        self.in_transaction(|tx| {
+            let offset = offset_of(tx, id, part)?;
+            let next = next_idx(tx, id)?;
+            insert_segments(tx, id, next, part, &shift_segments(segments, offset))
+        })
     }
 
     /// A part finished; when it was the last, the job is done with the parts joined.
@@ -284,9 +289,8 @@ impl Library {
         transcript: &FileTranscript,
         wall_ms: f64,
     ) -> Result<(), LibraryError> {
-        let tx = self.tx()?;
-        let result = (|| {
-            let t = shifted(transcript, offset_of(&tx, id, part)?);
+        self.in_transaction(|tx| {
+            let t = shifted(transcript, offset_of(tx, id, part)?);
             tx.execute(
                 "UPDATE job_parts SET state = 'done', duration_s = ?3, text = ?4, raw_text = ?5,
                     language = ?6, emotion = ?7, event = ?8
@@ -306,26 +310,11 @@ impl Library {
                 "DELETE FROM segments WHERE job_id = ?1 AND part = ?2",
                 params![id, part],
             )?;
-            let next = next_idx(&tx, id)?;
-            insert_segments(&tx, id, next, part, &t.segments)?;
-            write_timings(&tx, id, part, &t.tokens, &t.words)?;
-            tx.execute(
-                "UPDATE jobs SET wall_ms = COALESCE(wall_ms, 0) + ?2 WHERE id = ?1",
-                params![id, wall_ms],
-            )?;
-            let left: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM job_parts WHERE job_id = ?1 AND state != 'done'",
-                [id],
-                |r| r.get(0),
-            )?;
-            let state: String =
-                tx.query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
-            if left == 0 && JobState::parse(&state).is_unfinished() {
-                write_done(&tx, id, &joined(&tx, id)?, None)?;
-            }
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            let next = next_idx(tx, id)?;
+            insert_segments(tx, id, next, part, &t.segments)?;
+            write_timings(tx, id, part, &t.tokens, &t.words)?;
+            finish_part(tx, id, wall_ms)
+        })
     }
 
     /// A part failed or was cancelled: so is the job (Resume transcribes every part again).
@@ -442,10 +431,9 @@ impl Library {
                     repair(part);
                 }
             }
-            let tx = self.tx()?;
-            let result = (|| {
+            self.in_transaction(|tx| {
                 tx.execute("DELETE FROM job_parts WHERE job_id = ?1", [job_id])?;
-                insert_parts(&tx, job_id, &parts)?;
+                insert_parts(tx, job_id, &parts)?;
                 if parts.is_empty() {
                     tx.execute(
                         "UPDATE jobs SET state = 'failed', finished_at_ms = ?2, error = ?3 WHERE id = ?1",
@@ -466,9 +454,8 @@ impl Library {
                         job_id
                     ],
                 )?;
-                tx.commit()
-            })();
-            result.map_err(|e| self.sql(e))?;
+                Ok(())
+            })?;
         }
         Ok(())
     }

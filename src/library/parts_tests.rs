@@ -1,36 +1,10 @@
 //! A recording in several files as one job, token times, model revisions and what a crash
 //! leaves of a recording, on a real SQLite file.
 
+use super::test_support::{job, lose_session_lock, open_in, wav};
 use super::*;
 use crate::engine::transcript::{ExportFormat, render};
-use crate::engine::{DecodeSettings, Event, FileTranscript, Segment, TokenTime, WordTime};
-
-fn job(path: &Path) -> NewJob {
-    NewJob {
-        path: path.to_owned(),
-        settings: DecodeSettings::default(),
-        device_request: "cpu".into(),
-        model: "m".into(),
-        model_revision: Some("rev".into()),
-        recording: None,
-        parts: Vec::new(),
-    }
-}
-
-/// A WAV of `secs` of a quiet ramp at 16 kHz.
-fn wav(path: &Path, secs: f64) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut writer = hound::WavWriter::create(path, spec).expect("create");
-    for i in 0..(secs * 16_000.0) as usize {
-        writer.write_sample((i % 100) as i16).expect("write");
-    }
-    writer.finalize().expect("finalize");
-}
+use crate::engine::{Event, FileTranscript, Segment, TokenTime, WordTime};
 
 /// A part's transcript: one segment and two tokens/words, times from the part's start.
 fn part(path: &Path, text: &str, duration_s: f64) -> FileTranscript {
@@ -80,7 +54,7 @@ fn done(job_id: u64, transcript: FileTranscript) -> Event {
 #[test]
 fn a_recording_in_three_files_is_one_job_with_continuous_times() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir.path());
     let files: Vec<PathBuf> = ["rec.wav", "rec-part2.wav", "rec-part3.wav"]
         .iter()
         .map(|n| dir.path().join(n))
@@ -188,7 +162,7 @@ fn a_recording_in_three_files_is_one_job_with_continuous_times() {
 #[test]
 fn a_failed_part_fails_the_job_and_says_which() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir.path());
     let files = [dir.path().join("r.wav"), dir.path().join("r-part2.wav")];
     wav(&files[0], 1.0);
     wav(&files[1], 1.0);
@@ -222,7 +196,7 @@ fn a_failed_part_fails_the_job_and_says_which() {
 #[test]
 fn token_and_word_times_are_kept_and_exported_like_a_fresh_transcript() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir.path());
     let audio = dir.path().join("talk.wav");
     let id = lib.add_job(&job(&audio)).expect("add");
     let t = part(&audio, "hello", 3.0);
@@ -284,7 +258,7 @@ fn the_model_revision_is_the_snapshot_commit_or_the_folder_content() {
     );
 
     // A job stores the revision of its model.
-    let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir.path());
     let mut new = job(&dir.path().join("a.wav"));
     new.model = plain.display().to_string();
     new.model_revision = None;
@@ -325,9 +299,7 @@ fn a_recording_cut_off_by_a_crash_is_repaired_and_listed_interrupted() {
     drop(file);
 
     // The process dies (its lock goes with it).
-    let lock = first.lock_path.take().expect("locked");
-    first._session_lock = None;
-    std::fs::remove_file(lock).expect("remove lock");
+    lose_session_lock(&mut first);
     let (mut next, report) = Library::open(&path).expect("open after the crash");
     assert_eq!(report.interrupted, 1);
     let stored = next.get(id).expect("get").expect("present");

@@ -12,10 +12,10 @@
 
 use rusqlite::{Transaction, params};
 
-use super::parts::{insert_timings, joined, next_idx, offset_of};
+use super::parts::{finish_part, insert_timings, next_idx, offset_of};
 use super::query::search_form;
-use super::store::{insert_segments, write_done};
-use super::{JobState, Library, LibraryError, now_ms};
+use super::store::insert_segments;
+use super::{Library, LibraryError, now_ms};
 use crate::engine::transcript::join_text;
 use crate::engine::{FileTranscript, Segment, SegmentResult, TokenTime, WordTime};
 
@@ -71,8 +71,8 @@ impl Piece {
 }
 
 /// Marks job `id` done with `head`'s length and tags and, from its stored pieces (part 0), its
-/// text, raw text and search body (as [`write_done`] writes them from a whole transcript); the
-/// pieces' texts are removed.
+/// text, raw text and search body (as [`write_done`](super::store::write_done) writes them from a
+/// whole transcript); the pieces' texts are removed.
 fn write_done_from_pieces(
     tx: &Transaction<'_>,
     id: i64,
@@ -127,12 +127,8 @@ impl Library {
         if results.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
-            let piece = Piece::new(results, offset_of(&tx, id, part)?);
+        self.in_transaction(|tx| {
+            let piece = Piece::new(results, offset_of(tx, id, part)?);
             let chunk: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(chunk) + 1, 0) FROM text_pieces
                  WHERE job_id = ?1 AND part = ?2",
@@ -151,12 +147,10 @@ impl Library {
                     search_form(&piece.text)
                 ],
             )?;
-            let next = next_idx(&tx, id)?;
-            insert_segments(&tx, id, next, part, &piece.segments)?;
-            insert_timings(&tx, id, part, chunk, &piece.tokens, &piece.words)?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            let next = next_idx(tx, id)?;
+            insert_segments(tx, id, next, part, &piece.segments)?;
+            insert_timings(tx, id, part, chunk, &piece.tokens, &piece.words)
+        })
     }
 
     /// A streamed job finished: `head` holds its length and tags only (its text came in the
@@ -167,15 +161,7 @@ impl Library {
         head: &FileTranscript,
         wall_ms: f64,
     ) -> Result<(), LibraryError> {
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
-            write_done_from_pieces(&tx, id, head, wall_ms)?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+        self.in_transaction(|tx| write_done_from_pieces(tx, id, head, wall_ms))
     }
 
     /// A streamed part finished (`head`: its length and tags, times of the part); when it was
@@ -187,11 +173,7 @@ impl Library {
         head: &FileTranscript,
         wall_ms: f64,
     ) -> Result<(), LibraryError> {
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
+        self.in_transaction(|tx| {
             tx.execute(
                 &format!(
                     "UPDATE job_parts SET state = 'done', duration_s = ?3,
@@ -212,22 +194,7 @@ impl Library {
                 "DELETE FROM text_pieces WHERE job_id = ?1 AND part = ?2",
                 params![id, part],
             )?;
-            tx.execute(
-                "UPDATE jobs SET wall_ms = COALESCE(wall_ms, 0) + ?2 WHERE id = ?1",
-                params![id, wall_ms],
-            )?;
-            let left: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM job_parts WHERE job_id = ?1 AND state != 'done'",
-                [id],
-                |r| r.get(0),
-            )?;
-            let state: String =
-                tx.query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))?;
-            if left == 0 && JobState::parse(&state).is_unfinished() {
-                write_done(&tx, id, &joined(&tx, id)?, None)?;
-            }
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            finish_part(tx, id, wall_ms)
+        })
     }
 }

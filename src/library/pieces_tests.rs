@@ -2,24 +2,12 @@
 //! same transcript stored whole (the window's), a schema-2 file's token times survive the
 //! migration, and a streamed job that fails part way keeps its pieces; on a real SQLite file.
 
+use super::test_support::{job, open_in, wav};
 use super::*;
 use crate::engine::transcript::{ExportFormat, FirstTags, render};
 use crate::engine::{
-    DecodeSettings, Event, FileTranscript, Segment, SegmentResult, TokenTime, TranscriptAssembler,
-    WordTime,
+    Event, FileTranscript, Segment, SegmentResult, TokenTime, TranscriptAssembler, WordTime,
 };
-
-fn job(path: &Path) -> NewJob {
-    NewJob {
-        path: path.to_owned(),
-        settings: DecodeSettings::default(),
-        device_request: "cpu".into(),
-        model: "m".into(),
-        model_revision: Some("rev".into()),
-        recording: None,
-        parts: Vec::new(),
-    }
-}
 
 /// One model segment's result over `start_s..end_s`: `text` in two timed spans, a token per
 /// span, a word per span; tags from `language`.
@@ -171,7 +159,7 @@ fn events(job_id: u64, path: &Path, streamed: bool, fail_after: Option<usize>) -
 /// A library in `dir` with one job for `audio`, run through `events` by a recorder of the
 /// window's kind or the command line's (`streamed`).
 fn stored(dir: &Path, audio: &Path, streamed: bool, fail_after: Option<usize>) -> (Library, i64) {
-    let (mut lib, _) = Library::open(&dir.join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir);
     let mut recorder = if streamed {
         JobRecorder::streamed()
     } else {
@@ -322,20 +310,10 @@ fn a_recording_streamed_in_parts_reads_back_as_the_same_recording_stored_whole()
         .map(|n| dir.path().join(n))
         .collect();
     for file in &files {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut writer = hound::WavWriter::create(file, spec).expect("create");
-        for i in 0..(90 * 16_000) {
-            writer.write_sample((i % 100) as i16).expect("write");
-        }
-        writer.finalize().expect("finalize");
+        wav(file, 90.0);
     }
     let run = |name: &str, streamed: bool| {
-        let (mut lib, _) = Library::open(&dir.path().join(name).join(LIBRARY_FILE)).expect("open");
+        let mut lib = open_in(&dir.path().join(name));
         let rec = lib
             .add_recording(&files[0], "mic", 16_000)
             .expect("recording");

@@ -182,18 +182,15 @@ impl Library {
             .model_revision
             .clone()
             .unwrap_or_else(|| super::model_revision(&job.model));
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
+        let session_id = self.session_id;
+        self.in_transaction(|tx| {
             tx.execute(
                 "INSERT INTO jobs (session_id, created_at_ms, path, path_text, file_size,
                     file_mtime_ms, language, use_itn, rich, device_request, model, recording_id,
                     recording_part, state, model_revision)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
-                    self.session_id,
+                    session_id,
                     now_ms(),
                     path_bytes(&job.path),
                     job.path.to_string_lossy(),
@@ -211,37 +208,31 @@ impl Library {
                 ],
             )?;
             let id = tx.last_insert_rowid();
-            super::parts::insert_parts(&tx, id, &job.parts)?;
-            tx.commit()?;
+            super::parts::insert_parts(tx, id, &job.parts)?;
             Ok(id)
-        })();
-        result.map_err(|e| self.sql(e))
+        })
     }
 
     /// Puts an interrupted (or failed) job back in the queue under this session; returns what
     /// it was asked for, to queue it with the engine again.
     pub fn requeue(&mut self, id: i64) -> Result<NewJob, LibraryError> {
         let job = self.get(id)?.ok_or(LibraryError::NotFound(id))?;
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
+        let session_id = self.session_id;
+        self.in_transaction(|tx| {
             tx.execute("DELETE FROM segments WHERE job_id = ?1", [id])?;
             tx.execute("DELETE FROM timings WHERE job_id = ?1", [id])?;
             tx.execute("DELETE FROM text_pieces WHERE job_id = ?1", [id])?;
             // A recording's parts start over, their offsets read again from the files.
             tx.execute("DELETE FROM job_parts WHERE job_id = ?1", [id])?;
-            super::parts::insert_parts(&tx, id, &job.parts)?;
+            super::parts::insert_parts(tx, id, &job.parts)?;
             tx.execute(
                 "UPDATE jobs SET state = 'queued', session_id = ?2, error = NULL,
                     started_at_ms = NULL, finished_at_ms = NULL, wall_ms = NULL
                  WHERE id = ?1",
-                params![id, self.session_id],
+                params![id, session_id],
             )?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))?;
+            Ok(())
+        })?;
         Ok(NewJob {
             path: job.entry.path,
             settings: job.settings,
@@ -279,20 +270,14 @@ impl Library {
 
     /// Appends segments as they arrive.
     pub fn job_segments(&mut self, id: i64, segments: &[Segment]) -> Result<(), LibraryError> {
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
+        self.in_transaction(|tx| {
             let next: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM segments WHERE job_id = ?1",
                 [id],
                 |r| r.get(0),
             )?;
-            insert_segments(&tx, id, next, 0, segments)?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            insert_segments(tx, id, next, 0, segments)
+        })
     }
 
     /// The job finished: its transcript replaces the segments that arrived on the way; its
@@ -303,19 +288,14 @@ impl Library {
         transcript: &FileTranscript,
         wall_ms: f64,
     ) -> Result<(), LibraryError> {
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
-            write_done(&tx, id, transcript, Some(wall_ms))?;
+        self.in_transaction(|tx| {
+            write_done(tx, id, transcript, Some(wall_ms))?;
             tx.execute("DELETE FROM segments WHERE job_id = ?1", [id])?;
-            insert_segments(&tx, id, 0, 0, &transcript.segments)?;
-            super::parts::write_timings(&tx, id, 0, &transcript.tokens, &transcript.words)?;
+            insert_segments(tx, id, 0, 0, &transcript.segments)?;
+            super::parts::write_timings(tx, id, 0, &transcript.tokens, &transcript.words)?;
             tx.execute("DELETE FROM text_pieces WHERE job_id = ?1", [id])?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            Ok(())
+        })
     }
 
     /// The job failed or was cancelled.
@@ -370,16 +350,11 @@ impl Library {
 
     /// Removes a job and everything stored with it.
     pub(super) fn purge(&mut self, id: i64) -> Result<(), LibraryError> {
-        let tx = self.conn.transaction().map_err(|e| LibraryError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
+        self.in_transaction(|tx| {
             tx.execute("DELETE FROM transcript_fts WHERE rowid = ?1", [id])?;
             tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
-            tx.commit()
-        })();
-        result.map_err(|e| self.sql(e))
+            Ok(())
+        })
     }
 
     /// Records a recording that has started; returns its id.

@@ -1,3 +1,4 @@
+use super::test_support::{lose_session_lock, open_in};
 use super::*;
 use crate::engine::{DecodeSettings, Event, FileTranscript, Segment};
 
@@ -127,7 +128,7 @@ fn jobs_are_written_as_results_arrive_and_read_back() {
 #[test]
 fn english_words_match_by_prefix_and_all_terms_must_match() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir.path());
     let a = lib.add_job(&job("a.wav")).expect("add");
     lib.job_done(
         a,
@@ -172,11 +173,8 @@ fn jobs_of_a_dead_session_become_interrupted_and_can_resume() {
     assert_eq!(state(&second, running), JobState::Running);
     drop(second);
 
-    // The first session dies without closing: its lock goes with its process. (In-process,
-    // dropping the lock file is what the kernel does at exit.)
-    let lock = first.lock_path.take().expect("locked");
-    first._session_lock = None;
-    std::fs::remove_file(lock).expect("remove lock");
+    // The first session dies without closing: its lock goes with its process.
+    lose_session_lock(&mut first);
     let (mut third, report) = Library::open(&path).expect("open after the crash");
     assert_eq!(report.interrupted, 2);
     assert!(report.messages(&path)[0].contains("interrupted"));
@@ -238,7 +236,7 @@ fn a_newer_schema_is_refused_and_left_untouched() {
 #[test]
 fn recording_parts_read_as_one_transcript() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir.path());
     let rec = lib
         .add_recording(Path::new("rec.wav"), "Built-in mic", 48_000)
         .expect("recording");
@@ -274,7 +272,7 @@ fn recording_parts_read_as_one_transcript() {
 fn any_file_name_round_trips() {
     use std::os::unix::ffi::OsStrExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lib, _) = Library::open(&dir.path().join(LIBRARY_FILE)).expect("open");
+    let mut lib = open_in(dir.path());
     let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe bad name.wav"));
     let mut j = job("x");
     j.path = odd.clone();
