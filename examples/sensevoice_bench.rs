@@ -394,7 +394,7 @@ fn process_cpu_ms() -> f64 {
     ns as f64 / 1e6
 }
 
-/// The CPU matrix products alone (`GPUSCRIBE_CPU_MATMUL`'s three settings) on the encoder's
+/// The CPU matrix products alone (`GPUSCRIBE_CPU_MATMUL`'s four settings) on the encoder's
 /// shapes for one 30 s segment (504 rows), random operands: median ms and GFLOP/s per shape,
 /// and the time to pack one layer's weights.
 fn amx(reps: usize) -> anyhow::Result<()> {
@@ -410,7 +410,12 @@ fn amx(reps: usize) -> anyhow::Result<()> {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
         let w = Tensor::randn(0f32, 0.05, (n, k), &dev)?;
         let layer = candle_nn::Linear::new(w, None);
-        for mode in [CpuMatmul::F32, CpuMatmul::Bf16x3, CpuMatmul::Bf16] {
+        for mode in [
+            CpuMatmul::F32,
+            CpuMatmul::Avx512,
+            CpuMatmul::Bf16x3,
+            CpuMatmul::Bf16,
+        ] {
             let started = Instant::now();
             let p = Projection::new(&layer, mode)?;
             let pack_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -426,7 +431,7 @@ fn amx(reps: usize) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"bench": "cpu_matmul", "shape": what, "m": m, "k": k, "n": n,
-                    "mode": mode.name(), "amx": p.is_packed(), "median_ms": ms,
+                    "mode": mode.name(), "runs_as": mode.resolve().name(), "packed": p.is_packed(), "median_ms": ms,
                     "gflops": gflops, "cpu_ms": cpu_ms,
                     "gflops_per_cpu_s": 2.0 * (m * k * n) as f64 / cpu_ms / 1e6, "pack_ms": pack_ms})
             );

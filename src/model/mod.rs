@@ -4,6 +4,7 @@
 //! here spawns threads or touches the UI.
 
 pub mod bounded;
+pub mod cpu_ops;
 pub mod files;
 pub mod pickle;
 pub mod pth;

@@ -18,6 +18,9 @@
 //! and only reached after [`amx_available`] has seen them in CPUID and Linux has granted the
 //! process the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`; without it they fault).
 //! Anywhere else [`CpuMatmul::resolve`] falls back to candle's f32 product.
+//!
+//! [`CpuMatmul::Avx512`] is the f32 product of `super::cpu_f32` (an AVX-512 micro-kernel), which
+//! any AVX-512 CPU runs: the default.
 #![allow(unsafe_code)] // tile instructions and `#[target_feature]` code after runtime detection
 
 use std::sync::{Arc, OnceLock};
@@ -26,7 +29,7 @@ use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
-/// Environment variable that picks the CPU matrix product: `f32`, `bf16x3` or `bf16`.
+/// Environment variable that picks the CPU matrix product: `f32`, `avx512`, `bf16x3` or `bf16`.
 pub const ENV_VAR: &str = "GPUSCRIBE_CPU_MATMUL";
 
 /// How the f32 model's linear layers multiply on the CPU.
@@ -34,6 +37,8 @@ pub const ENV_VAR: &str = "GPUSCRIBE_CPU_MATMUL";
 pub enum CpuMatmul {
     /// candle's f32 product (gemm).
     F32,
+    /// f32 through this crate's AVX-512 micro-kernel (`cpu_f32`), on any AVX-512F CPU.
+    Avx512,
     /// AMX with split bf16 operands, f32-level accuracy.
     Bf16x3,
     /// AMX with bf16 operands (a lower precision).
@@ -41,20 +46,22 @@ pub enum CpuMatmul {
 }
 
 impl CpuMatmul {
-    /// The default when [`ENV_VAR`] is unset: candle's f32 product. On the idle 2-core
-    /// development machine (BENCHMARKS.md) `bf16x3` was no faster than it (2,188 against 2,237 ms
-    /// a 30 s segment) while packing made the load 18× slower (9.3 s against 0.5 s), so the AMX
-    /// products stay a choice until they pay.
-    pub const DEFAULT: Self = Self::F32;
+    /// The default when [`ENV_VAR`] is unset: the AVX-512 f32 kernel (candle's f32 product on
+    /// CPUs without AVX-512F, see [`Self::resolve`]). On the idle 2-core development machine
+    /// (BENCHMARKS.md) it made a 30 s segment's forward 1.2× faster than candle's product with
+    /// the same f32 accuracy. The AMX products stay a choice: `bf16x3` was no faster than f32
+    /// there, and `bf16` is a lower precision.
+    pub const DEFAULT: Self = Self::Avx512;
 
     /// Parses a setting value (`f32`, `bf16x3`, `bf16`).
     pub fn parse(value: &str) -> std::result::Result<Self, String> {
         match value.trim().to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
+            "avx512" => Ok(Self::Avx512),
             "bf16x3" => Ok(Self::Bf16x3),
             "bf16" => Ok(Self::Bf16),
             other => Err(format!(
-                "{ENV_VAR}={other:?}: expected one of f32, bf16x3, bf16"
+                "{ENV_VAR}={other:?}: expected one of f32, avx512, bf16x3, bf16"
             )),
         }
     }
@@ -63,6 +70,7 @@ impl CpuMatmul {
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
+            Self::Avx512 => "avx512",
             Self::Bf16x3 => "bf16x3",
             Self::Bf16 => "bf16",
         }
@@ -82,12 +90,14 @@ impl CpuMatmul {
     }
 
     /// What this setting runs as on this machine: an AMX mode falls back to [`Self::F32`] when
-    /// the CPU or the kernel offers no AMX.
+    /// the CPU or the kernel offers no AMX, [`Self::Avx512`] where the CPU has no AVX-512F.
     pub fn resolve(self) -> Self {
-        if self != Self::F32 && !amx_available() {
-            return Self::F32;
+        match self {
+            Self::F32 => Self::F32,
+            Self::Avx512 if super::cpu_f32::available() => Self::Avx512,
+            Self::Bf16x3 | Self::Bf16 if amx_available() => self,
+            _ => Self::F32,
         }
-        self
     }
 }
 
@@ -280,7 +290,9 @@ impl PackedWeight {
         let split = match mode {
             CpuMatmul::Bf16x3 => true,
             CpuMatmul::Bf16 => false,
-            CpuMatmul::F32 => candle_core::bail!("PackedWeight::pack: f32 needs no packing"),
+            CpuMatmul::F32 | CpuMatmul::Avx512 => {
+                candle_core::bail!("PackedWeight::pack: f32 needs no AMX packing")
+            }
         };
         let (n, k) = weight.dims2()?;
         if n == 0 || k == 0 {
@@ -767,6 +779,9 @@ pub fn matmul_nt(a: &Tensor, b: &Tensor, mode: CpuMatmul) -> Result<Tensor> {
     }
     let split = match mode.resolve() {
         CpuMatmul::F32 => return a.matmul(&b.t()?),
+        CpuMatmul::Avx512 => {
+            return super::cpu_f32::batched(a, b, super::cpu_f32::Layout::Transposed);
+        }
         CpuMatmul::Bf16x3 => true,
         CpuMatmul::Bf16 => false,
     };
@@ -801,39 +816,55 @@ pub fn matmul_nt(a: &Tensor, b: &Tensor, mode: CpuMatmul) -> Result<Tensor> {
     Tensor::from_vec(out, out_dims, a.device())
 }
 
-/// A linear layer's weight for the fused CPU path: `x · Wᵀ` through AMX when packed, else
-/// through candle.
+/// How a [`Projection`] multiplies.
+#[derive(Debug, Clone)]
+enum Packed {
+    /// candle's product.
+    Candle,
+    /// The AVX-512 f32 kernel (`cpu_f32`), straight from the weight.
+    Avx512,
+    /// AMX tiles.
+    Amx(Arc<PackedWeight>),
+}
+
+/// A linear layer's weight for the fused CPU path: `x · Wᵀ` through the AVX-512 f32 kernel or
+/// AMX where [`CpuMatmul::resolve`] picks them, else through candle.
 #[derive(Debug, Clone)]
 pub struct Projection {
     weight: Tensor,
-    packed: Option<Arc<PackedWeight>>,
+    packed: Packed,
 }
 
 impl Projection {
-    /// Packs `layer`'s weight when `mode` resolves to an AMX mode here and the weight is an f32
-    /// CPU tensor; otherwise keeps candle's product.
+    /// Prepares `layer`'s weight for `mode` as it resolves here (packed for AMX) when the weight
+    /// is an f32 CPU tensor; otherwise keeps candle's product.
     pub fn new(layer: &Linear, mode: CpuMatmul) -> Result<Self> {
         let weight = layer.weight().clone();
-        let mode = mode.resolve();
-        let packed =
-            if mode != CpuMatmul::F32 && weight.device().is_cpu() && weight.dtype() == DType::F32 {
-                Some(Arc::new(PackedWeight::pack(&weight, mode)?))
-            } else {
-                None
-            };
+        let packed = if !(weight.device().is_cpu() && weight.dtype() == DType::F32) {
+            Packed::Candle
+        } else {
+            match mode.resolve() {
+                CpuMatmul::F32 => Packed::Candle,
+                CpuMatmul::Avx512 => Packed::Avx512,
+                mode @ (CpuMatmul::Bf16x3 | CpuMatmul::Bf16) => {
+                    Packed::Amx(Arc::new(PackedWeight::pack(&weight, mode)?))
+                }
+            }
+        };
         Ok(Self { weight, packed })
     }
 
-    /// Whether the product runs on AMX.
+    /// Whether the product runs on this crate's kernels (AVX-512 or AMX) rather than candle's.
     pub fn is_packed(&self) -> bool {
-        self.packed.is_some()
+        !matches!(self.packed, Packed::Candle)
     }
 
     /// `x · Wᵀ` over all leading dimensions (no bias).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.packed {
-            Some(p) => p.matmul(x),
-            None => Linear::new(self.weight.clone(), None).forward(x),
+            Packed::Avx512 => super::cpu_f32::linear(x, &self.weight),
+            Packed::Amx(p) => p.matmul(x),
+            Packed::Candle => Linear::new(self.weight.clone(), None).forward(x),
         }
     }
 }

@@ -13,7 +13,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::config::EncoderConfig;
 use super::cpu_matmul::{self, CpuMatmul, Projection};
-use super::{cpu_ops, fused};
+use super::{cpu_f32, cpu_ops, fused};
 
 const LAYER_NORM_EPS: f32 = 1e-5;
 
@@ -393,6 +393,7 @@ impl MultiHeadedAttentionSANM {
         let attn = cpu_ops::masked_softmax(&scores, &ctx.host_lengths)?;
         let per_head = match self.attn_matmul {
             CpuMatmul::F32 => attn.matmul(&v)?,
+            CpuMatmul::Avx512 => cpu_f32::batched(&attn, &v, cpu_f32::Layout::Plain)?,
             mode => cpu_matmul::matmul_nt(&attn, &v.transpose(2, 3)?, mode)?,
         };
         let merged = cpu_ops::merge_heads(&per_head)?;
@@ -884,6 +885,27 @@ mod tests {
                 } else {
                     assert!(r16 < 1e-5, "f32 fallback {lengths:?} item {i}: {r16}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn avx512_cpu_path_equals_candle_ops() {
+        // Resolves to candle's product on CPUs without AVX-512F: the same bound holds.
+        let (reference, input) = random_encoder(2);
+        let (avx, _) = random_encoder_with(2, CpuMatmul::Avx512);
+        let xs = fill(&[3, 37, input], 7, 1.0);
+        for lengths in [[37, 37, 37], [37, 21, 6]] {
+            let want = reference
+                .forward_candle_ops(&xs, &lengths, None)
+                .expect("candle ops");
+            let got = avx
+                .forward_impl(&xs, &lengths, false, true, None)
+                .expect("avx512");
+            for (i, &len) in lengths.iter().enumerate() {
+                let valid = |t: &Tensor| t.get(i).and_then(|t| t.narrow(0, 0, len)).expect("item");
+                let r = rel(&valid(&got), &valid(&want));
+                assert!(r < 1e-5, "avx512 {lengths:?} item {i}: {r}");
             }
         }
     }

@@ -8,8 +8,9 @@
 
 mod checkpoint;
 pub mod config;
+pub mod cpu_f32;
 pub mod cpu_matmul;
-pub mod cpu_ops;
+pub use super::cpu_ops;
 #[cfg(feature = "cuda")]
 mod cublaslt;
 #[cfg(feature = "cuda")]
@@ -24,7 +25,7 @@ pub mod model;
 pub mod postprocess;
 pub mod spm_encode;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 pub mod timestamps;
 pub mod tokenizer;
 pub mod transcribe;

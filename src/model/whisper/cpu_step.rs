@@ -13,16 +13,20 @@
 //! self-attention cache grows in place.
 //!
 //! The maths is transformers' `WhisperDecoder` in eager f32: pre-norm blocks, the query scaled
-//! by `head_dim^-0.5` after its projection, exact (erf) GELU with candle's `erf`, the output
-//! layer tied to the token embedding. Only the summation order of the products differs (the
-//! parity tests hold it to the same bounds as the candle path).
+//! by `head_dim^-0.5` after its projection, exact (erf) GELU, the output layer tied to the token
+//! embedding. Only the summation order of the products and the `exp` and `erf` approximations
+//! (within a few ulp, [`crate::model::cpu_ops`]) differ (the parity tests hold it to the same
+//! bounds as the candle path). The products and the attention are compiled for AVX-512 and
+//! AVX2 + FMA as well as plain code and picked at run time.
 
-use candle_core::cpu::erf::erf_f32;
+#![allow(unsafe_code)] // only to call `#[target_feature]` functions after runtime detection
+
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
 use super::network::{Attention, Block, Network};
+use crate::model::cpu_ops::{dot, exp_nonpositive, gelu, max, simd_fn, sum};
 
 /// Multiply–adds per rayon task (below it, no task is split off). Large enough that whisper-tiny's
 /// and -base's per-layer products run on the calling thread and only the output layer (20 M
@@ -43,22 +47,16 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&all[start..end]))
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(xa).zip(xb) {
-            *s += x * y;
+simd_fn! {
+    /// Rows `first..first + out.len()` of `W x (+ b)` for a row-major `W` of `x.len()` columns.
+    fn matvec_rows(w: &[f32], bias: Option<&[f32]>, x: &[f32], first: usize, out: &mut [f32]) {
+        let cols = x.len();
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = first + r;
+            let v = dot(&w[row * cols..(row + 1) * cols], x);
+            *o = bias.map_or(v, |b| v + b[row]);
         }
     }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `out = W x (+ b)` for a row-major `W` of `out.len()` rows.
@@ -66,12 +64,7 @@ fn matvec(w: &[f32], bias: Option<&[f32]>, x: &[f32], out: &mut [f32]) {
     let cols = x.len();
     let rows_per_task = (TASK_MACS / cols.max(1)).max(1);
     let rows = |(task, chunk): (usize, &mut [f32])| {
-        let first = task * rows_per_task;
-        for (r, o) in chunk.iter_mut().enumerate() {
-            let row = first + r;
-            let v = dot(&w[row * cols..(row + 1) * cols], x);
-            *o = bias.map_or(v, |b| v + b[row]);
-        }
+        matvec_rows(w, bias, x, task * rows_per_task, chunk);
     };
     if out.len() <= rows_per_task {
         rows((0, out));
@@ -107,37 +100,37 @@ fn layer_norm(ln: &LayerNorm, x: &[f32], out: &mut [f32]) -> Result<()> {
     })?
 }
 
-/// Softmax-weighted sum of `values` rows (`d` wide, this head's `dh` columns at `offset`) by
-/// `q · keys` over `positions` rows; writes `dh` values to `out`.
-#[allow(clippy::too_many_arguments)]
-fn attend_head(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    positions: usize,
-    d: usize,
-    offset: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let dh = q.len();
-    scores.clear();
-    scores.extend((0..positions).map(|t| dot(q, &keys[t * d + offset..t * d + offset + dh])));
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        let row = &values[t * d + offset..t * d + offset + dh];
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += p * v;
+simd_fn! {
+    /// Softmax-weighted sum of `values` rows (`d` wide, this head's `dh` columns at `offset`) by
+    /// `q · keys` over `positions` rows; writes `dh` values to `out`.
+    fn attend_head(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        positions: usize,
+        d: usize,
+        offset: usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let dh = q.len();
+        scores.clear();
+        scores.extend((0..positions).map(|t| dot(q, &keys[t * d + offset..t * d + offset + dh])));
+        let m = max(scores);
+        for s in scores.iter_mut() {
+            *s = exp_nonpositive(*s - m);
         }
+        let total = sum(scores);
+        out.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let row = &values[t * d + offset..t * d + offset + dh];
+            for (o, v) in out.iter_mut().zip(row) {
+                *o = p.mul_add(*v, *o);
+            }
+        }
+        let inv = 1.0 / total;
+        out.iter_mut().for_each(|o| *o *= inv);
     }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Multi-head attention of one query over `positions` rows of keys and values.
@@ -272,9 +265,7 @@ fn block_step(
     // Feed-forward.
     layer_norm(&block.mlp_ln, x, &mut s.h)?;
     linear(&block.fc1, &s.h, &mut s.f)?;
-    for v in &mut s.f {
-        *v = (erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * *v;
-    }
+    s.f.iter_mut().for_each(|v| *v = gelu(*v));
     linear(&block.fc2, &s.f, &mut s.o)?;
     x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
     Ok(())

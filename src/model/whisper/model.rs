@@ -109,6 +109,9 @@ impl Whisper {
                 "Whisper runs in f32, f16 or bf16, not {dtype:?}"
             )));
         }
+        if device.is_cpu() {
+            crate::model::cpu_ops::keep_freed_buffers();
+        }
         let files = WhisperFiles::from_dir(dir)?;
         let config = read_config(&files.config)?;
         let tokenizer =

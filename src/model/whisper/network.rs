@@ -13,12 +13,66 @@
 //!   sums the exponentials in the input dtype, and a bf16 sum over 1500 audio frames stalls
 //!   (8 bits of mantissa: past 256 each addend under 1 rounds away), which wrecked every bf16
 //!   transcript (f16 loses less, from 1024 on). CUDA's softmax accumulates in f32 already.
+//!
+//! For f32 on the CPU the encoder runs its steps around the matrix products as the fused loops
+//! of [`crate::model::cpu_ops`] (LayerNorm, bias + GELU, the head split, softmax, bias +
+//! residual: one multi-threaded, vectorised pass each) instead of candle's operations, which make
+//! one pass and one allocation per elementary step, mostly on one thread, with libm's `erff` and
+//! `expf` (`GPUSCRIBE_NO_FUSED_KERNELS=1` turns them off; the tests compare both).
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, Module, VarBuilder};
 use candle_transformers::models::whisper::Config;
 
 use super::cpu_step::CpuStep;
+use crate::model::cpu_ops;
+use crate::model::sensevoice::cpu_f32;
+use crate::model::sensevoice::cpu_matmul::CpuMatmul;
+use crate::model::sensevoice::fused::{cpu_enabled_on, matmul_no_bias};
+
+/// LayerNorm of contiguous f32 `x` through the fused CPU loop.
+fn layer_norm_cpu(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    let bias = ln
+        .bias()
+        .ok_or_else(|| candle_core::Error::Msg("layer norm without bias".into()))?;
+    cpu_ops::layer_norm(x, ln.weight(), bias, ln.eps() as f32)
+}
+
+/// Whether the fused CPU path multiplies with the AVX-512 f32 kernel (the default where the CPU
+/// has AVX-512F, as for SenseVoice; `GPUSCRIBE_CPU_MATMUL=f32` keeps candle's product).
+fn avx512() -> bool {
+    CpuMatmul::from_env().resolve() == CpuMatmul::Avx512
+}
+
+/// `x · Wᵀ` (no bias) on the fused CPU path.
+fn matmul_cpu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    if avx512() {
+        cpu_f32::linear(x, layer.weight())
+    } else {
+        matmul_no_bias(layer, x)
+    }
+}
+
+/// `a · b` (`[B, H, M, K]` by `[B, H, K, N]`, or by `[B, H, N, K]` transposed) on the fused CPU
+/// path.
+fn batched_cpu(a: &Tensor, b: &Tensor, layout: cpu_f32::Layout) -> Result<Tensor> {
+    if avx512() {
+        return cpu_f32::batched(a, b, layout);
+    }
+    match layout {
+        cpu_f32::Layout::Transposed => a.matmul(&b.t()?),
+        cpu_f32::Layout::Plain => a.matmul(b),
+    }
+}
+
+/// `residual + (x · Wᵀ + b)` through the fused CPU loop.
+fn linear_residual_cpu(layer: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    let y = matmul_cpu(layer, x)?;
+    match layer.bias() {
+        Some(bias) => cpu_ops::residual_bias(&y, bias, residual),
+        None => residual + y,
+    }
+}
 
 fn linear(i: usize, o: usize, bias: bool, vb: &VarBuilder<'_>) -> Result<Linear> {
     let weight = vb.get((o, i), "weight")?;
@@ -86,6 +140,20 @@ impl Attention {
         }
         let wv = self.attend(&q, &k, &v, mask)?;
         self.out.forward(&wv)
+    }
+
+    /// Self-attention of contiguous f32 `x` `[B, T, D]` on the CPU through the fused loops,
+    /// the output projection's bias and `residual` added: `residual + attention(x)`.
+    fn forward_cpu(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let scale = ((d / self.heads) as f32).powf(-0.5);
+        let q = cpu_ops::heads(&matmul_cpu(&self.q, x)?, self.q.bias(), self.heads, scale)?;
+        let k = cpu_ops::heads(&matmul_cpu(&self.k, x)?, self.k.bias(), self.heads, 1.0)?;
+        let v = cpu_ops::heads(&matmul_cpu(&self.v, x)?, self.v.bias(), self.heads, 1.0)?;
+        let scores = batched_cpu(&q, &k, cpu_f32::Layout::Transposed)?;
+        let w = cpu_ops::masked_softmax(&scores, &vec![t; b])?;
+        let merged = cpu_ops::merge_heads(&batched_cpu(&w, &v, cpu_f32::Layout::Plain)?)?;
+        linear_residual_cpu(&self.out, &merged, residual)
     }
 
     fn heads_of(&self, x: &Tensor) -> Result<Tensor> {
@@ -165,6 +233,16 @@ impl Block {
         };
         let h = self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu_erf()?;
         x + self.fc2.forward(&h)?
+    }
+
+    /// An encoder block of contiguous f32 `x` on the CPU through the fused loops.
+    fn encode_cpu(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self
+            .attn
+            .forward_cpu(&layer_norm_cpu(&self.attn_ln, x)?, x)?;
+        let h = matmul_cpu(&self.fc1, &layer_norm_cpu(&self.mlp_ln, &x)?)?;
+        let h = cpu_ops::bias_gelu(&h, self.fc1.bias())?;
+        linear_residual_cpu(&self.fc2, &h, &x)
     }
 
     fn reset(&mut self) {
@@ -277,6 +355,9 @@ impl Network {
 
     /// Encoder output for a `(batch, n_mels, 3000)` mel: `(batch, 1500, d_model)`.
     pub fn encode(&mut self, mel: &Tensor) -> Result<Tensor> {
+        if cpu_enabled_on(mel.device(), mel.dtype()) {
+            return self.encode_cpu(mel);
+        }
         let x = self.conv1.forward(mel)?.gelu_erf()?;
         let x = self.conv2.forward(&x)?.gelu_erf()?.transpose(1, 2)?;
         let t = x.dim(1)?;
@@ -285,6 +366,21 @@ impl Network {
             x = block.forward(&x, None, None, false)?;
         }
         self.encoder_ln.forward(&x)
+    }
+
+    /// [`Self::encode`] for f32 on the CPU, through the fused loops.
+    fn encode_cpu(&self, mel: &Tensor) -> Result<Tensor> {
+        let x = cpu_ops::bias_gelu(&self.conv1.forward(mel)?.contiguous()?, None)?;
+        let x = cpu_ops::bias_gelu(&self.conv2.forward(&x)?.contiguous()?, None)?;
+        let x = x.transpose(1, 2)?;
+        let t = x.dim(1)?;
+        let mut x = x
+            .broadcast_add(&self.audio_positions.narrow(0, 0, t)?)?
+            .contiguous()?;
+        for block in &self.encoder {
+            x = block.encode_cpu(&x)?;
+        }
+        layer_norm_cpu(&self.encoder_ln, &x)
     }
 
     /// Forgets the decoder's caches (a new window).

@@ -1,4 +1,5 @@
-//! Fused CPU versions of the encoder steps around the matrix products (f32 only).
+//! Fused CPU versions of the encoder steps around the matrix products (f32 only), for
+//! SenseVoice's SAN-M encoder and Whisper's encoder and greedy decoder step.
 //!
 //! Each function makes one pass over its inputs and writes one new tensor, where the candle ops
 //! make one pass (and one allocation) per elementary op and run most of them on one thread. Rows
@@ -6,7 +7,7 @@
 //! physical cores), and the inner loops are compiled three times — AVX-512, AVX2 + FMA, and
 //! plain — with the best one picked at run time.
 //!
-//! [`super::fused`] picks these for f32 tensors on the CPU; they compute the same function as the
+//! [`super::sensevoice::fused`] picks these for f32 tensors on the CPU; they compute the same function as the
 //! candle-op path (`tests` below compare them), only with fewer roundings in between.
 #![allow(unsafe_code)] // only to call `#[target_feature]` functions after runtime detection
 
@@ -50,43 +51,44 @@ const ROWS_PER_TASK: usize = 16;
 /// Defines `fn $name(args)` that runs `$body` compiled for AVX-512 or AVX2 + FMA when the CPU
 /// has them (detected once), and as plain code otherwise.
 macro_rules! simd_fn {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-                fn v4($($arg: $ty),*) {
+                fn v4($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn v3($($arg: $ty),*) {
+                fn v3($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
-                match simd_level() {
+                match $crate::model::cpu_ops::simd_level() {
                     // SAFETY: `simd_level` saw every feature `v4` is compiled with on this CPU.
-                    SimdLevel::V4 => return unsafe { v4($($arg),*) },
+                    $crate::model::cpu_ops::SimdLevel::V4 => return unsafe { v4($($arg),*) },
                     // SAFETY: as above, for `v3`.
-                    SimdLevel::V3 => return unsafe { v3($($arg),*) },
-                    SimdLevel::Plain => {}
+                    $crate::model::cpu_ops::SimdLevel::V3 => return unsafe { v3($($arg),*) },
+                    $crate::model::cpu_ops::SimdLevel::Plain => {}
                 }
             }
             generic($($arg),*)
         }
     };
 }
+pub(crate) use simd_fn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SimdLevel {
+pub(crate) enum SimdLevel {
     V4,
     V3,
     Plain,
 }
 
 /// The best instruction set level of this CPU (checked once).
-fn simd_level() -> SimdLevel {
+pub(crate) fn simd_level() -> SimdLevel {
     static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -142,7 +144,7 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 
 /// Sum with 16 independent accumulators, so that it vectorises.
 #[inline(always)]
-fn sum(x: &[f32]) -> f32 {
+pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = x.chunks_exact(16);
     let rest = chunks.remainder();
@@ -184,7 +186,7 @@ fn centred_sq_sum(x: &[f32], mean: f32) -> f32 {
 
 /// Largest element (the first of `x` when all are equal); `x` is not empty.
 #[inline(always)]
-fn max(x: &[f32]) -> f32 {
+pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let chunks = x.chunks_exact(16);
     let rest = chunks.remainder();
@@ -201,7 +203,7 @@ fn max(x: &[f32]) -> f32 {
 /// e^-87, which no softmax row can tell from 0 next to its maximum's 1). Branch-free, so a loop
 /// of it vectorises.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -218,6 +220,57 @@ fn exp_nonpositive(x: f32) -> f32 {
     // n is in [-126, 0]: 2^n is a normal float.
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     e * scale
+}
+
+/// `a · b` with 16 independent fused multiply–add accumulators, so that it vectorises.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(0f32, |s, (x, y)| x.mul_add(*y, s));
+    for (xa, xb) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(xa).zip(xb) {
+            *s = x.mul_add(*y, *s);
+        }
+    }
+    for half in [8, 4, 2, 1] {
+        for i in 0..half {
+            acc[i] += acc[i + half];
+        }
+    }
+    acc[0] + tail
+}
+
+/// `erf(x)` as a rational function of `x` on [-4, 4] (Eigen's `generic_fast_erf_float`, within
+/// a few ulp of the exact function; beyond ±4 erf is ±1 in f32). Branch-free, so a loop of it
+/// vectorises.
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_4e-10f32;
+    p = p.mul_add(x2, 2.770_681_5e-8);
+    p = p.mul_add(x2, -2.101_024e-6);
+    p = p.mul_add(x2, -5.692_506_2e-5);
+    p = p.mul_add(x2, -7.349_906_4e-4);
+    p = p.mul_add(x2, -2.954_6e-3);
+    p = p.mul_add(x2, -1.609_603_3e-2);
+    let mut q = -1.456_607_15e-5f32;
+    q = q.mul_add(x2, -2.133_740_5e-4);
+    q = q.mul_add(x2, -1.682_827e-3);
+    q = q.mul_add(x2, -7.373_329_3e-3);
+    q = q.mul_add(x2, -1.426_473_9e-2);
+    x * p / q
+}
+
+/// The exact GELU, `x · (1 + erf(x / √2)) / 2` (transformers' and OpenAI's `gelu`).
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    (erf(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * x
 }
 
 simd_fn! {
@@ -293,6 +346,52 @@ pub fn bias_act(y: &Tensor, bias: &Tensor, relu: bool) -> Result<Tensor> {
 }
 
 simd_fn! {
+    /// `gelu(y + bias)` row by row (rows of `bias.len()`), or `gelu(y)` without a bias.
+    fn gelu_rows(y: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        match bias {
+            Some(bias) => {
+                let n = bias.len();
+                for (row, o) in y.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                    for ((o, v), b) in o.iter_mut().zip(row).zip(bias) {
+                        *o = gelu(v + b);
+                    }
+                }
+            }
+            None => {
+                for (o, v) in out.iter_mut().zip(y) {
+                    *o = gelu(*v);
+                }
+            }
+        }
+    }
+}
+
+/// `gelu(y + bias)` of a contiguous f32 `y` `[.., N]` and `bias` `[N]` (exact GELU), or
+/// `gelu(y)` of any contiguous f32 tensor without a bias.
+pub fn bias_gelu(y: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    check_nonempty("gelu input", y)?;
+    let n = y.dim(candle_core::D::Minus1)?;
+    let out = contiguous_f32(y, "gelu input", |y| {
+        let run = |b: Option<&[f32]>| {
+            let mut out = vec![0f32; y.len()];
+            let chunk = n * ROWS_PER_TASK.max(32_768 / n.max(1));
+            out.par_chunks_mut(chunk)
+                .zip(y.par_chunks(chunk))
+                .for_each(|(o, y)| gelu_rows(y, b, o));
+            out
+        };
+        match bias {
+            Some(bias) => contiguous_f32(bias, "gelu bias", |b| {
+                check_len("gelu bias", b.len(), n)?;
+                Ok(run(Some(b)))
+            }),
+            None => Ok(run(None)),
+        }
+    })?;
+    Tensor::from_vec(out, y.shape(), y.device())
+}
+
+simd_fn! {
     /// One `[T, dk]` block of the head split: column block `col..col + dk` of every row of `y`
     /// (rows of `width`), plus the matching bias.
     fn split_block(y: &[f32], width: usize, col: usize, bias: &[f32], out: &mut [f32]) {
@@ -332,6 +431,51 @@ pub fn qkv_heads(y: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
         })
     })?;
     Tensor::from_vec(out, (3, b, heads, t, dk), y.device())
+}
+
+simd_fn! {
+    /// One `[T, dk]` head block of a projection: `(y + bias) · scale` of column block
+    /// `col..col + dk` of every row of `y` (rows of `width`).
+    fn scaled_block(y: &[f32], width: usize, col: usize, bias: &[f32], scale: f32, out: &mut [f32]) {
+        let dk = bias.len();
+        for (row, o) in y.chunks_exact(width).zip(out.chunks_exact_mut(dk)) {
+            for ((o, v), b) in o.iter_mut().zip(&row[col..col + dk]).zip(bias) {
+                *o = (v + b) * scale;
+            }
+        }
+    }
+}
+
+/// One projection's output `y` `[B, T, D]` (contiguous f32, no bias yet) plus `bias` `[D]`
+/// (none: 0), times `scale`, split into heads: `[B, H, T, D/H]`.
+pub fn heads(y: &Tensor, bias: Option<&Tensor>, heads: usize, scale: f32) -> Result<Tensor> {
+    check_nonempty("projection", y)?;
+    let (b, t, w) = y.dims3()?;
+    if heads == 0 || w % heads != 0 {
+        candle_core::bail!("heads: width {w} does not split into {heads} heads");
+    }
+    let dk = w / heads;
+    let out = contiguous_f32(y, "projection", |y| {
+        let run = |bias: &[f32]| {
+            let mut out = vec![0f32; y.len()];
+            out.par_chunks_mut(t * dk)
+                .enumerate()
+                .for_each(|(block, o)| {
+                    let (item, h) = (block / heads, block % heads);
+                    let rows = &y[item * t * w..(item + 1) * t * w];
+                    scaled_block(rows, w, h * dk, &bias[h * dk..(h + 1) * dk], scale, o);
+                });
+            out
+        };
+        match bias {
+            Some(bias) => contiguous_f32(bias, "projection bias", |bias| {
+                check_len("projection bias", bias.len(), w)?;
+                Ok(run(bias))
+            }),
+            None => Ok(run(&vec![0f32; w])),
+        }
+    })?;
+    Tensor::from_vec(out, (b, heads, t, dk), y.device())
 }
 
 simd_fn! {
@@ -614,6 +758,86 @@ mod tests {
         assert!(worst < 4e-7, "worst relative error {worst}");
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert!(exp_nonpositive(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn erf_and_gelu_match_f64() {
+        // Against the exact function (candle's f64 erf), over [-6, 6] and the tails.
+        let mut worst = 0f64;
+        for i in -600_000..=600_000 {
+            let x = i as f32 * 1e-5;
+            let want = candle_core::cpu::erf::erf_f64(f64::from(x));
+            worst = worst.max((f64::from(erf(x)) - want).abs());
+        }
+        assert!(worst < 4e-7, "erf: worst absolute error {worst}");
+        assert_eq!(erf(0.0), 0.0);
+        assert_eq!(erf(30.0), 1.0);
+        assert_eq!(erf(-30.0), -1.0);
+        let mut worst = 0f64;
+        for i in -100_000..=100_000 {
+            let x = i as f32 * 1e-4;
+            let xd = f64::from(x);
+            let want =
+                0.5 * xd * (1.0 + candle_core::cpu::erf::erf_f64(xd / std::f64::consts::SQRT_2));
+            worst = worst.max((f64::from(gelu(x)) - want).abs() / xd.abs().max(1.0));
+        }
+        assert!(worst < 4e-7, "gelu: worst error {worst}");
+    }
+
+    #[test]
+    fn dot_matches_f64() {
+        for n in [1, 15, 16, 17, 384, 1000] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
+            let want: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let got = f64::from(dot(&a, &b));
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "n {n}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn bias_gelu_matches_candle() {
+        let y = fill(&[2, 33, 70], 4, 3.0);
+        let b = fill(&[70], 5, 2.0);
+        let got = bias_gelu(&y, Some(&b)).expect("fused");
+        let want = y
+            .broadcast_add(&b)
+            .and_then(|v| v.gelu_erf())
+            .expect("candle");
+        assert!(rel(&got, &want) < 1e-6, "with bias: {}", rel(&got, &want));
+        let got = bias_gelu(&y, None).expect("fused");
+        let want = y.gelu_erf().expect("candle");
+        assert!(rel(&got, &want) < 1e-6, "without: {}", rel(&got, &want));
+        assert!(bias_gelu(&y, Some(&fill(&[69], 5, 2.0))).is_err());
+    }
+
+    #[test]
+    fn heads_match_candle() {
+        let (b, t, h, dk) = (2, 21, 4, 8);
+        let y = fill(&[b, t, h * dk], 6, 2.0);
+        let bias = fill(&[h * dk], 7, 2.0);
+        let split = |y: &Tensor| {
+            y.reshape((b, t, h, dk))
+                .and_then(|y| y.transpose(1, 2)?.contiguous())
+                .expect("candle heads")
+        };
+        let got = heads(&y, Some(&bias), h, 0.125).expect("fused");
+        let want = split(
+            &y.broadcast_add(&bias)
+                .and_then(|y| y * 0.125)
+                .expect("scaled"),
+        );
+        assert_eq!(rel(&got, &want), 0.0);
+        let got = heads(&y, None, h, 1.0).expect("fused");
+        assert_eq!(rel(&got, &split(&y)), 0.0);
+        assert!(heads(&y, None, 5, 1.0).is_err());
     }
 
     #[test]
