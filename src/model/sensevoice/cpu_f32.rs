@@ -57,6 +57,13 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Runs `f` on the values of a contiguous f32 CPU tensor.
 fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
@@ -159,7 +166,6 @@ fn product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, layout: Layout) -
     let blocks = tiles.div_ceil(per_block);
     let c = SendPtr(out.as_mut_ptr());
     (0..groups * blocks).into_par_iter().for_each(|task| {
-        let c = c;
         let (g, block) = (task / blocks, task % blocks);
         let tile_range = block * per_block..((block + 1) * per_block).min(tiles);
         let mut chunk = [0f32; KC * NR];
@@ -180,13 +186,13 @@ fn product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, layout: Layout) -
                             a: packed.as_ptr().add((t * k + k0) * MR),
                             b: chunk.as_ptr(),
                             kc,
-                            c: c.0.add(t * MR * n + n0),
+                            c: c.get().add(t * MR * n + n0),
                             ldc: n,
                             rows,
                             cols,
                             accumulate: k0 > 0,
                         }
-                        .run()
+                        .run();
                     }
                 }
             }

@@ -110,17 +110,17 @@ simd_fn! {
         positions: usize,
         d: usize,
         offset: usize,
-        scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
         let dh = q.len();
-        scores.clear();
-        scores.extend((0..positions).map(|t| dot(q, &keys[t * d + offset..t * d + offset + dh])));
-        let m = max(scores);
+        let mut scores: Vec<f32> = (0..positions)
+            .map(|t| dot(q, &keys[t * d + offset..t * d + offset + dh]))
+            .collect();
+        let m = max(&scores);
         for s in scores.iter_mut() {
             *s = exp_nonpositive(*s - m);
         }
-        let total = sum(scores);
+        let total = sum(&scores);
         out.fill(0.0);
         for (t, &p) in scores.iter().enumerate() {
             let row = &values[t * d + offset..t * d + offset + dh];
@@ -145,7 +145,6 @@ fn attend(
     let d = q.len();
     let dh = d / heads;
     let head = |(h, o): (usize, &mut [f32])| {
-        let mut scores = Vec::with_capacity(positions);
         let offset = h * dh;
         attend_head(
             &q[offset..offset + dh],
@@ -154,7 +153,6 @@ fn attend(
             positions,
             d,
             offset,
-            &mut scores,
             o,
         );
     };
