@@ -18,7 +18,9 @@
 //! of [`crate::model::cpu_ops`] (LayerNorm, bias + GELU, the head split, softmax, bias +
 //! residual: one multi-threaded, vectorised pass each) instead of candle's operations, which make
 //! one pass and one allocation per elementary step, mostly on one thread, with libm's `erff` and
-//! `expf` (`GPUSCRIBE_NO_FUSED_KERNELS=1` turns them off; the tests compare both).
+//! `expf` (`GPUSCRIBE_NO_FUSED_KERNELS=1` turns them off; the tests compare both). The products
+//! stay candle's gemm: at Whisper's shapes (1500 frames, heads of 64) it measured faster than
+//! SenseVoice's AVX-512 kernel (`sensevoice::cpu_f32`, BENCHMARKS.md).
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, Module, VarBuilder};
@@ -26,8 +28,6 @@ use candle_transformers::models::whisper::Config;
 
 use super::cpu_step::CpuStep;
 use crate::model::cpu_ops;
-use crate::model::sensevoice::cpu_f32;
-use crate::model::sensevoice::cpu_matmul::CpuMatmul;
 use crate::model::sensevoice::fused::{cpu_enabled_on, matmul_no_bias};
 
 /// LayerNorm of contiguous f32 `x` through the fused CPU loop.
@@ -38,36 +38,9 @@ fn layer_norm_cpu(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
     cpu_ops::layer_norm(x, ln.weight(), bias, ln.eps() as f32)
 }
 
-/// Whether the fused CPU path multiplies with the AVX-512 f32 kernel (the default where the CPU
-/// has AVX-512F, as for SenseVoice; `GPUSCRIBE_CPU_MATMUL=f32` keeps candle's product).
-fn avx512() -> bool {
-    CpuMatmul::from_env().resolve() == CpuMatmul::Avx512
-}
-
-/// `x · Wᵀ` (no bias) on the fused CPU path.
-fn matmul_cpu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    if avx512() {
-        cpu_f32::linear(x, layer.weight())
-    } else {
-        matmul_no_bias(layer, x)
-    }
-}
-
-/// `a · b` (`[B, H, M, K]` by `[B, H, K, N]`, or by `[B, H, N, K]` transposed) on the fused CPU
-/// path.
-fn batched_cpu(a: &Tensor, b: &Tensor, layout: cpu_f32::Layout) -> Result<Tensor> {
-    if avx512() {
-        return cpu_f32::batched(a, b, layout);
-    }
-    match layout {
-        cpu_f32::Layout::Transposed => a.matmul(&b.t()?),
-        cpu_f32::Layout::Plain => a.matmul(b),
-    }
-}
-
 /// `residual + (x · Wᵀ + b)` through the fused CPU loop.
 fn linear_residual_cpu(layer: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-    let y = matmul_cpu(layer, x)?;
+    let y = matmul_no_bias(layer, x)?;
     match layer.bias() {
         Some(bias) => cpu_ops::residual_bias(&y, bias, residual),
         None => residual + y,
@@ -147,12 +120,16 @@ impl Attention {
     fn forward_cpu(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let scale = ((d / self.heads) as f32).powf(-0.5);
-        let q = cpu_ops::heads(&matmul_cpu(&self.q, x)?, self.q.bias(), self.heads, scale)?;
-        let k = cpu_ops::heads(&matmul_cpu(&self.k, x)?, self.k.bias(), self.heads, 1.0)?;
-        let v = cpu_ops::heads(&matmul_cpu(&self.v, x)?, self.v.bias(), self.heads, 1.0)?;
-        let scores = batched_cpu(&q, &k, cpu_f32::Layout::Transposed)?;
-        let w = cpu_ops::masked_softmax(&scores, &vec![t; b])?;
-        let merged = cpu_ops::merge_heads(&batched_cpu(&w, &v, cpu_f32::Layout::Plain)?)?;
+        let q = cpu_ops::heads(
+            &matmul_no_bias(&self.q, x)?,
+            self.q.bias(),
+            self.heads,
+            scale,
+        )?;
+        let k = cpu_ops::heads(&matmul_no_bias(&self.k, x)?, self.k.bias(), self.heads, 1.0)?;
+        let v = cpu_ops::heads(&matmul_no_bias(&self.v, x)?, self.v.bias(), self.heads, 1.0)?;
+        let w = cpu_ops::masked_softmax(&q.matmul(&k.t()?)?, &vec![t; b])?;
+        let merged = cpu_ops::merge_heads(&w.matmul(&v)?)?;
         linear_residual_cpu(&self.out, &merged, residual)
     }
 
@@ -240,7 +217,7 @@ impl Block {
         let x = self
             .attn
             .forward_cpu(&layer_norm_cpu(&self.attn_ln, x)?, x)?;
-        let h = matmul_cpu(&self.fc1, &layer_norm_cpu(&self.mlp_ln, &x)?)?;
+        let h = matmul_no_bias(&self.fc1, &layer_norm_cpu(&self.mlp_ln, &x)?)?;
         let h = cpu_ops::bias_gelu(&h, self.fc1.bias())?;
         linear_residual_cpu(&self.fc2, &h, &x)
     }
