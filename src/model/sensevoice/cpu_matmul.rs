@@ -48,12 +48,12 @@ pub enum CpuMatmul {
 impl CpuMatmul {
     /// The default when [`ENV_VAR`] is unset: the AVX-512 f32 kernel (candle's f32 product on
     /// CPUs without AVX-512F, see [`Self::resolve`]). On the idle 2-core development machine
-    /// (BENCHMARKS.md) it made a 30 s segment's forward 1.2× faster than candle's product with
+    /// (BENCHMARKS.md) it made a 30 s segment's forward 1.2–1.3× faster than candle's product with
     /// the same f32 accuracy. The AMX products stay a choice: `bf16x3` was no faster than f32
     /// there, and `bf16` is a lower precision.
     pub const DEFAULT: Self = Self::Avx512;
 
-    /// Parses a setting value (`f32`, `bf16x3`, `bf16`).
+    /// Parses a setting value (`f32`, `avx512`, `bf16x3`, `bf16`).
     pub fn parse(value: &str) -> std::result::Result<Self, String> {
         match value.trim().to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
