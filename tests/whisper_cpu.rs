@@ -5,27 +5,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use gpuscribe::model::sensevoice::fused::set_fused_kernels;
 use gpuscribe::model::whisper::Whisper;
 
-fn audio(name: &str) -> Vec<f32> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/sensevoice/audio")
-        .join(format!("{name}.wav"));
-    let mut reader = hound::WavReader::open(&path).expect("wav");
-    reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.expect("sample")) / 32768.0)
-        .collect()
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .and_then(|t| t.to_dtype(DType::F32))
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("values")
-}
+#[path = "common/clips.rs"]
+mod clips;
+use clips::{audio, flat};
 
 #[test]
 fn the_fused_cpu_encoder_equals_candle_ops() {

@@ -12,6 +12,10 @@ use gpuscribe::model::whisper::frontend::mel_filters;
 use gpuscribe::model::whisper::{Whisper, WhisperOptions};
 use serde::Deserialize;
 
+#[path = "common/clips.rs"]
+mod clips;
+use clips::{audio, flat};
+
 fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/whisper")
 }
@@ -82,24 +86,6 @@ fn model() -> Whisper {
 
 fn model_at(dir: &Path, dtype: DType) -> Whisper {
     Whisper::load(&dir.join("model"), &Device::Cpu, dtype).expect("load")
-}
-
-fn audio(name: &str) -> Vec<f32> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/sensevoice/audio")
-        .join(format!("{name}.wav"));
-    let mut reader = hound::WavReader::open(&path).expect("wav");
-    reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.expect("sample")) / 32768.0)
-        .collect()
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .and_then(|t| t.to_dtype(DType::F32))
-        .and_then(|t| t.to_vec1())
-        .expect("to_vec1")
 }
 
 /// (max |a − b|, max |b|).

@@ -391,19 +391,6 @@ pub fn bias_gelu(y: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     Tensor::from_vec(out, y.shape(), y.device())
 }
 
-simd_fn! {
-    /// One `[T, dk]` block of the head split: column block `col..col + dk` of every row of `y`
-    /// (rows of `width`), plus the matching bias.
-    fn split_block(y: &[f32], width: usize, col: usize, bias: &[f32], out: &mut [f32]) {
-        let dk = bias.len();
-        for (row, o) in y.chunks_exact(width).zip(out.chunks_exact_mut(dk)) {
-            for ((o, v), b) in o.iter_mut().zip(&row[col..col + dk]).zip(bias) {
-                *o = v + b;
-            }
-        }
-    }
-}
-
 /// The fused projection's output `y` `[B, T, 3·D]` (contiguous f32, no bias yet) plus `bias`
 /// `[3·D]`, split into heads: `[3, B, H, T, D/H]` (q, k, v).
 pub fn qkv_heads(y: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
@@ -425,7 +412,7 @@ pub fn qkv_heads(y: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
                     let (item, h) = (rest / heads, rest % heads);
                     let col = (s * heads + h) * dk;
                     let rows = &y[item * t * w..(item + 1) * t * w];
-                    split_block(rows, w, col, &bias[col..col + dk], o);
+                    scaled_block(rows, w, col, &bias[col..col + dk], 1.0, o);
                 });
             Ok(out)
         })
@@ -732,19 +719,8 @@ pub fn residual_bias(y: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Ten
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::sensevoice::test_util::fill;
+    use crate::model::sensevoice::test_util::{fill, rel};
     use candle_core::{D, DType, Device, IndexOp};
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let diff = (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff");
-        let scale = b
-            .abs()
-            .and_then(|t| t.max_all()?.to_scalar::<f32>())
-            .expect("scale");
-        diff / scale.max(f32::MIN_POSITIVE)
-    }
 
     #[test]
     fn exp_matches_libm() {

@@ -345,19 +345,8 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::sensevoice::test_util::fill;
+    use crate::model::sensevoice::test_util::{fill, rel};
     use candle_core::Module;
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let diff = (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff");
-        let scale = b
-            .abs()
-            .and_then(|t| t.max_all()?.to_scalar::<f32>())
-            .expect("scale");
-        diff / scale.max(1.0)
-    }
 
     /// The product against candle's where the CPU has AVX-512F; elsewhere it must refuse.
     fn check(got: Result<Tensor>, want: &Tensor, what: &str) {

@@ -736,7 +736,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::model::sensevoice::test_util::fill;
+    use crate::model::sensevoice::test_util::{fill, rel};
 
     /// A small random encoder (width 32, 4 heads, K 11) with input width 40.
     fn random_encoder(sanm_shfit: usize) -> (SenseVoiceEncoderSmall, usize) {
@@ -797,17 +797,6 @@ mod tests {
         let encoder =
             SenseVoiceEncoderSmall::load_with_matmul(input, &cfg, &vb, matmul).expect("encoder");
         (encoder, input)
-    }
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let diff = (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff");
-        let scale = b
-            .abs()
-            .and_then(|t| t.max_all()?.to_scalar::<f32>())
-            .expect("scale");
-        diff / scale
     }
 
     #[test]

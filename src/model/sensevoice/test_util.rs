@@ -16,3 +16,16 @@ pub(crate) fn fill(shape: &[usize], seed: u64, scale: f32) -> Tensor {
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
 }
+
+/// max |a − b| / max |b| (over all elements; `b` all zero counts as a scale of the smallest
+/// positive f32).
+pub(crate) fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("diff");
+    let scale = b
+        .abs()
+        .and_then(|t| t.max_all()?.to_scalar::<f32>())
+        .expect("scale");
+    diff / scale.max(f32::MIN_POSITIVE)
+}
