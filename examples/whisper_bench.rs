@@ -10,6 +10,11 @@
 //! python tools/reference/whisper_bench.py --model /tmp/wtiny/model --device cuda:0 --out /tmp/ref-tiny.json
 //! cargo run --release --features cuda --example whisper_bench -- /tmp/wtiny/model /tmp/ref-tiny.json cuda:0 f32,f16,bf16
 //! ```
+//! `whisper_bench ops D_MODEL HEADS REPS` times each step of one f32 CPU encoder layer alone
+//! (where the encoder's time goes). `WHISPER_BENCH_STEP=fused|candle` picks the greedy step
+//! (the fused CPU step is the default for f32 on the CPU); `tools/bench/whisper_cpu.sh` runs
+//! both against transformers.
+//!
 //! Prints one JSON object per precision: our runs, transformers' runs at the same dtype, and how
 //! many clips' ids are identical to transformers' f32 ids and to its ids at the same dtype (with
 //! the shortest common prefix). Per clip: the first step where the ids differ (if any) and, at
@@ -199,11 +204,156 @@ fn reference_f32_exact(reference: &serde_json::Value) -> bool {
         && precision["tf32_convs"].as_bool() != Some(true)
 }
 
+fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+/// Median ms of `f` over `reps` runs after one warm-up.
+fn time_op(
+    reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<candle_core::Tensor>,
+) -> anyhow::Result<f64> {
+    drop(f()?);
+    let mut runs = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let started = Instant::now();
+        let out = f()?;
+        runs.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(out);
+    }
+    Ok(median(runs))
+}
+
+/// Where one f32 CPU encoder layer's time goes at width `d` with `heads` heads over one window
+/// (1500 frames): each step of `Block::encode_cpu` alone on random tensors of its shape, the
+/// products both through candle's gemm (what the encoder uses) and through SenseVoice's AVX-512
+/// kernel, and the two convolutions. Median ms per step, one JSON line each.
+fn ops(d: usize, heads: usize, reps: usize) -> anyhow::Result<()> {
+    use candle_core::{Module, Tensor};
+    use gpuscribe::model::cpu_ops;
+    use gpuscribe::model::sensevoice::cpu_f32::{self, Layout};
+    let dev = Device::Cpu;
+    // As `Whisper::load` on the CPU: freed buffers are reused, not faulted in again.
+    cpu_ops::keep_freed_buffers();
+    let t = 1500;
+    let dh = d / heads;
+    let x = Tensor::randn(0f32, 1.0, (1, t, d), &dev)?;
+    let wide = Tensor::randn(0f32, 1.0, (1, t, 4 * d), &dev)?;
+    let w = |o: usize, i: usize| Tensor::randn(0f32, 0.05, (o, i), &dev);
+    let ln_w = Tensor::ones(d, DType::F32, &dev)?;
+    let ln_b = Tensor::zeros(d, DType::F32, &dev)?;
+    let q = Tensor::randn(0f32, 1.0, (1, heads, t, dh), &dev)?;
+    let k = Tensor::randn(0f32, 1.0, (1, heads, t, dh), &dev)?;
+    let scores = Tensor::randn(0f32, 1.0, (1, heads, t, t), &dev)?;
+    let bias_d = Tensor::zeros(d, DType::F32, &dev)?;
+    let bias_4d = Tensor::zeros(4 * d, DType::F32, &dev)?;
+    let line = |what: &str, per_layer: usize, ms: f64| {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "whisper_encoder_ops", "d": d, "heads": heads,
+                "threads": rayon::current_num_threads(), "op": what, "per_layer": per_layer,
+                "median_ms": ms})
+        );
+    };
+    let (w_dd, w_4dd, w_d4d) = (w(d, d)?, w(4 * d, d)?, w(d, 4 * d)?);
+    for (what, per_layer, weight, input) in [
+        ("linear d->d (q, k, v, out)", 4, &w_dd, &x),
+        ("linear d->4d (fc1)", 1, &w_4dd, &x),
+        ("linear 4d->d (fc2)", 1, &w_d4d, &wide),
+    ] {
+        let layer = candle_nn::Linear::new(weight.clone(), None);
+        line(
+            &format!("{what}: gemm"),
+            per_layer,
+            time_op(reps, || layer.forward(input))?,
+        );
+        if cpu_f32::available() {
+            let flat = input.squeeze(0)?;
+            line(
+                &format!("{what}: avx512"),
+                per_layer,
+                time_op(reps, || cpu_f32::linear(&flat, weight))?,
+            );
+        }
+    }
+    line("q·kᵀ: candle", 1, time_op(reps, || q.matmul(&k.t()?))?);
+    line("attn·v: candle", 1, time_op(reps, || scores.matmul(&k))?);
+    if cpu_f32::available() {
+        line(
+            "q·kᵀ: avx512",
+            1,
+            time_op(reps, || cpu_f32::batched(&q, &k, Layout::Transposed))?,
+        );
+        line(
+            "attn·v: avx512",
+            1,
+            time_op(reps, || cpu_f32::batched(&scores, &k, Layout::Plain))?,
+        );
+    }
+    line(
+        "layer norm",
+        2,
+        time_op(reps, || cpu_ops::layer_norm(&x, &ln_w, &ln_b, 1e-5))?,
+    );
+    line(
+        "head split (heads)",
+        3,
+        time_op(reps, || cpu_ops::heads(&x, Some(&bias_d), heads, 1.0))?,
+    );
+    line(
+        "softmax",
+        1,
+        time_op(reps, || cpu_ops::masked_softmax(&scores, &[t]))?,
+    );
+    line(
+        "merge heads",
+        1,
+        time_op(reps, || cpu_ops::merge_heads(&q))?,
+    );
+    line(
+        "bias + gelu (fc1)",
+        1,
+        time_op(reps, || cpu_ops::bias_gelu(&wide, Some(&bias_4d)))?,
+    );
+    line(
+        "bias + residual",
+        2,
+        time_op(reps, || cpu_ops::residual_bias(&x, &bias_d, &x))?,
+    );
+    let conv = |i: usize, stride: usize| -> candle_core::Result<candle_nn::Conv1d> {
+        let cfg = candle_nn::Conv1dConfig {
+            padding: 1,
+            stride,
+            groups: 1,
+            dilation: 1,
+            cudnn_fwd_algo: None,
+        };
+        Ok(candle_nn::Conv1d::new(
+            Tensor::randn(0f32, 0.05, (d, i, 3), &dev)?,
+            Some(Tensor::zeros(d, DType::F32, &dev)?),
+            cfg,
+        ))
+    };
+    let (conv1, conv2) = (conv(80, 1)?, conv(d, 2)?);
+    let mel = Tensor::randn(0f32, 1.0, (1, 80, 3000), &dev)?;
+    let mid = Tensor::randn(0f32, 1.0, (1, d, 3000), &dev)?;
+    line("conv1 (once)", 0, time_op(reps, || conv1.forward(&mel))?);
+    line("conv2 (once)", 0, time_op(reps, || conv2.forward(&mid))?);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, d, heads, reps] = args.as_slice()
+        && mode == "ops"
+    {
+        return ops(d.parse()?, heads.parse()?, reps.parse()?);
+    }
     let [model_dir, reference, device_spec, precisions, rest @ ..] = args.as_slice() else {
         bail!(
-            "usage: whisper_bench MODEL_DIR REFERENCE.json cpu|cuda:N f32,f16,bf16 [REPEAT] [WAV…]"
+            "usage: whisper_bench MODEL_DIR REFERENCE.json cpu|cuda:N f32,f16,bf16 [REPEAT] [WAV…] \
+             | whisper_bench ops D_MODEL HEADS REPS"
         );
     };
     let reference: serde_json::Value = serde_json::from_str(
@@ -257,10 +407,17 @@ fn main() -> anyhow::Result<()> {
         let (dt, torch_name) = dtype(spec)?;
         let started = Instant::now();
         let mut whisper = Whisper::load(Path::new(model_dir), &dev, dt)?;
-        // WHISPER_BENCH_STEP=fused: greedy steps through the fused CPU step (f32 on the CPU)
-        // instead of candle's operations, to compare the two.
-        if std::env::var("WHISPER_BENCH_STEP").as_deref() == Ok("fused") {
-            whisper.set_fused_step(true);
+        // WHISPER_BENCH_STEP=fused|candle: greedy steps through the fused CPU step (f32 on the
+        // CPU) or candle's operations, to compare the two (unset: the model's default).
+        match std::env::var("WHISPER_BENCH_STEP").as_deref() {
+            Ok("fused") => {
+                whisper.set_fused_step(true);
+            }
+            Ok("candle") => {
+                whisper.set_fused_step(false);
+            }
+            Ok(other) => bail!("WHISPER_BENCH_STEP is fused or candle, not {other}"),
+            Err(_) => {}
         }
         dev.synchronize()?;
         let load_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -327,6 +484,7 @@ fn main() -> anyhow::Result<()> {
             "tokens": ids.iter().map(Vec::len).sum::<usize>(),
             "phases_best_ms": phases,
             "transformers_best_ms": theirs["best_ms"],
+            "transformers_phases_best_ms": theirs["phases_best_ms"],
             "transformers_device": reference["device"],
             "transformers_f32_exact": f32_exact,
             "ids_identical_to_transformers_f32": format!("{same_f32}/{}", names.len()),

@@ -238,14 +238,17 @@ fn check_ids(dir: &Path) {
     assert_eq!(compared, 9);
 }
 
-/// The fused f32 CPU step (`Whisper::set_fused_step`) gives the ids of transformers, as
-/// candle's operations (the default, the test above) do.
+/// Candle's operations for the greedy steps (`Whisper::set_fused_step(false)`) give the ids of
+/// transformers, as the fused f32 CPU step (the default on the CPU, the test above) does.
 #[test]
-fn the_fused_cpu_step_gives_the_same_ids() {
+fn candle_ops_for_the_steps_give_the_same_ids() {
     let fx = fixture();
     let mut whisper = model();
-    assert!(!whisper.fused_step(), "candle's operations by default");
-    assert!(whisper.set_fused_step(true));
+    assert!(
+        whisper.fused_step(),
+        "the fused step by default for f32 on the CPU"
+    );
+    assert!(!whisper.set_fused_step(false));
     let mut compared = 0;
     for (name, clip) in &fx.meta.clips {
         let features = flat(&fx.tensors[&format!("{name}/features")]);

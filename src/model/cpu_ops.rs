@@ -222,27 +222,37 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     e * scale
 }
 
-/// `a · b` with 16 independent fused multiply–add accumulators, so that it vectorises.
+/// Dot products of four rows with one vector, each summed in 16 lanes, then halves: four
+/// independent accumulator chains that vectorise (a row repeated four times gives its one dot
+/// product).
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .fold(0f32, |s, (x, y)| x.mul_add(*y, s));
-    for (xa, xb) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(xa).zip(xb) {
-            *s = x.mul_add(*y, *s);
+pub(crate) fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    let (xs, x_tail) = x.as_chunks::<16>();
+    let n = xs.len() * 16;
+    let [r0, r1, r2, r3] = w.map(|row| row[..n].as_chunks::<16>().0);
+    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
+    for ((((xv, w0), w1), w2), w3) in xs.iter().zip(r0).zip(r1).zip(r2).zip(r3) {
+        for i in 0..16 {
+            a0[i] = w0[i].mul_add(xv[i], a0[i]);
+            a1[i] = w1[i].mul_add(xv[i], a1[i]);
+            a2[i] = w2[i].mul_add(xv[i], a2[i]);
+            a3[i] = w3[i].mul_add(xv[i], a3[i]);
         }
     }
-    for half in [8, 4, 2, 1] {
-        for i in 0..half {
-            acc[i] += acc[i + half];
+    let mut out = [0f32; 4];
+    for ((o, mut acc), row) in out.iter_mut().zip([a0, a1, a2, a3]).zip(w) {
+        let tail = row[n..]
+            .iter()
+            .zip(x_tail)
+            .fold(0f32, |s, (a, b)| a.mul_add(*b, s));
+        for half in [8, 4, 2, 1] {
+            for i in 0..half {
+                acc[i] += acc[i + half];
+            }
         }
+        *o = acc[0] + tail;
     }
-    acc[0] + tail
+    out
 }
 
 /// `erf(x)` as a rational function of `x` on [-4, 4] (Eigen's `generic_fast_erf_float`, within
@@ -275,7 +285,7 @@ pub(crate) fn gelu(x: f32) -> f32 {
 
 simd_fn! {
     /// LayerNorm of each row of `x` into `out` (rows of `weight.len()`).
-    fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    pub(crate) fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
         let d = weight.len();
         for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             let mean = sum(row) / d as f32;
@@ -761,7 +771,7 @@ mod tests {
     }
 
     #[test]
-    fn dot_matches_f64() {
+    fn dot4_matches_f64() {
         for n in [1, 15, 16, 17, 384, 1000] {
             let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
@@ -770,10 +780,21 @@ mod tests {
                 .zip(&b)
                 .map(|(x, y)| f64::from(*x) * f64::from(*y))
                 .sum();
-            let got = f64::from(dot(&a, &b));
-            assert!(
-                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                "n {n}: {got} vs {want}"
+            // Four different rows: a, -a, 2a, a/2 (exact multiples, so exact references).
+            let rows: [Vec<f32>; 4] =
+                [1.0, -1.0, 2.0, 0.5].map(|f| a.iter().map(|x| x * f).collect());
+            let got = dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &b);
+            for (g, f) in got.iter().zip([1.0, -1.0, 2.0, 0.5]) {
+                let (g, want) = (f64::from(*g), want * f);
+                assert!(
+                    (g - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "n {n}, row x{f}: {g} vs {want}"
+                );
+            }
+            assert_eq!(
+                dot4([&a; 4], &b),
+                [got[0]; 4],
+                "n {n}: rows are independent"
             );
         }
     }

@@ -68,8 +68,9 @@ pub struct Whisper {
     device: Device,
     dtype: DType,
     weight_bytes: u64,
-    /// Greedy steps through the fused CPU step (f32 on the CPU) rather than candle's operations
-    /// (off unless chosen: on the 2-core development machine it measured slower, BENCHMARKS.md).
+    /// Greedy steps through the fused CPU step (f32 on the CPU: the default there, 2.2× faster
+    /// than candle's operations on 2 cores and 8× on 16, BENCHMARKS.md) rather than candle's
+    /// operations.
     fused_step: bool,
 }
 
@@ -152,7 +153,7 @@ impl Whisper {
             device: device.clone(),
             dtype,
             weight_bytes,
-            fused_step: false,
+            fused_step: cpu_step::supported(device, dtype),
         };
         model.frontend = LogMel::new(model.config.num_mel_bins);
         model.network = Some(model.build(&files)?);
@@ -194,9 +195,9 @@ impl Whisper {
         self.weight_bytes
     }
 
-    /// Whether greedy steps take the fused CPU step (`cpu_step.rs`, f32 on the CPU, off by
-    /// default) or candle's operations (the default, the only path elsewhere, and what
-    /// teacher-forced [`Self::logits`] uses everywhere).
+    /// Whether greedy steps take the fused CPU step (`cpu_step.rs`: the default for f32 on the
+    /// CPU) or candle's operations (the only path elsewhere, and what teacher-forced
+    /// [`Self::logits`] uses everywhere).
     pub fn fused_step(&self) -> bool {
         self.fused_step
     }
@@ -419,5 +420,77 @@ impl Whisper {
         let features = self.features(clip);
         let audio = self.encode(&features)?;
         self.decode_window(&audio, clip.len() as f64 / SAMPLE_RATE_HZ as f64, options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed random-weight model and the encoder output of a committed clip.
+    fn model_and_audio() -> (Whisper, Tensor) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut whisper = Whisper::load(
+            &root.join("tests/data/whisper/model"),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .expect("load the committed model");
+        let clip = root.join("tests/data/sensevoice/audio/en_short.wav");
+        let samples = crate::audio::decode_file(&clip, &mut |_| {})
+            .expect("decode the clip")
+            .samples;
+        let audio = whisper.encode(&whisper.features(&samples)).expect("encode");
+        (whisper, audio)
+    }
+
+    /// Greedy steps' logits, one token at a time after the first `first` fed together.
+    fn stepped(
+        whisper: &mut Whisper,
+        audio: &Tensor,
+        tokens: &[u32],
+        first: usize,
+    ) -> Vec<Vec<f32>> {
+        whisper.reset().expect("reset");
+        let mut rows = vec![whisper.step(audio, &tokens[..first]).expect("first step")];
+        for &t in &tokens[first..] {
+            rows.push(whisper.step(audio, &[t]).expect("step"));
+        }
+        whisper.reset().expect("reset");
+        rows
+    }
+
+    /// The fused step and candle's cached step give, position by position, the logits of one
+    /// teacher-forced pass (candle's operations) to f32 rounding.
+    #[test]
+    fn both_greedy_steps_give_the_teacher_forced_logits() {
+        let (mut whisper, audio) = model_and_audio();
+        let mut tokens = whisper.prompt(whisper.vocabulary().language_id("en"), false, true);
+        let first = tokens.len();
+        tokens.extend([220, 1000, 1500, 1900, 40, 41, 42, 13]);
+        let forced: Vec<Vec<f32>> = whisper
+            .logits(&audio, &tokens)
+            .expect("teacher-forced")
+            .to_vec2()
+            .expect("rows");
+        for fused in [false, true] {
+            assert_eq!(whisper.set_fused_step(fused), fused);
+            let rows = stepped(&mut whisper, &audio, &tokens, first);
+            assert_eq!(rows.len(), tokens.len() - first + 1);
+            for (k, row) in rows.iter().enumerate() {
+                let want = &forced[first - 1 + k];
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = row
+                    .iter()
+                    .zip(want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(scale > 0.1, "logits of zeros prove nothing");
+                assert!(
+                    worst <= 2e-5 * scale.max(1.0),
+                    "fused {fused}, position {}: off by {worst} (max {scale})",
+                    first - 1 + k
+                );
+            }
+        }
     }
 }
