@@ -211,15 +211,14 @@ fn layer_norm(ln: &LayerNorm, x: &[f32], out: &mut [f32]) -> Result<()> {
 }
 
 simd_fn! {
-    /// Attention of one head's query `q` over positions `start..start + len` of `keys` and
+    /// Attention of one head's query `q` over positions `span` of `keys` and
     /// `values` (rows `d` wide, this head's columns at `offset`), unnormalised: writes
     /// `Σ exp(s_t − m) v_t` to `acc` and returns `(m, Σ exp(s_t − m))` for the largest score `m`.
     fn attend_part(
         q: &[f32],
         keys: &[f32],
         values: &[f32],
-        start: usize,
-        len: usize,
+        span: std::ops::Range<usize>,
         d: usize,
         offset: usize,
         acc: &mut [f32],
@@ -230,8 +229,8 @@ simd_fn! {
             let i = t * d + offset;
             &rows[i..i + dh]
         }
-        let at = |rows, t| row(rows, start + t, d, offset, dh);
-        let mut scores = vec![0f32; len];
+        let at = |rows, t| row(rows, span.start + t, d, offset, dh);
+        let mut scores = vec![0f32; span.len()];
         for (t, chunk) in scores.chunks_mut(4).enumerate() {
             let t = 4 * t;
             if chunk.len() == 4 {
@@ -280,7 +279,11 @@ fn attend(
     partial: &mut Vec<f32>,
 ) -> Result<()> {
     let d = q.len();
-    if heads == 0 || d % heads != 0 || keys.len() < positions * d || values.len() < positions * d {
+    if heads == 0
+        || !d.is_multiple_of(heads)
+        || keys.len() < positions * d
+        || values.len() < positions * d
+    {
         candle_core::bail!(
             "attention of width {d} in {heads} heads over {positions} positions of {} keys",
             keys.len()
@@ -318,8 +321,7 @@ fn attend(
             &q[offset..offset + dh],
             keys,
             values,
-            p.start,
-            p.len,
+            p.start..p.start + p.len,
             d,
             offset,
             p.acc,
