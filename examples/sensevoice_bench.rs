@@ -22,6 +22,10 @@ use candle_core::{D, DType, Device};
 use gpuscribe::model::files::ModelFiles;
 use gpuscribe::model::sensevoice::{DecodeOptions, Prompt, SenseVoice};
 
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{median, time_op};
+
 fn device(spec: &str) -> anyhow::Result<Device> {
     Ok(match spec {
         "cpu" => Device::Cpu,
@@ -154,11 +158,6 @@ fn parity(
         failures.join("; ")
     );
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn speed(
@@ -360,25 +359,6 @@ fn ids(model_dir: &Path, dev: &Device, dt: DType, wav: &Path, out: &Path) -> any
     std::fs::write(out, serde_json::to_string(&ids)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
-}
-
-/// Times one closure `reps` times with a device sync after each; returns the median in ms.
-fn time_op(
-    dev: &Device,
-    reps: usize,
-    mut f: impl FnMut() -> candle_core::Result<candle_core::Tensor>,
-) -> anyhow::Result<f64> {
-    f()?;
-    dev.synchronize()?;
-    let mut runs = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let started = Instant::now();
-        let out = f()?;
-        dev.synchronize()?;
-        runs.push(started.elapsed().as_secs_f64() * 1000.0);
-        drop(out);
-    }
-    Ok(median(runs))
 }
 
 /// CPU time of this process so far (all its threads' run time from the scheduler), in ms.

@@ -33,6 +33,10 @@ use candle_core::{DType, Device};
 use gpuscribe::model::whisper::decode::apply_rules;
 use gpuscribe::model::whisper::{Whisper, WhisperOptions};
 
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time_op;
+
 fn device(spec: &str) -> anyhow::Result<Device> {
     Ok(match spec {
         "cpu" => Device::Cpu,
@@ -204,27 +208,6 @@ fn reference_f32_exact(reference: &serde_json::Value) -> bool {
         && precision["tf32_convs"].as_bool() != Some(true)
 }
 
-fn median(mut runs: Vec<f64>) -> f64 {
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
-}
-
-/// Median ms of `f` over `reps` runs after one warm-up.
-fn time_op(
-    reps: usize,
-    mut f: impl FnMut() -> candle_core::Result<candle_core::Tensor>,
-) -> anyhow::Result<f64> {
-    drop(f()?);
-    let mut runs = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let started = Instant::now();
-        let out = f()?;
-        runs.push(started.elapsed().as_secs_f64() * 1000.0);
-        drop(out);
-    }
-    Ok(median(runs))
-}
-
 /// Where one f32 CPU encoder layer's time goes at width `d` with `heads` heads over one window
 /// (1500 frames): each step of `Block::encode_cpu` alone on random tensors of its shape, the
 /// products both through candle's gemm (what the encoder uses) and through SenseVoice's AVX-512
@@ -266,60 +249,68 @@ fn ops(d: usize, heads: usize, reps: usize) -> anyhow::Result<()> {
         line(
             &format!("{what}: gemm"),
             per_layer,
-            time_op(reps, || layer.forward(input))?,
+            time_op(&dev, reps, || layer.forward(input))?,
         );
         if cpu_f32::available() {
             let flat = input.squeeze(0)?;
             line(
                 &format!("{what}: avx512"),
                 per_layer,
-                time_op(reps, || cpu_f32::linear(&flat, weight))?,
+                time_op(&dev, reps, || cpu_f32::linear(&flat, weight))?,
             );
         }
     }
-    line("q·kᵀ: candle", 1, time_op(reps, || q.matmul(&k.t()?))?);
-    line("attn·v: candle", 1, time_op(reps, || scores.matmul(&k))?);
+    line(
+        "q·kᵀ: candle",
+        1,
+        time_op(&dev, reps, || q.matmul(&k.t()?))?,
+    );
+    line(
+        "attn·v: candle",
+        1,
+        time_op(&dev, reps, || scores.matmul(&k))?,
+    );
     if cpu_f32::available() {
         line(
             "q·kᵀ: avx512",
             1,
-            time_op(reps, || cpu_f32::batched(&q, &k, Layout::Transposed))?,
+            time_op(&dev, reps, || cpu_f32::batched(&q, &k, Layout::Transposed))?,
         );
         line(
             "attn·v: avx512",
             1,
-            time_op(reps, || cpu_f32::batched(&scores, &k, Layout::Plain))?,
+            time_op(&dev, reps, || cpu_f32::batched(&scores, &k, Layout::Plain))?,
         );
     }
     line(
         "layer norm",
         2,
-        time_op(reps, || cpu_ops::layer_norm(&x, &ln_w, &ln_b, 1e-5))?,
+        time_op(&dev, reps, || cpu_ops::layer_norm(&x, &ln_w, &ln_b, 1e-5))?,
     );
     line(
         "head split (heads)",
         3,
-        time_op(reps, || cpu_ops::heads(&x, Some(&bias_d), heads, 1.0))?,
+        time_op(&dev, reps, || cpu_ops::heads(&x, Some(&bias_d), heads, 1.0))?,
     );
     line(
         "softmax",
         1,
-        time_op(reps, || cpu_ops::masked_softmax(&scores, &[t]))?,
+        time_op(&dev, reps, || cpu_ops::masked_softmax(&scores, &[t]))?,
     );
     line(
         "merge heads",
         1,
-        time_op(reps, || cpu_ops::merge_heads(&q))?,
+        time_op(&dev, reps, || cpu_ops::merge_heads(&q))?,
     );
     line(
         "bias + gelu (fc1)",
         1,
-        time_op(reps, || cpu_ops::bias_gelu(&wide, Some(&bias_4d)))?,
+        time_op(&dev, reps, || cpu_ops::bias_gelu(&wide, Some(&bias_4d)))?,
     );
     line(
         "bias + residual",
         2,
-        time_op(reps, || cpu_ops::residual_bias(&x, &bias_d, &x))?,
+        time_op(&dev, reps, || cpu_ops::residual_bias(&x, &bias_d, &x))?,
     );
     let conv = |i: usize, stride: usize| -> candle_core::Result<candle_nn::Conv1d> {
         let cfg = candle_nn::Conv1dConfig {
@@ -338,8 +329,16 @@ fn ops(d: usize, heads: usize, reps: usize) -> anyhow::Result<()> {
     let (conv1, conv2) = (conv(80, 1)?, conv(d, 2)?);
     let mel = Tensor::randn(0f32, 1.0, (1, 80, 3000), &dev)?;
     let mid = Tensor::randn(0f32, 1.0, (1, d, 3000), &dev)?;
-    line("conv1 (once)", 0, time_op(reps, || conv1.forward(&mel))?);
-    line("conv2 (once)", 0, time_op(reps, || conv2.forward(&mid))?);
+    line(
+        "conv1 (once)",
+        0,
+        time_op(&dev, reps, || conv1.forward(&mel))?,
+    );
+    line(
+        "conv2 (once)",
+        0,
+        time_op(&dev, reps, || conv2.forward(&mid))?,
+    );
     Ok(())
 }
 

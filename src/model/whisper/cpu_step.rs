@@ -261,8 +261,7 @@ simd_fn! {
 /// A part of one head's attention, and where its partial sums go.
 struct Part<'a> {
     head: usize,
-    start: usize,
-    len: usize,
+    span: std::ops::Range<usize>,
     acc: &'a mut [f32],
     stats: &'a mut (f32, f32),
 }
@@ -280,6 +279,7 @@ fn attend(
 ) -> Result<()> {
     let d = q.len();
     if heads == 0
+        || positions == 0
         || !d.is_multiple_of(heads)
         || keys.len() < positions * d
         || values.len() < positions * d
@@ -308,8 +308,7 @@ fn attend(
             let start = part * per_part;
             Part {
                 head,
-                start,
-                len: per_part.min(positions - start),
+                span: start..(start + per_part).min(positions),
                 acc,
                 stats,
             }
@@ -321,7 +320,7 @@ fn attend(
             &q[offset..offset + dh],
             keys,
             values,
-            p.start..p.start + p.len,
+            p.span,
             d,
             offset,
             p.acc,
@@ -604,12 +603,16 @@ mod tests {
     }
 
     #[test]
-    fn attention_refuses_a_width_that_does_not_split() {
+    fn attention_refuses_widths_that_do_not_split_and_no_positions() {
         let q = vector(10, 1);
         let k = vector(20, 2);
         let mut out = vec![0f32; 10];
         assert!(attend(&q, &k, &k, 2, 3, &mut out, &mut Vec::new()).is_err());
         assert!(attend(&q, &k, &k, 3, 2, &mut out, &mut Vec::new()).is_err());
+        assert!(
+            attend(&q, &k, &k, 0, 2, &mut out, &mut Vec::new()).is_err(),
+            "no positions to attend to"
+        );
     }
 
     #[test]
