@@ -616,6 +616,28 @@ mod tests {
     }
 
     #[test]
+    fn layer_norm_refuses_a_width_that_is_not_its_own() {
+        let device = Device::Cpu;
+        let ln = LayerNorm::new(
+            Tensor::ones(8, DType::F32, &device).expect("weight"),
+            Tensor::zeros(8, DType::F32, &device).expect("bias"),
+            1e-5,
+        );
+        let x = vector(8, 1);
+        let mut out = vec![0f32; 8];
+        layer_norm(&ln, &x, &mut out).expect("its own width");
+        assert!(out.iter().any(|v| *v != 0.0));
+        assert!(
+            layer_norm(&ln, &x[..7], &mut out[..7]).is_err(),
+            "a shorter input"
+        );
+        assert!(
+            layer_norm(&ln, &x, &mut out[..7]).is_err(),
+            "a shorter output"
+        );
+    }
+
+    #[test]
     fn products_match_f64_for_every_epilogue_and_task_split() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(4)
